@@ -1,0 +1,220 @@
+"""Frame-wise decoding of chord posteriors: argmax and HMM (Viterbi) smoothing.
+
+All functions take per-frame log scores shaped (frames, classes), i.e. one row per
+chroma frame, as produced by a classifier's ``log_softmax`` or by
+:func:`chordrec.templates.template_scores`, and return class indices shaped
+(frames,), dtype int64.
+
+The HMM used by :func:`viterbi_decode` has a single parameter, the self-transition
+probability ``p``: the transition matrix holds ``p`` on its diagonal and
+``(1 - p) / (classes - 1)`` everywhere else, and the initial distribution is
+uniform. ``p = 1 / classes`` makes every transition equally likely, so Viterbi
+then reduces to the frame-wise argmax; larger ``p`` penalises chord changes and
+removes short spurious segments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_SELF_TRANSITIONS",
+    "DECODE_METHODS",
+    "viterbi_decode",
+    "decode",
+    "tune_self_transition",
+]
+
+#: Grid searched by :func:`tune_self_transition` unless told otherwise.
+DEFAULT_SELF_TRANSITIONS: tuple[float, ...] = (
+    0.5,
+    0.7,
+    0.8,
+    0.9,
+    0.95,
+    0.98,
+    0.99,
+    0.995,
+    0.998,
+    0.999,
+    0.9995,
+    0.9999,
+)
+
+#: Names accepted by :func:`decode`.
+DECODE_METHODS: tuple[str, ...] = ("argmax", "viterbi")
+
+
+def _check_log_probs(log_probs: np.ndarray, name: str = "log_probs") -> np.ndarray:
+    """Validate per-frame log scores: 2-D (frames, classes), no NaN, no +inf.
+
+    ``-inf`` (probability 0) is allowed. Returns a float64 array.
+    """
+    arr = np.asarray(log_probs)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must have shape (frames, classes), got shape {arr.shape}")
+    if arr.shape[1] < 1:
+        raise ValueError(f"{name} needs at least one class, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise ValueError(f"{name} must be real-valued, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64, copy=False)
+    if np.isnan(arr).any():
+        raise ValueError(f"{name} contains NaN")
+    if np.isposinf(arr).any():
+        raise ValueError(f"{name} contains +inf (log scores must be < +inf)")
+    return arr
+
+
+def _check_self_transition(self_transition: float) -> float:
+    p = float(self_transition)
+    if not 0.0 <= p <= 1.0:  # also rejects NaN
+        raise ValueError(f"self_transition must lie in [0, 1], got {self_transition!r}")
+    return p
+
+
+def _log_transition_matrix(n_classes: int, self_transition: float) -> np.ndarray:
+    """Log of the (classes, classes) transition matrix ``A[i, j] = P(j at t | i at t-1)``."""
+    if n_classes == 1:
+        return np.zeros((1, 1))
+    off = (1.0 - self_transition) / (n_classes - 1)
+    trans = np.full((n_classes, n_classes), off)
+    np.fill_diagonal(trans, self_transition)
+    with np.errstate(divide="ignore"):
+        return np.log(trans)
+
+
+def viterbi_decode(log_probs: np.ndarray, self_transition: float) -> np.ndarray:
+    """Most likely class path under a "sticky" HMM, in the log domain.
+
+    Parameters
+    ----------
+    log_probs : np.ndarray, shape (frames, classes)
+        Per-frame log posteriors or log-likelihoods (natural log). ``-inf`` is
+        allowed (a class impossible at that frame); NaN and ``+inf`` are not.
+    self_transition : float in [0, 1]
+        Probability of staying in the same class from one frame to the next. The
+        remaining mass ``1 - self_transition`` is spread uniformly over the other
+        ``classes - 1`` classes. The initial distribution is uniform.
+
+    Returns
+    -------
+    path : np.ndarray, shape (frames,), int64
+        The class sequence maximising ``sum_t log_probs[t, path[t]] + sum_t
+        log A[path[t-1], path[t]]``. Ties go to the lowest class index. If every
+        path has probability zero the result is still a valid class sequence.
+
+    Notes
+    -----
+    Dynamic programming over frames with a (classes, classes) update per frame:
+    about 0.1 s for 20,000 frames × 25 classes.
+    """
+    scores = _check_log_probs(log_probs)
+    p = _check_self_transition(self_transition)
+    n_frames, n_classes = scores.shape
+    if n_frames == 0:
+        return np.zeros(0, dtype=np.int64)
+    log_trans = _log_transition_matrix(n_classes, p)
+
+    backptr = np.empty((n_frames, n_classes), dtype=np.intp)
+    backptr[0] = 0
+    # The uniform initial distribution adds the same constant to every path: omit it.
+    value = scores[0].copy()
+    cand = np.empty((n_classes, n_classes))
+    for t in range(1, n_frames):
+        # cand[i, j]: best score ending in i at t-1, then moving i -> j.
+        np.add(value[:, None], log_trans, out=cand)
+        best_prev = cand.argmax(axis=0)
+        backptr[t] = best_prev
+        value = cand[best_prev, np.arange(n_classes)] + scores[t]
+
+    path = np.empty(n_frames, dtype=np.int64)
+    path[-1] = int(np.argmax(value))
+    for t in range(n_frames - 1, 0, -1):
+        path[t - 1] = backptr[t, path[t]]
+    return path
+
+
+def decode(
+    log_probs: np.ndarray, method: str = "argmax", self_transition: float = 0.9
+) -> np.ndarray:
+    """Turn per-frame log scores into one class per frame.
+
+    Parameters
+    ----------
+    log_probs : np.ndarray, shape (frames, classes)
+        Per-frame log posteriors (see :func:`viterbi_decode`).
+    method : {"argmax", "viterbi"}
+        ``"argmax"``: independent best class per frame (``self_transition`` is
+        ignored). ``"viterbi"``: :func:`viterbi_decode` with ``self_transition``.
+    self_transition : float in [0, 1]
+        HMM self-transition probability, used by ``"viterbi"`` only.
+
+    Returns
+    -------
+    np.ndarray, shape (frames,), int64
+    """
+    if method == "argmax":
+        scores = _check_log_probs(log_probs)
+        return np.argmax(scores, axis=1).astype(np.int64)
+    if method == "viterbi":
+        return viterbi_decode(log_probs, self_transition)
+    raise ValueError(f"unknown decoding method {method!r}; choose one of {DECODE_METHODS}")
+
+
+def tune_self_transition(
+    log_probs_per_song: Sequence[np.ndarray],
+    labels_per_song: Sequence[np.ndarray],
+    candidates: Sequence[float] = DEFAULT_SELF_TRANSITIONS,
+) -> tuple[float, float]:
+    """Pick the self-transition probability with the best Viterbi frame accuracy.
+
+    Meant for validation songs only; the chosen value is then fixed for test.
+
+    Parameters
+    ----------
+    log_probs_per_song : sequence of np.ndarray, each shape (frames_s, classes)
+        Per-frame log scores of each song.
+    labels_per_song : sequence of np.ndarray, each shape (frames_s,)
+        Reference classes of each song, same frame count as its scores.
+    candidates : sequence of float in [0, 1]
+        Values to try, in order.
+
+    Returns
+    -------
+    (best_self_transition, best_accuracy) : tuple[float, float]
+        Accuracy is pooled over all frames of all songs (each frame weighs the
+        same), in [0, 1]. Ties go to the first candidate reaching the maximum.
+    """
+    if len(log_probs_per_song) != len(labels_per_song):
+        raise ValueError(
+            f"got {len(log_probs_per_song)} score arrays but {len(labels_per_song)} label arrays"
+        )
+    if len(log_probs_per_song) == 0:
+        raise ValueError("need at least one song")
+    candidates = [_check_self_transition(p) for p in candidates]
+    if not candidates:
+        raise ValueError("need at least one candidate self_transition")
+
+    songs = []
+    for k, (scores, labels) in enumerate(zip(log_probs_per_song, labels_per_song, strict=True)):
+        scores = _check_log_probs(scores, name=f"log_probs_per_song[{k}]")
+        labels = np.asarray(labels)
+        if labels.shape != (scores.shape[0],):
+            raise ValueError(
+                f"labels_per_song[{k}] has shape {labels.shape}, "
+                f"expected ({scores.shape[0]},) to match its scores"
+            )
+        songs.append((scores, labels))
+    n_total = sum(labels.size for _, labels in songs)
+    if n_total == 0:
+        raise ValueError("the songs hold no frames")
+
+    best_p, best_acc = candidates[0], -1.0
+    for p in candidates:
+        correct = sum(int(np.sum(viterbi_decode(s, p) == y)) for s, y in songs)
+        acc = correct / n_total
+        if acc > best_acc:
+            best_p, best_acc = p, acc
+    return best_p, best_acc

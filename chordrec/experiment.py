@@ -1,0 +1,165 @@
+"""What one run is made of (data, model, examples) and what it records at the end.
+
+Sits between the Hydra entry point and the pieces: it takes a resolved config,
+loads and validates the songs, builds the model and the examples, and after
+training evaluates the best checkpoint and hands every summary to the tracker.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from chordrec import figures
+from chordrec.fetch import DataFetchError, dataset_digest
+from chordrec.models import build_model
+from chordrec.sequences import BatchedExamples, SongSteps, count_chunks, song_chunks, song_steps
+from chordrec.songs import load_songs, song_names, split_songs
+from chordrec.tracking import RunTracker
+from chordrec.training import FitResult, evaluate
+
+log = logging.getLogger(__name__)
+
+PARTS = ("train", "validation", "test")
+
+
+@dataclass
+class RunContext:
+    """Everything a run trains and evaluates on."""
+
+    config: Any
+    parts: dict[str, list[SongSteps]]
+    train_examples: BatchedExamples
+    model: nn.Module
+
+    @property
+    def validation(self) -> list[SongSteps]:
+        return self.parts["validation"]
+
+    @property
+    def test(self) -> list[SongSteps]:
+        return self.parts["test"]
+
+    @property
+    def default_run_name(self) -> str:
+        cfg = self.config
+        return f"{cfg.model_name}-{cfg.data.level}-{cfg.seq_mode}-L{cfg.seq_len}"
+
+
+def build_context(cfg: Any) -> RunContext:
+    """Load the split's songs at the configured level, the training examples, the model."""
+    root = Path(cfg.data.root)
+    names = song_names(root)
+    split = split_songs(
+        names, cfg.split.train, cfg.split.test, cfg.split.validation, cfg.split.max_songs
+    )
+    parts = {
+        part: [song_steps(s, cfg.data.level) for s in load_songs(root, split[part])]
+        for part in PARTS
+    }
+    model = build_model(cfg.model)
+    min_len = getattr(model, "min_input_length", 1)
+    if cfg.seq_len < min_len:
+        raise ValueError(
+            f"model needs seq_len >= {min_len} (its conv blocks pool the time axis), got {cfg.seq_len}"
+        )
+    if getattr(model, "in_features", 12) != 12:
+        raise ValueError(
+            f"model expects {model.in_features} input features but chroma has 12 "
+            "(crnn_tagging is the report's Table 1 reference, not a chroma model)"
+        )
+    examples = BatchedExamples(parts["train"], cfg.seq_len, cfg.seq_mode, cfg.data.augment)
+    return RunContext(cfg, parts, examples, model)
+
+
+def dataset_summary(context: RunContext) -> dict[str, int]:
+    """Sizes of each part: songs, frames, beats, steps at the run's level, the run's
+    examples (windows or chunks) and the report's 32-step chunks."""
+    cfg = context.config
+    sizes: dict[str, int] = {}
+    for part, songs in context.parts.items():
+        steps = [s.n_steps for s in songs]
+        sizes[f"{part}_songs"] = len(songs)
+        sizes[f"{part}_frames"] = sum(s.song.n_frames for s in songs)
+        sizes[f"{part}_beats"] = sum(len(s.song.beats) - 1 for s in songs)
+        sizes[f"{part}_steps"] = sum(steps)
+        sizes[f"{part}_examples"] = (
+            sum(steps)
+            if cfg.seq_mode == "window"
+            else sum(len(song_chunks(s.features, s.labels, cfg.seq_len)[1]) for s in songs)
+        )
+        sizes[f"{part}_chunks32"] = count_chunks(steps, 32)
+    return sizes
+
+
+def record_dataset(tracker: RunTracker, context: RunContext) -> None:
+    """Log the data set's identity (tag) and the split sizes (metrics ``size_*``)."""
+    root = Path(context.config.data.root)
+    try:
+        digest = dataset_digest(root)
+    except (DataFetchError, OSError) as exc:
+        digest = f"unverified ({exc})"[:250]
+    tracker.set_tags({"dataset_sha256": digest, "dataset_root": str(root.resolve())})
+    tracker.log_metrics({f"size_{k}": v for k, v in dataset_summary(context).items()})
+
+
+@dataclass
+class ResumeState:
+    run_id: str
+    checkpoint: dict[str, Any]
+
+
+def resume_state(run_id: str, store_dir: Path) -> ResumeState:
+    """The last checkpoint of MLflow run ``run_id`` (model, optimizer, RNG, history, config)."""
+    path = RunTracker(store_dir=store_dir).download_checkpoint(run_id, "last")
+    checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+    log.info("resuming run %s after epoch %d", run_id, checkpoint["epoch"])
+    return ResumeState(run_id, checkpoint)
+
+
+def finish_run(
+    tracker: RunTracker, context: RunContext, result: FitResult, device: torch.device, cfg: Any
+) -> dict[str, float]:
+    """Evaluate the best-validation weights on validation and test, log the final
+    metrics, the figures and the model; returns the final metrics."""
+    model = context.model
+    model.load_state_dict(result.best_state)
+    model.to(device)
+    seq_len, mode = cfg.seq_len, cfg.seq_mode
+    batch = cfg.trainer.eval_batch_size
+    val = evaluate(model, context.validation, seq_len, mode, device, batch)
+    test = evaluate(model, context.test, seq_len, mode, device, batch)
+    summary = {
+        "val_frame_acc": val.frame_accuracy,
+        "test_frame_acc": test.frame_accuracy,
+        "val_loss_best": val.loss,
+        "test_loss": test.loss,
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "converged": float(result.converged),
+        "train_time_s": result.train_time_s,
+    }
+    tracker.log_metrics(summary)
+    tracker.set_tags(
+        {"converged": "yes" if result.converged else "no", "stop_reason": result.stop_reason}
+    )
+    if result.history:
+        tracker.log_figure(figures.learning_curves(result.history), "learning_curves.png")
+    song = context.test[0]
+    predicted = test.log_probs[0].argmax(axis=1)
+    tracker.log_figure(
+        figures.chord_timeline(
+            song.song.chroma, song.song.labels, predicted, title=f"{song.song.name} (test)"
+        ),
+        f"timeline_{song.song.name}.png",
+    )
+    if cfg.tracking.log_model:
+        example = song_chunks(song.features, song.labels, seq_len)[0][:1].astype(np.float32)
+        tracker.log_model(model.cpu().eval(), example)
+    return summary

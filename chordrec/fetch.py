@@ -1,0 +1,566 @@
+"""Fetch the RWC-Pop data set and verify it against the checksums pinned in this package.
+
+The data set is 400 files (``chroma/``, ``chord/``, ``beat/`` ``.npy`` files and
+``labs/`` chord annotations for 100 songs) plus ``SHA256SUMS`` and an optional
+``README.md``. Every data file's sha256 is pinned in ``chordrec/rwc_pop.sha256``
+(the data set's own ``SHA256SUMS``), so a fetched copy is byte-identical to the
+one the experiments were run on, whichever source it came from.
+
+Sources:
+
+* ``"github"`` (:data:`DEFAULT_SOURCE`): the public upstream repositories at pinned
+  commits (see :func:`upstream_url`).
+* a *mirror* with the data set's own layout (``<mirror>/<folder>/<file>``): a local
+  directory, a ``file://`` URL or an ``http(s)://`` base URL.
+
+The environment variable ``CHORDREC_DATA_SOURCE`` overrides the default source.
+
+A fetch writes into a temporary directory next to the destination and renames it
+into place only once every file has verified, so the destination is either the
+complete, verified data set or untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import secrets
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from importlib import resources
+from pathlib import Path
+from typing import BinaryIO
+
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOURCE = "github"
+"""Default source: the upstream GitHub repositories at pinned commits."""
+
+SOURCE_ENV_VAR = "CHORDREC_DATA_SOURCE"
+"""Environment variable that overrides :data:`DEFAULT_SOURCE`."""
+
+CHECKSUM_FILE = "SHA256SUMS"
+README_FILE = "README.md"
+PINNED_CHECKSUMS_RESOURCE = "rwc_pop.sha256"
+
+DEFAULT_TIMEOUT_S = 30.0
+"""Socket timeout (seconds) for each HTTP request."""
+
+RETRIES = 2
+"""Extra attempts per file after a transient HTTP failure (timeout, reset, 5xx)."""
+
+RETRY_DELAY_S = 1.0
+"""Delay before the first retry; doubled for each further one."""
+
+MAX_WORKERS = 8
+"""Files fetched concurrently."""
+
+_CHUNK = 1 << 20
+_USER_AGENT = "chordrec-fetch/1.0 (+urllib)"
+
+GCT634_BASE_URL = (
+    "https://raw.githubusercontent.com/juhannam/gct634-2018/"
+    "fb408edae7fcbd8853cc698df863df9256e1f981/hw3/dataset"
+)
+"""Upstream of ``chroma/``, ``chord/`` and ``beat/`` (KAIST GCT634 2018, pinned commit)."""
+
+LABS_BASE_URL = (
+    "https://raw.githubusercontent.com/tmc323/Chord-Annotations/"
+    "4b022ff5a95ff1d9ba1057ea4c982e45484d764f/RWC_Pop_Chords"
+)
+"""Upstream of ``labs/`` (``tmc323/Chord-Annotations``, NYU MARL, pinned commit)."""
+
+# Upstream file names of the lab files where they differ from the data set's own
+# names (``labs/<name>`` -> ``RWC_Pop_Chords/<upstream name>``). Checked against an
+# index of the repository: 99 of the 100 files are stored there under exactly the
+# data set's names (``RWC_Pop_Chords/N001-M01-T01.lab`` ... ``N100-M07-T10.lab``),
+# and N001's content matches its pinned sha256. ``N060-M04-T12.lab`` was not in
+# that index (its sibling ``N060-M04-T12.svl`` is, under the same naming), so its
+# name is assumed to be the same as well. The index did not hold the pinned commit
+# itself; the pinned checksums catch any difference there.
+_UPSTREAM_LAB_NAMES: dict[str, str] = {}
+
+
+class DataFetchError(RuntimeError):
+    """Fetching or verifying the data set failed; the message names the file and problem."""
+
+
+class _Cancelled(Exception):
+    """Raised inside a worker when another file already failed."""
+
+
+# --------------------------------------------------------------------------- pinned list
+
+
+def pinned_checksums_text() -> bytes:
+    """Return the checksum list pinned in the package (``chordrec/rwc_pop.sha256``).
+
+    Returns
+    -------
+    bytes
+        The file's exact content, lines ``<sha256>  ./<folder>/<file>``.
+    """
+    return resources.files("chordrec").joinpath(PINNED_CHECKSUMS_RESOURCE).read_bytes()
+
+
+def _parse_checksums(text: bytes) -> dict[str, str]:
+    entries: dict[str, str] = {}
+    for lineno, raw in enumerate(text.decode("utf-8").splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        digest, sep, name = line.partition(" ")
+        name = name.strip().lstrip("*")
+        if not sep or len(digest) != 64 or not name:
+            raise DataFetchError(f"{PINNED_CHECKSUMS_RESOURCE}: malformed line {lineno}: {raw!r}")
+        rel = name[2:] if name.startswith("./") else name
+        parts = Path(rel).parts
+        if Path(rel).is_absolute() or ".." in parts or len(parts) != 2:
+            raise DataFetchError(f"{PINNED_CHECKSUMS_RESOURCE}: unexpected path {name!r}")
+        entries[rel] = digest.lower()
+    return entries
+
+
+def pinned_checksums() -> dict[str, str]:
+    """Return the pinned sha256 of every data file.
+
+    Returns
+    -------
+    dict of str to str
+        ``{"beat/N001-M01-T01.npy": "<sha256 hex>", ...}``, relative POSIX paths in
+        the order of the pinned list (400 entries).
+    """
+    return _parse_checksums(pinned_checksums_text())
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def default_source() -> str:
+    """Return the source used when none is given.
+
+    Returns
+    -------
+    str
+        The value of the environment variable ``CHORDREC_DATA_SOURCE`` if set and
+        non-empty, else :data:`DEFAULT_SOURCE` (``"github"``).
+    """
+    return os.environ.get(SOURCE_ENV_VAR, "").strip() or DEFAULT_SOURCE
+
+
+def upstream_url(rel: str) -> str:
+    """Return the pinned upstream URL of one data file.
+
+    Parameters
+    ----------
+    rel : str
+        The file's path in the data set, e.g. ``"chroma/N001-M01-T01.npy"`` or
+        ``"labs/N001-M01-T01.lab"``.
+
+    Returns
+    -------
+    str
+        A ``raw.githubusercontent.com`` URL at a pinned commit.
+
+    Raises
+    ------
+    DataFetchError
+        If ``rel`` is not in a folder with a known upstream.
+    """
+    folder, _, name = rel.partition("/")
+    if folder in ("chroma", "chord", "beat"):
+        return f"{GCT634_BASE_URL}/{folder}/{urllib.parse.quote(name)}"
+    if folder == "labs":
+        return f"{LABS_BASE_URL}/{urllib.parse.quote(_UPSTREAM_LAB_NAMES.get(name, name))}"
+    raise DataFetchError(f"{rel}: no upstream source known for folder {folder!r}")
+
+
+class _Source:
+    """Where the files come from: ``open(rel)`` gives a binary stream of one file."""
+
+    description: str
+
+    def open(self, rel: str) -> BinaryIO:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def open_optional(self, rel: str) -> BinaryIO | None:
+        """Open a file that the source may lack; ``None`` if it cannot be read."""
+        try:
+            return self.open(rel)
+        except (DataFetchError, OSError, http.client.HTTPException):
+            return None
+
+
+class _LocalSource(_Source):
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.description = str(root)
+
+    def open(self, rel: str) -> BinaryIO:
+        path = self.root / rel
+        try:
+            return open(path, "rb")
+        except FileNotFoundError:
+            raise DataFetchError(f"{rel}: missing from mirror {self.root}") from None
+        except OSError as exc:
+            raise DataFetchError(f"{rel}: cannot read {path}: {exc}") from exc
+
+
+class _HttpSource(_Source):
+    def __init__(self, url_for: Callable[[str], str], description: str, timeout: float) -> None:
+        self.url_for = url_for
+        self.description = description
+        self.timeout = timeout
+
+    def open(self, rel: str) -> BinaryIO:
+        url = self.url_for(rel)
+        request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+        return urllib.request.urlopen(request, timeout=self.timeout)
+
+
+def _resolve_source(source: str | os.PathLike[str] | None, timeout: float) -> _Source:
+    spec = default_source() if source is None else os.fspath(source)
+    if spec == "github":
+        return _HttpSource(upstream_url, "github (pinned upstream commits)", timeout)
+    if "://" in spec:
+        parsed = urllib.parse.urlparse(spec)
+        scheme = parsed.scheme.lower()
+        if scheme == "file":
+            if parsed.netloc not in ("", "localhost"):
+                raise DataFetchError(f"source {spec!r}: file:// URLs must name a local path")
+            root = Path(urllib.request.url2pathname(parsed.path))
+            return _local_source(root, spec)
+        if scheme in ("http", "https"):
+            base = spec.rstrip("/")
+            return _HttpSource(lambda rel: f"{base}/{urllib.parse.quote(rel)}", base, timeout)
+        raise DataFetchError(
+            f"source {spec!r}: unsupported URL scheme {scheme!r} "
+            "(use 'github', a directory, a file:// URL or an http(s):// base URL)"
+        )
+    return _local_source(Path(spec).expanduser(), spec)
+
+
+def _local_source(root: Path, spec: str) -> _LocalSource:
+    if not root.is_dir():
+        raise DataFetchError(f"source {spec!r}: {root} is not a directory")
+    return _LocalSource(root)
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _copy_hashed(src: BinaryIO, dst: BinaryIO, cancel: threading.Event) -> tuple[str, int]:
+    h = hashlib.sha256()
+    n = 0
+    while chunk := src.read(_CHUNK):
+        if cancel.is_set():
+            raise _Cancelled
+        h.update(chunk)
+        dst.write(chunk)
+        n += len(chunk)
+    return h.hexdigest(), n
+
+
+def verify_dataset(root: str | Path) -> None:
+    """Check a data set directory against the pinned checksums.
+
+    Every data file in the pinned list must exist with the pinned sha256, and
+    ``root/SHA256SUMS`` must equal the pinned list.
+
+    Parameters
+    ----------
+    root : str or Path
+        The data set directory (holding ``chroma/``, ``chord/``, ``beat/``, ``labs/``).
+
+    Raises
+    ------
+    DataFetchError
+        Naming the first missing or mismatched file, e.g.
+        ``"chroma/N003-M01-T03.npy: sha256 mismatch (expected ..., got ...)"``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataFetchError(f"{root}: not a directory")
+    for rel, expected in pinned_checksums().items():
+        path = root / rel
+        if not path.is_file():
+            raise DataFetchError(f"{rel}: missing in {root}")
+        got = _sha256_file(path)
+        if got != expected:
+            raise DataFetchError(f"{rel}: sha256 mismatch (expected {expected}, got {got})")
+    _check_checksum_file(root)
+
+
+def _check_checksum_file(root: Path) -> bytes:
+    path = root / CHECKSUM_FILE
+    if not path.is_file():
+        raise DataFetchError(f"{CHECKSUM_FILE}: missing in {root}")
+    content = path.read_bytes()
+    if content != pinned_checksums_text():
+        raise DataFetchError(
+            f"{CHECKSUM_FILE}: differs from the checksum list pinned in chordrec "
+            f"({PINNED_CHECKSUMS_RESOURCE}); {root} holds another version of the data set"
+        )
+    return content
+
+
+def dataset_digest(root: str | Path) -> str:
+    """Return a short identity of the data set version at ``root``.
+
+    Parameters
+    ----------
+    root : str or Path
+        The data set directory.
+
+    Returns
+    -------
+    str
+        The sha256 (hex) of ``root/SHA256SUMS``, which must equal the checksum list
+        pinned in the package (e.g. for an MLflow tag). The data files themselves
+        are not re-hashed; call :func:`verify_dataset` for that.
+
+    Raises
+    ------
+    DataFetchError
+        If ``root/SHA256SUMS`` is missing or differs from the pinned list.
+    """
+    return hashlib.sha256(_check_checksum_file(Path(root))).hexdigest()
+
+
+# --------------------------------------------------------------------------- fetching
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code >= 500 or exc.code in (408, 429)
+    if isinstance(exc, urllib.error.URLError):
+        exc = exc.reason if isinstance(exc.reason, BaseException) else exc
+    return isinstance(
+        exc, (TimeoutError, socket.timeout, ConnectionResetError, http.client.IncompleteRead)
+    )
+
+
+def _describe_error(rel: str, source: _Source, exc: BaseException) -> str:
+    where = source.url_for(rel) if isinstance(source, _HttpSource) else source.description
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"{rel}: HTTP {exc.code} {exc.reason} from {where}"
+    if isinstance(exc, urllib.error.URLError):
+        reason = exc.reason
+        if isinstance(reason, (TimeoutError, socket.timeout)):
+            return f"{rel}: timed out fetching {where}"
+        return f"{rel}: cannot reach {where} ({reason}); is the source reachable?"
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return f"{rel}: timed out fetching {where}"
+    if isinstance(exc, http.client.HTTPException):
+        return f"{rel}: bad HTTP response from {where} ({type(exc).__name__}: {exc})"
+    return f"{rel}: {type(exc).__name__}: {exc} ({where})"
+
+
+def _fetch_one(source: _Source, rel: str, expected: str, tmp: Path, cancel: threading.Event) -> int:
+    """Fetch one file into ``tmp`` and check its sha256; return its size in bytes."""
+    if cancel.is_set():
+        raise _Cancelled
+    target = tmp / rel
+    attempt = 0
+    while True:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with source.open(rel) as stream, open(target, "wb") as out:
+                got, size = _copy_hashed(stream, out, cancel)
+            break
+        except (DataFetchError, _Cancelled):
+            raise
+        except (OSError, http.client.HTTPException) as exc:
+            if attempt < RETRIES and _is_transient(exc) and not cancel.is_set():
+                delay = RETRY_DELAY_S * 2**attempt
+                log.warning("%s: %s; retrying in %.1f s", rel, exc, delay)
+                attempt += 1
+                time.sleep(delay)
+                continue
+            raise DataFetchError(_describe_error(rel, source, exc)) from exc
+    if got != expected:
+        raise DataFetchError(f"{rel}: sha256 mismatch (expected {expected}, got {got})")
+    return size
+
+
+def _fetch_all(source: _Source, entries: dict[str, str], tmp: Path, progress: bool) -> int:
+    cancel = threading.Event()
+    total = 0
+    bar = tqdm(total=len(entries), unit="file", desc="rwc-pop", disable=not progress, leave=True)
+    pool = ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="chordrec-fetch")
+    try:
+        futures = {
+            pool.submit(_fetch_one, source, rel, digest, tmp, cancel): rel
+            for rel, digest in entries.items()
+        }
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            failed = [f for f in done if f.exception() is not None]
+            if failed:
+                cancel.set()
+                # Report the failure that comes first in the pinned list.
+                first = min(failed, key=lambda f: list(futures).index(f))
+                raise first.exception()  # type: ignore[misc]
+            for f in done:
+                total += f.result()
+                bar.update(1)
+            bar.set_postfix_str(_human_bytes(total), refresh=False)
+    finally:
+        cancel.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+    return total
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+def _copy_readme(source: _Source, tmp: Path) -> None:
+    if isinstance(source, _HttpSource) and source.url_for is upstream_url:
+        return  # the upstream repositories hold no README of this data set
+    stream = source.open_optional(README_FILE)
+    if stream is None:
+        log.info("source %s has no %s; skipped", source.description, README_FILE)
+        return
+    never = threading.Event()
+    try:
+        with stream, open(tmp / README_FILE, "wb") as out:
+            _copy_hashed(stream, out, never)
+    except (OSError, http.client.HTTPException) as exc:
+        log.warning("could not copy %s from %s (%s); skipped", README_FILE, source.description, exc)
+        (tmp / README_FILE).unlink(missing_ok=True)
+
+
+def _default_dir_mode() -> int:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o777 & ~umask
+
+
+def fetch_dataset(
+    source: str | os.PathLike[str] | None,
+    dest: str | Path,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> Path:
+    """Download (or copy) the RWC-Pop data set into ``dest`` and verify it.
+
+    Parameters
+    ----------
+    source : str or None
+        ``"github"`` for the pinned upstream URLs, or a mirror with the data set's
+        own layout: a local directory, a ``file://`` URL or an ``http(s)://`` base
+        URL (files at ``<base>/<folder>/<file>``). ``None`` means
+        :func:`default_source` (``$CHORDREC_DATA_SOURCE`` or ``"github"``).
+    dest : str or Path
+        Directory to create. Files are written into a temporary directory next to
+        it (``.<name>.partial-XXXX``) that is renamed to ``dest`` once every file
+        has verified.
+    force : bool, default False
+        If ``dest`` exists but does not verify, fetch afresh and replace it
+        (atomically: the old directory is moved aside, the new one moved in, then
+        the old one deleted). Without it such a ``dest`` raises.
+    progress : bool, default True
+        Show a tqdm progress bar (files, with the bytes fetched so far).
+    timeout : float, default 30
+        Socket timeout in seconds for each HTTP request.
+
+    Returns
+    -------
+    Path
+        ``dest``, holding the verified data set, ``SHA256SUMS`` and (if the mirror
+        has one) ``README.md``.
+
+    Raises
+    ------
+    DataFetchError
+        On any failure (HTTP error, unreachable source, missing file, sha256
+        mismatch, I/O error), naming the file and the problem. The temporary
+        directory is removed and ``dest`` is left as it was. Also raised if
+        ``dest`` exists, does not verify and ``force`` is False.
+    """
+    dest = Path(dest).expanduser().absolute()
+    if dest.exists() or dest.is_symlink():
+        if not dest.is_dir():
+            raise DataFetchError(f"{dest}: exists and is not a directory")
+        try:
+            verify_dataset(dest)
+        except DataFetchError as exc:
+            if not force:
+                raise DataFetchError(
+                    f"{dest} exists but does not verify: {exc} "
+                    "(pass force=True to fetch it afresh and replace it)"
+                ) from exc
+            log.warning("%s does not verify (%s); fetching afresh (force=True)", dest, exc)
+        else:
+            log.info("%s: already present and verified", dest)
+            return dest
+
+    src = _resolve_source(source, timeout)
+    entries = pinned_checksums()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    log.info("fetching %d files from %s into %s", len(entries), src.description, dest)
+    try:
+        nbytes = _fetch_all(src, entries, tmp, progress)
+        (tmp / CHECKSUM_FILE).write_bytes(pinned_checksums_text())
+        _copy_readme(src, tmp)
+        os.chmod(tmp, _default_dir_mode())
+        _install(tmp, dest)
+    except DataFetchError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataFetchError(f"{dest}: {type(exc).__name__}: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("fetched and verified %d files (%s) into %s", len(entries), _human_bytes(nbytes), dest)
+    return dest
+
+
+def _install(tmp: Path, dest: Path) -> None:
+    """Rename ``tmp`` to ``dest``; an existing ``dest`` is moved aside, then deleted."""
+    if not (dest.exists() or dest.is_symlink()):
+        os.rename(tmp, dest)
+        return
+    old = dest.parent / f".{dest.name}.old-{secrets.token_hex(4)}"
+    os.rename(dest, old)
+    try:
+        os.rename(tmp, dest)
+    except BaseException:
+        os.rename(old, dest)
+        raise
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)

@@ -1,0 +1,214 @@
+"""One configurable CRNN: conv blocks, then an RNN, then a linear head.
+
+Input (batch, time, features), e.g. chroma (batch, L, 12). The conv blocks see it
+as an image (batch, 1, features, time), as the report does (a dummy channel); their
+output (batch, channels, features', time') is flattened to (batch, time',
+channels * features') for the RNN (the report's presets squeeze features' to 1).
+With no conv blocks the model is a plain RNN; with no RNN, conv features feed the
+head directly. The output is (batch, time', classes): time' = time when no block
+pools the time axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    first, second = value
+    return int(first), int(second)
+
+
+class ConvBlock(nn.Module):
+    """Conv2d over (features, time) → optional batch norm → ReLU → max-pool → dropout.
+
+    ``kernel`` and ``pool`` are ints or (features, time) pairs; ``padding`` 'valid'
+    (no padding, the report's Tables 2-3), 'same' (Table 1) or an int/pair.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        kernel: int | Sequence[int] = 3,
+        padding: str | int | Sequence[int] = "valid",
+        pool: int | Sequence[int] = 1,
+        batch_norm: bool = False,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.kernel, self.pool = _pair(kernel), _pair(pool)
+        if padding == "same":
+            self.padding = (self.kernel[0] // 2, self.kernel[1] // 2)
+        elif padding == "valid":
+            self.padding = (0, 0)
+        else:
+            self.padding = _pair(padding)
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, channels, self.kernel, padding=self.padding)
+        ]
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(channels))
+        layers.append(nn.ReLU())
+        if self.pool != (1, 1):
+            layers.append(nn.MaxPool2d(self.pool))
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        self.layers = nn.Sequential(*layers)
+
+    def output_size(self, features: int, time: int) -> tuple[int, int]:
+        """(features', time') of the block's output for a (features, time) input."""
+        sizes = []
+        for n, k, p, pool in zip((features, time), self.kernel, self.padding, self.pool, strict=True):
+            sizes.append((n + 2 * p - k + 1) // pool)
+        return sizes[0], sizes[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class CRNN(nn.Module):
+    """Conv blocks → RNN (LSTM/GRU) → dropout → linear head.
+
+    Parameters
+    ----------
+    in_features : feature bins per step (12 for chroma).
+    n_classes : output classes (25 chords).
+    conv_blocks : list of :class:`ConvBlock` keyword dicts (``channels``, ``kernel``,
+        ``padding``, ``pool``, ``batch_norm``, ``dropout``); empty for an RNN only.
+    rnn : ``{type: lstm|gru, hidden_size, num_layers, bidirectional, dropout}`` (dropout
+        between stacked layers, as torch does) or None for no RNN.
+    head_dropout : dropout on the RNN outputs before the linear head.
+    """
+
+    def __init__(
+        self,
+        in_features: int = 12,
+        n_classes: int = 25,
+        conv_blocks: Sequence[Mapping[str, Any]] = (),
+        rnn: Mapping[str, Any] | None = None,
+        head_dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.in_features = in_features
+        blocks, channels = [], 1
+        for spec in conv_blocks:
+            blocks.append(ConvBlock(channels, **dict(spec)))
+            channels = int(spec["channels"])
+        self.conv = nn.ModuleList(blocks)
+        self.min_input_length = self._min_input_length()
+        features = in_features
+        for block in self.conv:
+            features, _ = block.output_size(features, self.min_input_length)
+        if features < 1:
+            raise ValueError(f"conv blocks reduce the {in_features} feature bins to nothing")
+        size = channels * features if self.conv else in_features
+        self.rnn: nn.RNNBase | None = None
+        if rnn is not None:
+            kind = str(rnn.get("type", "lstm")).lower()
+            if kind not in ("lstm", "gru"):
+                raise ValueError(f"rnn.type must be 'lstm' or 'gru', got {kind!r}")
+            num_layers = int(rnn.get("num_layers", 1))
+            bidirectional = bool(rnn.get("bidirectional", True))
+            cls = nn.LSTM if kind == "lstm" else nn.GRU
+            self.rnn = cls(
+                size,
+                int(rnn["hidden_size"]),
+                num_layers=num_layers,
+                bidirectional=bidirectional,
+                dropout=float(rnn.get("dropout", 0.0)) if num_layers > 1 else 0.0,
+                batch_first=True,
+            )
+            size = int(rnn["hidden_size"]) * (2 if bidirectional else 1)
+        self.dropout = nn.Dropout(head_dropout)
+        self.head = nn.Linear(size, n_classes)
+
+    def _min_input_length(self) -> int:
+        length = 1
+        while True:
+            time, features = length, self.in_features
+            for block in self.conv:
+                features, time = block.output_size(features, time)
+            if time >= 1:
+                return length
+            length += 1
+
+    def output_length(self, time: int) -> int:
+        """Output steps time' for an input of ``time`` steps."""
+        features = self.in_features
+        for block in self.conv:
+            features, time = block.output_size(features, time)
+        return time
+
+    def stage_shapes(self, batch: int, time: int) -> list[tuple[int, ...]]:
+        """Tensor shapes at each stage for an input (batch, time, features): the conv
+        input (b, 1, f, t), each block's output, the RNN input (b, t', size), the RNN
+        output and the head output (b, t', classes). For checking the report's tables."""
+        x = torch.zeros(batch, time, self.in_features)
+        shapes: list[tuple[int, ...]] = []
+        with torch.no_grad():
+            h = x.transpose(1, 2).unsqueeze(1)
+            if self.conv:
+                shapes.append(tuple(h.shape))
+                for block in self.conv:
+                    h = block(h)
+                    shapes.append(tuple(h.shape))
+            seq = self._to_sequence(h) if self.conv else x
+            shapes.append(tuple(seq.shape))
+            if self.rnn is not None:
+                seq, _ = self.rnn(seq)
+                shapes.append(tuple(seq.shape))
+            shapes.append(tuple(self.head(seq).shape))
+        return shapes
+
+    @staticmethod
+    def _to_sequence(h: torch.Tensor) -> torch.Tensor:
+        b, c, f, t = h.shape
+        return h.reshape(b, c * f, t).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, time, features) → logits (batch, time', classes)."""
+        if x.shape[1] < self.min_input_length:
+            raise ValueError(
+                f"input of {x.shape[1]} steps is shorter than this model's minimum "
+                f"{self.min_input_length} (raise seq_len)"
+            )
+        if self.conv:
+            h = x.transpose(1, 2).unsqueeze(1)
+            for block in self.conv:
+                h = block(h)
+            x = self._to_sequence(h)
+        if self.rnn is not None:
+            x, _ = self.rnn(x)
+        return self.head(self.dropout(x))
+
+    def step_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for every input step: (batch, time, classes). When the conv blocks pool
+        time, output step j covers input steps mapped to it by nearest-neighbour
+        upsampling (input step i takes output step floor(i * time' / time))."""
+        logits = self.forward(x)
+        time, out_time = x.shape[1], logits.shape[1]
+        if out_time == time:
+            return logits
+        index = torch.arange(time, device=x.device) * out_time // time
+        return logits[:, index]
+
+
+MODELS: dict[str, type[nn.Module]] = {"chordrec.models.CRNN": CRNN}
+
+
+def build_model(spec: Mapping[str, Any]) -> nn.Module:
+    """Build a model from its config (``_target_`` plus keyword arguments), as Hydra's
+    ``instantiate`` would, but only for chordrec's own model classes: a config read
+    from a checkpoint can never name arbitrary code."""
+    spec = dict(spec)
+    target = spec.pop("_target_", "chordrec.models.CRNN")
+    if target not in MODELS:
+        raise ValueError(f"unknown model _target_ {target!r}; known: {sorted(MODELS)}")
+    return MODELS[target](**spec)

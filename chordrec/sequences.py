@@ -1,0 +1,141 @@
+"""From songs to model inputs: level (frame or beat) and sequence mode (window or sequence).
+
+Two ways to show a model ``L`` consecutive steps (frames or beats):
+
+* ``window`` (the course code's many-to-one): one example per target step, the
+  ``L`` steps ending at that target, left zero-padded at the start of a song; the
+  model's last output predicts the target.
+* ``sequence`` (many-to-many): each song cut into consecutive chunks of ``L``
+  steps, the last chunk zero-padded at the end (padded steps carry the label
+  :data:`IGNORE_LABEL` and are never scored); every step is predicted.
+
+Both modes predict every step of every song exactly once at evaluation time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from chordrec.beats import beat_sync, beat_sync_labels, expand_beats_to_frames
+from chordrec.chords import transpose_chroma, transpose_labels
+from chordrec.songs import Song
+
+IGNORE_LABEL = -100
+LEVELS = ("frame", "beat")
+MODES = ("window", "sequence")
+
+
+@dataclass(frozen=True)
+class SongSteps:
+    """A song at one level: ``features`` (steps, 12), ``labels`` (steps,), plus what
+    is needed to score at frame level (``song.labels``; ``song.beats`` at beat level)."""
+
+    song: Song
+    level: str
+    features: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.labels)
+
+    def to_frames(self, step_values: np.ndarray) -> np.ndarray:
+        """Per-step values (steps, ...) to per-frame values (frames, ...)."""
+        if self.level == "frame":
+            return step_values
+        return expand_beats_to_frames(step_values, self.song.beats, self.song.n_frames)
+
+
+def song_steps(song: Song, level: str) -> SongSteps:
+    """The song at ``level`` 'frame' (chroma frames) or 'beat' (beat-synchronous spans)."""
+    if level == "frame":
+        return SongSteps(song, level, song.chroma, song.labels)
+    if level == "beat":
+        return SongSteps(
+            song,
+            level,
+            beat_sync(song.chroma, song.beats),
+            beat_sync_labels(song.labels, song.beats),
+        )
+    raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+
+
+def count_chunks(n_steps: Sequence[int], length: int = 32) -> int:
+    """The report's example count: per song ``floor(steps / length)``, summed."""
+    return int(sum(n // length for n in n_steps))
+
+
+def song_windows(features: np.ndarray, seq_len: int) -> np.ndarray:
+    """Every step's window: (steps, seq_len, 12), window t = steps t-L+1..t, zero-padded
+    at the song start. A read-only view of one padded copy (no per-window copies)."""
+    padded = np.concatenate([np.zeros((seq_len - 1, features.shape[1]), features.dtype), features])
+    return np.lib.stride_tricks.sliding_window_view(padded, seq_len, axis=0).transpose(0, 2, 1)
+
+
+def song_chunks(
+    features: np.ndarray, labels: np.ndarray, seq_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Consecutive chunks: (chunks, seq_len, 12) and (chunks, seq_len) labels, the last chunk
+    zero-padded with :data:`IGNORE_LABEL` labels; chunks = ceil(steps / seq_len)."""
+    n_chunks = -(-len(labels) // seq_len)
+    pad = n_chunks * seq_len - len(labels)
+    x = np.concatenate([features, np.zeros((pad, features.shape[1]), features.dtype)])
+    y = np.concatenate([labels, np.full(pad, IGNORE_LABEL, labels.dtype)])
+    return x.reshape(n_chunks, seq_len, -1), y.reshape(n_chunks, seq_len)
+
+
+class BatchedExamples(torch.utils.data.Dataset):
+    """Training examples of several songs, indexed by *lists* of example indices.
+
+    Use with ``DataLoader(dataset, batch_size=None, sampler=BatchSampler(...))``: each
+    item is a whole batch ``(x, y)``, x float32 (batch, seq_len, 12), y int64 (batch,)
+    in window mode or (batch, seq_len) in sequence mode. ``augment='transpose'`` rotates
+    each example by a random 0..11 semitones (chroma bins and chord roots alike),
+    drawn from torch's RNG (seeded per DataLoader worker and epoch).
+    """
+
+    def __init__(self, songs: Sequence[SongSteps], seq_len: int, mode: str, augment: str = "none"):
+        if seq_len < 1:
+            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if augment not in ("none", "transpose"):
+            raise ValueError(f"augment must be 'none' or 'transpose', got {augment!r}")
+        self.seq_len, self.mode, self.augment = seq_len, mode, augment
+        if mode == "window":
+            # One padded stream: each song preceded by seq_len - 1 zero rows.
+            parts, targets, labels, offset = [], [], [], 0
+            for s in songs:
+                parts += [np.zeros((seq_len - 1, 12), np.float32), s.features]
+                offset += seq_len - 1
+                targets.append(offset + np.arange(s.n_steps))
+                labels.append(s.labels)
+                offset += s.n_steps
+            self.stream = np.concatenate(parts).astype(np.float32)
+            self.targets = np.concatenate(targets)
+            self.labels = np.concatenate(labels)
+            self._window = np.arange(-seq_len + 1, 1)
+        else:
+            chunks = [song_chunks(s.features, s.labels, seq_len) for s in songs]
+            self.inputs = np.concatenate([c[0] for c in chunks]).astype(np.float32)
+            self.labels = np.concatenate([c[1] for c in chunks])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        indices = np.asarray(indices)
+        if self.mode == "window":
+            x = self.stream[self.targets[indices][:, None] + self._window]
+        else:
+            x = self.inputs[indices]
+        y = self.labels[indices]
+        if self.augment == "transpose":
+            shift = torch.randint(0, 12, (len(indices),)).numpy()
+            x = transpose_chroma(x, shift[:, None])
+            y = transpose_labels(y, shift if y.ndim == 1 else shift[:, None])
+        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)

@@ -1,0 +1,371 @@
+"""Everything chordrec says to MLflow goes through this module.
+
+Store: by default a SQLite database ``<store>/mlflow.db`` with artifacts under
+``<store>/artifacts``, both absolute paths so that every process of a multirun
+logs to the same store. ``MLFLOW_TRACKING_URI`` (or an explicit URI) points
+chordrec at any other store or a tracking server instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import mlflow
+import numpy as np
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+import chordrec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "chordrec"
+T = TypeVar("T")
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be reached or holds no such run."""
+
+
+def store_uri(store_dir: str | Path) -> str:
+    """The default tracking URI: SQLite database in ``store_dir`` (absolute path)."""
+    path = Path(store_dir).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path / 'mlflow.db'}"
+
+
+def configure(store_dir: str | Path = "mlruns", tracking_uri: str | None = None) -> str:
+    """Point MLflow at ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else the SQLite
+    store in ``store_dir``. Checks that a server URI answers; returns the URI used."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or store_uri(store_dir)
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def artifact_root(store_dir: str | Path) -> str:
+    """Artifact location for new experiments in the default store."""
+    path = Path(store_dir).expanduser().resolve() / "artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return path.as_uri()
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """Raise :class:`TrackingError` unless the MLflow server at ``uri`` answers /health."""
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({exc}); start it or unset "
+            "MLFLOW_TRACKING_URI to log to the local store"
+        ) from exc
+
+
+def retry_locked(call: Callable[[], T], attempts: int = 8) -> T:
+    """Run ``call``, retrying with backoff while SQLite reports the database locked
+    (several processes of a multirun writing at once)."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:  # MlflowException wraps SQLAlchemy's OperationalError
+            if "locked" not in str(exc).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def ensure_experiment(name: str, store_dir: str | Path | None = None) -> str:
+    """Id of experiment ``name``, created (with artifacts under the store) if missing."""
+    client = MlflowClient()
+    found = retry_locked(lambda: client.get_experiment_by_name(name))
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if store_dir is not None and mlflow.get_tracking_uri().startswith("sqlite:"):
+        location = artifact_root(store_dir)
+    try:
+        return retry_locked(lambda: client.create_experiment(name, artifact_location=location))
+    except mlflow.exceptions.MlflowException:
+        # another process of the same multirun created it first
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def git_state(cwd: str | Path = ".") -> dict[str, str]:
+    """Tags ``git_commit`` and ``git_dirty`` for the checkout at ``cwd`` (or 'unknown')."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+
+    try:
+        return {
+            "git_commit": git("rev-parse", "HEAD"),
+            "git_dirty": str(bool(git("status", "--porcelain"))),
+        }
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": "unknown", "git_dirty": "unknown"}
+
+
+def base_tags(device: str) -> dict[str, str]:
+    """Tags every run carries: chordrec version, host, device, git state."""
+    return {
+        "chordrec_version": chordrec.__version__,
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "device": device,
+        **git_state(Path(__file__).resolve().parents[1]),
+    }
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mapping → ``{'a.b.c': 'value'}`` with values as strings (MLflow params)."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+    return flat
+
+
+class _Interrupted(BaseException):
+    """Raised in place of SIGTERM so the run is closed as KILLED."""
+
+
+class RunTracker:
+    """One MLflow run: start (or reopen for resume), log, end with the right status.
+
+    Used as a context manager; an exception ends the run FAILED, Ctrl-C or SIGTERM
+    ends it KILLED, a clean exit FINISHED.
+    """
+
+    def __init__(
+        self,
+        experiment: str = DEFAULT_EXPERIMENT,
+        store_dir: str | Path = "mlruns",
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        resume_run_id: str | None = None,
+        system_metrics: bool = True,
+        system_metrics_interval_s: float = 10.0,
+    ):
+        self.experiment, self.store_dir = experiment, store_dir
+        self.run_name, self.tags = run_name, dict(tags or {})
+        self.resume_run_id = resume_run_id
+        self.system_metrics = system_metrics
+        self.interval = system_metrics_interval_s
+        self.run_id = ""
+        self.client = MlflowClient()
+
+    def __enter__(self) -> RunTracker:
+        if self.system_metrics:
+            mlflow.system_metrics.set_system_metrics_sampling_interval(self.interval)
+            mlflow.system_metrics.set_system_metrics_samples_before_logging(1)
+        if self.resume_run_id:
+            run = self.get_run(self.resume_run_id)
+            active = retry_locked(
+                lambda: mlflow.start_run(
+                    run_id=run.info.run_id, log_system_metrics=self.system_metrics
+                )
+            )
+        else:
+            experiment_id = ensure_experiment(self.experiment, self.store_dir)
+            active = retry_locked(
+                lambda: mlflow.start_run(
+                    experiment_id=experiment_id,
+                    run_name=self.run_name,
+                    tags=self.tags,
+                    log_system_metrics=self.system_metrics,
+                )
+            )
+        self.run_id = active.info.run_id
+        self._previous_sigterm = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _raise_interrupted)
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        signal.signal(signal.SIGTERM, self._previous_sigterm)
+        if kind is None:
+            status = RunStatus.to_string(RunStatus.FINISHED)
+        elif issubclass(kind, KeyboardInterrupt | _Interrupted):
+            status = RunStatus.to_string(RunStatus.KILLED)
+        else:
+            status = RunStatus.to_string(RunStatus.FAILED)
+            retry_locked(lambda: mlflow.set_tag("error", f"{kind.__name__}: {exc}"[:5000]))
+        retry_locked(lambda: mlflow.end_run(status=status))
+        if kind is _Interrupted:
+            raise KeyboardInterrupt("terminated (SIGTERM)") from None
+        return False
+
+    def get_run(self, run_id: str):
+        try:
+            return self.client.get_run(run_id)
+        except mlflow.exceptions.MlflowException as exc:
+            raise TrackingError(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from exc
+
+    @property
+    def artifact_uri(self) -> str:
+        return mlflow.get_artifact_uri()
+
+    def log_config(self, config: Mapping[str, Any], yaml_text: str) -> None:
+        """The resolved config: flattened as params and whole as ``config.yaml``."""
+        params = flatten(config)
+        items = list(params.items())
+        for start in range(0, len(items), 100):
+            retry_locked(lambda s=start: mlflow.log_params(dict(items[s : s + 100])))
+        retry_locked(lambda: mlflow.log_text(yaml_text, "config.yaml"))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        retry_locked(lambda: mlflow.set_tags({k: str(v) for k, v in tags.items()}))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        values = {k: float(v) for k, v in metrics.items()}
+        retry_locked(lambda: mlflow.log_metrics(values, step=step))
+
+    def log_epoch(
+        self, epoch: int, metrics: Mapping[str, float], checkpoints: Mapping[str, Path]
+    ) -> None:
+        """Upload the epoch's checkpoints, then its metrics at step ``epoch``: a run
+        killed in between lacks the metrics, which :meth:`backfill_history` restores."""
+        for path in checkpoints.values():
+            retry_locked(lambda p=path: mlflow.log_artifact(str(p), "checkpoints"))
+        self.log_metrics(metrics, step=epoch)
+
+    def metric_history(self, run_id: str | None = None) -> dict[str, dict[int, float]]:
+        """Logged per-step values of each metric of a run: ``{metric: {step: value}}``."""
+        run = self.get_run(run_id or self.run_id)
+        return {
+            key: {m.step: m.value for m in self.client.get_metric_history(run.info.run_id, key)}
+            for key in run.data.metrics
+        }
+
+    def backfill_history(self, history: Mapping[str, list[float]]) -> int:
+        """Log the epochs of ``history`` (epoch i+1 = index i) that the run lacks; returns
+        how many values were added. Keeps a resumed run's history continuous."""
+        logged = self.metric_history()
+        added = 0
+        for key, values in history.items():
+            for index, value in enumerate(values):
+                if index + 1 not in logged.get(key, {}):
+                    self.log_metrics({key: value}, step=index + 1)
+                    added += 1
+        return added
+
+    def download_checkpoint(
+        self, run_id: str, name: str = "last", dest: str | Path | None = None
+    ) -> Path:
+        """Fetch ``checkpoints/<name>.pt`` of a run into ``dest`` (a temporary dir by default)."""
+        dest = Path(dest or tempfile.mkdtemp(prefix="chordrec-ckpt-"))
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=f"checkpoints/{name}.pt", dst_path=str(dest)
+            )
+        except Exception as exc:
+            raise TrackingError(
+                f"run {run_id} has no checkpoints/{name}.pt to resume from ({exc})"
+            ) from exc
+        return Path(path)
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        retry_locked(lambda: mlflow.log_figure(figure, f"figures/{name}"))
+
+    def log_text(self, text: str, name: str) -> None:
+        retry_locked(lambda: mlflow.log_text(text, name))
+
+    def log_dict(self, data: Mapping[str, Any], name: str) -> None:
+        retry_locked(lambda: mlflow.log_dict(dict(data), name))
+
+    def log_model(self, model: Any, input_example: np.ndarray) -> str:
+        """Log the torch model (``mlflow.pytorch``) with an input example; returns its URI."""
+        import torch
+
+        info = retry_locked(
+            lambda: mlflow.pytorch.log_model(
+                model,
+                name="model",
+                input_example=input_example,
+                pip_requirements=[
+                    f"torch=={torch.__version__.split('+')[0]}",
+                    f"chordrec=={chordrec.__version__}",
+                ],
+            )
+        )
+        return info.model_uri
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise _Interrupted()
+
+
+@contextmanager
+def server(store_dir: str | Path, host: str = "127.0.0.1", port: int = 5000) -> Iterator[str]:
+    """Run ``mlflow server`` over the default store; yields its URI; stops it on exit."""
+    store = Path(store_dir).resolve()
+    process = subprocess.Popen(
+        server_command(store, host, port), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    uri = f"http://{host}:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                check_server(uri, timeout=1)
+                break
+            except TrackingError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    err = process.stderr.read().decode(errors="replace") if process.stderr else ""
+                    raise TrackingError(
+                        f"mlflow server did not start on {uri}: {err[-2000:]}"
+                    ) from None
+                time.sleep(0.5)
+        yield uri
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def server_command(store_dir: str | Path, host: str, port: int, ui_only: bool = False) -> list[str]:
+    """The ``mlflow server``/``mlflow ui`` command line over the default store."""
+    store = Path(store_dir).resolve()
+    store.mkdir(parents=True, exist_ok=True)
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui" if ui_only else "server",
+        "--backend-store-uri",
+        store_uri(store),
+        "--default-artifact-root",
+        artifact_root(store),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]

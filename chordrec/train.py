@@ -1,0 +1,127 @@
+"""Train one model on RWC-Pop and log everything to MLflow (the Hydra entry point).
+
+    python -m chordrec.train model=crnn2 data.level=beat seq_len=32 optimizer=sgd
+    python -m chordrec.train experiment=f
+    python -m chordrec.train -m model=rnn_baseline,rnn_table4 seq_len=16,64,128
+    python -m chordrec.train resume=<mlflow run id>
+
+``--help`` lists the config groups and every setting.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from chordrec.experiment import build_context, finish_run, record_dataset, resume_state
+from chordrec.tracking import RunTracker, base_tags, configure
+from chordrec.training import TrainerSettings, fit, resolve_device, seed_everything
+
+log = logging.getLogger("chordrec.train")
+
+
+def _settings(cfg: DictConfig) -> TrainerSettings:
+    return TrainerSettings(
+        max_epochs=cfg.trainer.max_epochs,
+        min_lr=cfg.trainer.min_lr,
+        early_stopping_patience=cfg.trainer.early_stopping_patience,
+        batch_size=cfg.data.batch_size,
+        eval_batch_size=cfg.trainer.eval_batch_size,
+        num_workers=cfg.data.num_workers,
+        window_stride=cfg.data.window_stride,
+        grad_clip=cfg.trainer.grad_clip,
+        amp=cfg.trainer.amp,
+        progress=cfg.trainer.progress,
+    )
+
+
+def run(cfg: DictConfig) -> float:
+    """Train, evaluate and log one run; returns its best validation frame accuracy."""
+    configure(cfg.tracking.store_dir, cfg.tracking.uri)
+    tracking_dir = Path(cfg.tracking.store_dir).resolve()
+    resume = resume_state(cfg.resume, tracking_dir) if cfg.resume else None
+    if resume is not None:
+        # The resumed run keeps its own config; only the run id comes from the command line.
+        cfg = OmegaConf.create(resume.checkpoint["config"])
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.trainer.device)
+    context = build_context(cfg)
+    model = context.model
+    optimizer = instantiate(cfg.optimizer, params=model.parameters())
+    scheduler = instantiate(cfg.scheduler, optimizer=optimizer)
+    tags = {**base_tags(str(device)), **{k: str(v) for k, v in cfg.tracking.tags.items()}}
+    hydra_cfg = _hydra_job()
+    if hydra_cfg:
+        tags.update(hydra_cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)
+    with RunTracker(
+        experiment=cfg.tracking.experiment,
+        store_dir=tracking_dir,
+        run_name=cfg.run_name or context.default_run_name,
+        tags=tags,
+        resume_run_id=cfg.resume,
+        system_metrics=cfg.tracking.system_metrics,
+        system_metrics_interval_s=cfg.tracking.system_metrics_interval_s,
+    ) as tracker:
+        log.info("MLflow run %s in %s", tracker.run_id, tracker.artifact_uri)
+        print(
+            f"MLflow run id: {tracker.run_id}  (see it with `make ui`, or "
+            f"`chordrec ui` then http://127.0.0.1:5000)",
+            flush=True,
+        )
+        if resume is None:
+            tracker.log_config(config, OmegaConf.to_yaml(cfg, resolve=True))
+            record_dataset(tracker, context)
+        else:
+            tracker.backfill_history(resume.checkpoint["history"])
+        checkpoint_dir = Path(cfg.tracking.store_dir).resolve() / "tmp" / tracker.run_id
+        result = fit(
+            model,
+            context.train_examples,
+            context.validation,
+            optimizer,
+            scheduler,
+            _settings(cfg),
+            device,
+            checkpoint_dir,
+            observer=tracker.log_epoch,
+            resume_from=resume.checkpoint if resume else None,
+            checkpoint_extra={"config": config},
+        )
+        summary = finish_run(tracker, context, result, device, cfg)
+    log.info(
+        "test frame accuracy %.4f (validation %.4f)",
+        summary["test_frame_acc"],
+        summary["val_frame_acc"],
+    )
+    return summary["val_frame_acc"]
+
+
+def _hydra_job() -> dict[str, Any]:
+    """Tags that tie a run to its Hydra sweep (multirun), if any."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    tags = {"hydra_mode": str(hc.mode.name).lower()}
+    if str(hc.mode.name) == "MULTIRUN":
+        tags["sweep_dir"] = str(Path(hc.sweep.dir).resolve())
+        tags["sweep_job"] = str(hc.job.num)
+        tags["sweep_overrides"] = " ".join(hc.overrides.task)
+    return tags
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,342 @@
+"""The training loop: fit a model on training examples, pick the best epoch on validation.
+
+It knows nothing about where its metrics go: after every epoch it writes checkpoint
+files and hands the epoch's metrics and checkpoint paths to an observer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from chordrec.sequences import IGNORE_LABEL, BatchedExamples, SongSteps, song_chunks, song_windows
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """'auto' → CUDA when available, else CPU; 'cpu' / 'cuda' / 'cuda:N' as given."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("trainer.device=cuda but no CUDA device is available")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's (CPU and CUDA) random generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """All RNG states as tensors and plain types (loadable with ``weights_only=True``)."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    random.setstate(state["python"])
+    kind, key, *rest = state["numpy"]
+    np.random.set_state((kind, key.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@torch.no_grad()
+def predict_log_probs(
+    model: nn.Module,
+    steps: SongSteps,
+    seq_len: int,
+    mode: str,
+    device: torch.device,
+    batch_size: int = 1024,
+) -> np.ndarray:
+    """Log class posteriors for every step of one song: (steps, classes) float32.
+
+    ``window`` mode predicts step t from the ``seq_len`` steps ending at t (the
+    model's last output); ``sequence`` mode predicts all steps of consecutive chunks.
+    """
+    model.eval()
+    if mode == "window":
+        inputs = song_windows(steps.features, seq_len)
+    else:
+        inputs, _ = song_chunks(steps.features, steps.labels, seq_len)
+    outputs = []
+    for start in range(0, len(inputs), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(inputs[start : start + batch_size])).to(device)
+        with _autocast(device):
+            logits = model(x)[:, -1] if mode == "window" else model.step_logits(x)
+        outputs.append(torch.log_softmax(logits.float(), dim=-1).reshape(-1, logits.shape[-1]))
+    return torch.cat(outputs).cpu().numpy()[: steps.n_steps]
+
+
+@dataclass
+class Evaluation:
+    """Step-level loss and frame-level accuracy over songs, and each song's
+    frame-level log posteriors (frames, classes)."""
+
+    loss: float
+    frame_accuracy: float
+    n_frames: int
+    log_probs: list[np.ndarray]
+
+
+def evaluate(
+    model: nn.Module,
+    songs: Sequence[SongSteps],
+    seq_len: int,
+    mode: str,
+    device: torch.device,
+    batch_size: int = 1024,
+    decode: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Evaluation:
+    """Score every frame of ``songs``: beat-level predictions are spread over their
+    frames. ``decode`` maps frame log posteriors to classes (default argmax)."""
+    loss_sum, n_steps, correct, n_frames, frame_log_probs = 0.0, 0, 0, 0, []
+    for steps in songs:
+        log_probs = predict_log_probs(model, steps, seq_len, mode, device, batch_size)
+        loss_sum += float(-log_probs[np.arange(steps.n_steps), steps.labels].sum())
+        n_steps += steps.n_steps
+        frame_lp = steps.to_frames(log_probs)
+        predicted = decode(frame_lp) if decode else frame_lp.argmax(axis=1)
+        correct += int((predicted == steps.song.labels).sum())
+        n_frames += steps.song.n_frames
+        frame_log_probs.append(frame_lp)
+    return Evaluation(loss_sum / n_steps, correct / n_frames, n_frames, frame_log_probs)
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda")
+
+
+class EpochObserver(Protocol):
+    """Receives each finished epoch: its metrics and the checkpoint files written for it
+    (``last`` always, ``best`` when validation accuracy improved)."""
+
+    def __call__(
+        self, epoch: int, metrics: dict[str, float], checkpoints: dict[str, Path]
+    ) -> None: ...
+
+
+@dataclass
+class TrainerSettings:
+    max_epochs: int = 200
+    min_lr: float = 1e-5
+    early_stopping_patience: int | None = None
+    batch_size: int = 32
+    eval_batch_size: int = 1024
+    num_workers: int = 0
+    window_stride: int = 1
+    grad_clip: float | None = None
+    amp: bool = True
+    progress: bool = True
+
+
+@dataclass
+class FitResult:
+    history: dict[str, list[float]]
+    best_epoch: int
+    epochs_run: int
+    converged: bool
+    stop_reason: str
+    train_time_s: float
+    best_state: dict[str, torch.Tensor] = field(repr=False)
+
+
+def _state(model, optimizer, scheduler, scaler, epoch, history, best) -> dict[str, Any]:
+    return {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": rng_state(),
+        "history": history,
+        "best": best,
+    }
+
+
+def fit(
+    model: nn.Module,
+    train: BatchedExamples,
+    validation: Sequence[SongSteps],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau,
+    settings: TrainerSettings,
+    device: torch.device,
+    checkpoint_dir: Path,
+    observer: EpochObserver | None = None,
+    resume_from: dict[str, Any] | None = None,
+    checkpoint_extra: dict[str, Any] | None = None,
+) -> FitResult:
+    """Train until the learning rate falls below ``min_lr`` (converged), validation
+    accuracy stops improving for ``early_stopping_patience`` epochs, or ``max_epochs``.
+
+    Every epoch writes ``last.pt`` (and ``best.pt`` on a new best validation accuracy)
+    under ``checkpoint_dir``: model, optimizer, scheduler, scaler, epoch, RNG states,
+    metric history and ``checkpoint_extra`` (e.g. the run's config), all loadable with
+    ``torch.load(..., weights_only=True)``. ``resume_from`` is such a checkpoint:
+    training continues after its epoch. Epochs are numbered from 1.
+    """
+    model.to(device)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    use_amp = settings.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_LABEL)
+    history: dict[str, list[float]] = {}
+    best = {"epoch": 0, "val_acc": -math.inf}
+    start_epoch, elapsed = 1, 0.0
+    if resume_from is not None:
+        model.load_state_dict(resume_from["model"])
+        optimizer.load_state_dict(resume_from["optimizer"])
+        scheduler.load_state_dict(resume_from["scheduler"])
+        scaler.load_state_dict(resume_from["scaler"])
+        set_rng_state(resume_from["rng"])
+        history = {k: list(v) for k, v in resume_from["history"].items()}
+        best = dict(resume_from["best"])
+        start_epoch = int(resume_from["epoch"]) + 1
+        elapsed = float(sum(history.get("epoch_time_s", [])))
+        log.info("resuming after epoch %d", start_epoch - 1)
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if best["epoch"] and (checkpoint_dir / "best.pt").exists():
+        best_state = torch.load(checkpoint_dir / "best.pt", weights_only=True)["model"]
+    n_per_epoch = max(1, len(train) // max(1, settings.window_stride))
+    stop_reason, converged, epochs_run = "max_epochs", False, start_epoch - 1
+    if _lr(optimizer) < settings.min_lr:  # resumed after the stop rule had fired
+        stop_reason, converged = "lr_below_min", True
+    for epoch in range(start_epoch, settings.max_epochs + 1):
+        if converged:
+            break
+        started = time.perf_counter()
+        order = torch.randperm(len(train))[:n_per_epoch].tolist()
+        batches = [
+            order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)
+        ]
+        loader = torch.utils.data.DataLoader(
+            train,
+            batch_size=None,
+            sampler=batches,
+            num_workers=settings.num_workers,
+            pin_memory=device.type == "cuda",
+        )
+        model.train()
+        loss_sum, correct, counted = 0.0, 0, 0
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch}",
+            leave=False,
+            disable=not settings.progress,
+            unit="batch",
+            dynamic_ncols=True,
+        )
+        for x, y in bar:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                logits = model(x)[:, -1] if train.mode == "window" else model.step_logits(x)
+                loss = loss_fn(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if settings.grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            mask = y != IGNORE_LABEL
+            n = int(mask.sum())
+            loss_sum += float(loss) * n
+            correct += int((logits.argmax(-1) == y)[mask].sum())
+            counted += n
+            bar.set_postfix(loss=f"{loss_sum / counted:.3f}", acc=f"{correct / counted:.3f}")
+        bar.close()
+        if not math.isfinite(loss_sum):
+            raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch}")
+        val = evaluate(
+            model, validation, train.seq_len, train.mode, device, settings.eval_batch_size
+        )
+        lr = _lr(optimizer)
+        scheduler.step(val.loss)
+        epoch_time = time.perf_counter() - started
+        elapsed += epoch_time
+        metrics = {
+            "train_loss": loss_sum / counted,
+            "train_acc": correct / counted,
+            "val_loss": val.loss,
+            "val_acc": val.frame_accuracy,
+            "lr": lr,
+            "epoch_time_s": epoch_time,
+        }
+        for key, value in metrics.items():
+            history.setdefault(key, []).append(value)
+        written = {}
+        if val.frame_accuracy > best["val_acc"]:
+            best = {"epoch": epoch, "val_acc": val.frame_accuracy}
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        state = _state(model, optimizer, scheduler, scaler, epoch, history, best)
+        state.update(checkpoint_extra or {})
+        if best["epoch"] == epoch:
+            written["best"] = _atomic_save(state, checkpoint_dir / "best.pt")
+        written["last"] = _atomic_save(state, checkpoint_dir / "last.pt")
+        log.info(
+            "epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.2e | %.1f s",
+            epoch,
+            metrics["train_loss"],
+            metrics["train_acc"],
+            val.loss,
+            val.frame_accuracy,
+            lr,
+            epoch_time,
+        )
+        if observer is not None:
+            observer(epoch, metrics, written)
+        epochs_run = epoch
+        if _lr(optimizer) < settings.min_lr:
+            stop_reason, converged = "lr_below_min", True
+        elif (
+            settings.early_stopping_patience
+            and epoch - best["epoch"] >= settings.early_stopping_patience
+        ):
+            stop_reason = "early_stopping"
+            break
+    return FitResult(
+        history=history,
+        best_epoch=int(best["epoch"]),
+        epochs_run=epochs_run,
+        converged=converged,
+        stop_reason=stop_reason,
+        train_time_s=elapsed,
+        best_state=best_state,
+    )
+
+
+def _lr(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def _atomic_save(state: dict[str, Any], path: Path) -> Path:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,242 @@
+"""Tests of chordrec.figures on small generated data (no display, Agg only)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from chordrec.chords import class_names
+from chordrec.figures import chord_timeline, confusion_matrix_figure, learning_curves
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _assert_png(fig: Figure, path: Path) -> None:
+    fig.savefig(path, dpi=60)
+    data = path.read_bytes()
+    assert len(data) > 1000
+    assert data.startswith(PNG_MAGIC)
+
+
+def _history(n_epochs: int = 6, *, lr: bool = True) -> dict[str, list[float]]:
+    epochs = np.arange(n_epochs)
+    history = {
+        "train_acc": list(0.3 + 0.5 * (1 - np.exp(-epochs / 2))),
+        "val_acc": list(0.25 + 0.45 * (1 - np.exp(-epochs / 2))),
+        "train_loss": list(2.5 * np.exp(-epochs / 3) + 0.4),
+        "val_loss": list(2.4 * np.exp(-epochs / 3) + 0.7),
+    }
+    if lr:
+        history["lr"] = list(1e-3 * 0.5 ** (epochs // 2))
+    return history
+
+
+def _song(n_frames: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Chroma (n_frames, 12), reference and predicted classes (n_frames,) with runs."""
+    rng = np.random.default_rng(seed)
+    change = rng.random(n_frames) < 0.01
+    reference = rng.integers(0, 25, size=int(change.sum()) + 1)[np.cumsum(change)]
+    predicted = reference.copy()
+    predicted[rng.random(n_frames) < 0.2] = 7
+    chroma = rng.random((n_frames, 12))
+    return chroma, reference, predicted
+
+
+# ----------------------------------------------------------------- learning curves
+
+
+def test_learning_curves_with_lr_has_twin_log_axis(tmp_path: Path) -> None:
+    fig = learning_curves(_history())
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 3
+    ax_acc, ax_loss, ax_lr = fig.axes
+    assert ax_acc.get_title() == "Frame accuracy"
+    assert ax_loss.get_title() == "Loss"
+    assert ax_acc.get_xlabel() == ax_loss.get_xlabel() == "epoch"
+    assert ax_lr.get_yscale() == "log"
+    assert ax_lr.get_ylabel() == "learning rate"
+    # epochs start at 1
+    train_line = ax_acc.get_lines()[0]
+    assert list(train_line.get_xdata()) == [1, 2, 3, 4, 5, 6]
+    legend_texts = [t.get_text() for t in ax_loss.get_legend().get_texts()]
+    assert legend_texts == ["train", "validation", "learning rate"]
+    _assert_png(fig, tmp_path / "curves.png")
+
+
+def test_learning_curves_accuracy_shown_as_percent() -> None:
+    fig = learning_curves(_history(lr=False))
+    assert len(fig.axes) == 2
+    ax_acc = fig.axes[0]
+    assert ax_acc.yaxis.get_major_formatter()(0.5, 0) == "50%"
+    legend_texts = [t.get_text() for t in ax_acc.get_legend().get_texts()]
+    best = max(_history()["val_acc"])
+    assert legend_texts[-1] == f"best val {100 * best:.1f} % (epoch 6)"
+
+
+def test_learning_curves_single_epoch(tmp_path: Path) -> None:
+    history = {"train_acc": [0.5], "val_acc": [0.4], "train_loss": [1.0], "val_loss": [1.2]}
+    _assert_png(learning_curves(history), tmp_path / "one.png")
+
+
+def test_learning_curves_unequal_lengths_raise() -> None:
+    history = _history()
+    history["val_loss"] = history["val_loss"][:-1]
+    with pytest.raises(ValueError, match="equal lengths"):
+        learning_curves(history)
+    history = _history()
+    history["lr"] = history["lr"][:2]
+    with pytest.raises(ValueError, match="equal lengths"):
+        learning_curves(history)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"val_loss": None},  # missing key
+        {"train_acc": [], "val_acc": [], "train_loss": [], "val_loss": []},  # empty
+        {"train_acc": [30.0, 40.0, 50.0, 60.0, 70.0, 80.0]},  # percentages
+        {"lr": [0.0] * 6},  # nothing to draw on a log scale
+        {"lr": [-1e-3] * 6},
+    ],
+)
+def test_learning_curves_bad_history_raises(change: dict) -> None:
+    history = _history()
+    for key, value in change.items():
+        if value is None:
+            del history[key]
+        else:
+            history[key] = value
+    with pytest.raises(ValueError):
+        learning_curves(history)
+
+
+# --------------------------------------------------------------------- timeline
+
+
+def test_chord_timeline_panels_and_titles(tmp_path: Path) -> None:
+    chroma, reference, predicted = _song(500)
+    fig = chord_timeline(chroma, reference, predicted, title="Song 7")
+    assert len(fig.axes) == 3
+    ax_chroma, ax_ref, ax_pred = fig.axes
+    assert fig.get_suptitle() == "Song 7"
+    assert ax_chroma.get_title() == "Chromagram"
+    assert ax_ref.get_title() == "Reference chords"
+    accuracy = 100 * np.mean(reference == predicted)
+    assert ax_pred.get_title() == f"Predicted chords (frame accuracy {accuracy:.1f} %)"
+    assert ax_pred.get_xlabel() == "time (s)"
+    # shared time axis in seconds, spanning the song
+    assert ax_pred.get_xlim() == pytest.approx((0.0, 500 / (44100 / 512)))
+    assert ax_chroma.get_xlim() == ax_pred.get_xlim()
+    # y ticks: pitch classes and chord names
+    assert [t.get_text() for t in ax_chroma.get_yticklabels()][:3] == ["C", "C#", "D"]
+    assert [t.get_text() for t in ax_ref.get_yticklabels()] == class_names()
+    assert [t.get_text() for t in ax_pred.get_yticklabels()] == class_names()
+    _assert_png(fig, tmp_path / "timeline.png")
+
+
+def test_chord_timeline_frame_rate_and_perfect_prediction() -> None:
+    chroma, reference, _ = _song(200)
+    fig = chord_timeline(chroma, reference, reference, frame_rate=10.0)
+    assert fig.get_suptitle() == ""
+    assert fig.axes[2].get_xlim() == pytest.approx((0.0, 20.0))
+    assert "100.0 %" in fig.axes[2].get_title()
+
+
+def test_chord_timeline_accepts_integral_floats_and_single_frame(tmp_path: Path) -> None:
+    fig = chord_timeline(np.zeros((1, 12)), np.array([3.0]), np.array([0]))
+    assert "0.0 %" in fig.axes[2].get_title()
+    _assert_png(fig, tmp_path / "single.png")
+
+
+@pytest.mark.parametrize(
+    ("chroma_shape", "ref_len", "pred_len", "match"),
+    [
+        ((100, 11), 100, 100, "12"),
+        ((100,), 100, 100, "12"),
+        ((100, 12), 99, 100, "same number of frames"),
+        ((100, 12), 100, 101, "same number of frames"),
+        ((0, 12), 0, 0, "at least one frame"),
+    ],
+)
+def test_chord_timeline_bad_shapes_raise(
+    chroma_shape: tuple[int, ...], ref_len: int, pred_len: int, match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        chord_timeline(
+            np.zeros(chroma_shape),
+            np.zeros(ref_len, dtype=int),
+            np.zeros(pred_len, dtype=int),
+        )
+
+
+def test_chord_timeline_bad_classes_raise() -> None:
+    chroma = np.zeros((10, 12))
+    ok = np.zeros(10, dtype=int)
+    with pytest.raises(ValueError, match="0..24"):
+        chord_timeline(chroma, np.full(10, 25), ok)
+    with pytest.raises(ValueError, match="0..24"):
+        chord_timeline(chroma, ok, np.full(10, -1))
+    with pytest.raises(ValueError, match="integer"):
+        chord_timeline(chroma, np.full(10, 1.5), ok)
+    with pytest.raises(ValueError, match=r"shape \(frames,\)"):
+        chord_timeline(chroma, ok.reshape(2, 5), ok)
+    with pytest.raises(ValueError, match="frame_rate"):
+        chord_timeline(chroma, ok, ok, frame_rate=0.0)
+
+
+def test_chord_timeline_long_song_is_fast(tmp_path: Path) -> None:
+    # 20k frames (about 232 s) with per-frame label noise: the worst case for runs
+    rng = np.random.default_rng(1)
+    n_frames = 20_000
+    chroma = rng.random((n_frames, 12))
+    reference = rng.integers(0, 25, n_frames)
+    predicted = rng.integers(0, 25, n_frames)
+    start = time.perf_counter()
+    fig = chord_timeline(chroma, reference, predicted)
+    fig.savefig(tmp_path / "long.png", dpi=72)
+    elapsed = time.perf_counter() - start
+    assert (tmp_path / "long.png").stat().st_size > 1000
+    assert elapsed < 2.0, f"rendering 20k frames took {elapsed:.2f} s"
+
+
+# -------------------------------------------------------------------- confusion
+
+
+def test_confusion_matrix_figure(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    confusion = rng.integers(0, 5, (25, 25)) + np.diag(rng.integers(50, 100, 25))
+    confusion[4] = 0  # a class without reference frames stays empty
+    fig = confusion_matrix_figure(confusion)
+    assert len(fig.axes) == 2  # matrix and colorbar
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "predicted chord"
+    assert ax.get_ylabel() == "reference chord"
+    accuracy = 100 * np.trace(confusion) / confusion.sum()
+    assert ax.get_title().endswith(f"frame accuracy {accuracy:.1f} %")
+    assert [t.get_text() for t in ax.get_xticklabels()] == class_names()
+    assert [t.get_text() for t in ax.get_yticklabels()] == class_names()
+    shown = ax.get_images()[0].get_array()
+    sums = np.asarray(shown).sum(axis=1)
+    expected = np.ones(25)
+    expected[4] = 0.0
+    np.testing.assert_allclose(sums, expected)
+    _assert_png(fig, tmp_path / "confusion.png")
+
+
+def test_confusion_matrix_all_zero_renders(tmp_path: Path) -> None:
+    fig = confusion_matrix_figure(np.zeros((25, 25)))
+    assert "n/a" in fig.axes[0].get_title()
+    _assert_png(fig, tmp_path / "empty.png")
+
+
+@pytest.mark.parametrize(
+    "confusion",
+    [np.zeros((24, 25)), np.zeros((25,)), np.zeros((25, 25, 1)), -np.ones((25, 25))],
+)
+def test_confusion_matrix_bad_input_raises(confusion: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        confusion_matrix_figure(confusion)
