@@ -11,7 +11,7 @@ def _check_beats(beats: np.ndarray, n_frames: int) -> np.ndarray:
     beats = np.asarray(beats)
     if beats.ndim != 1 or len(beats) < 2:
         raise ValueError(f"beats must be 1-D with at least 2 entries, got shape {beats.shape}")
-    if (np.diff(beats) <= 0).any():
+    if (beats[1:] <= beats[:-1]).any():  # not np.diff: it wraps around for unsigned dtypes
         raise ValueError("beats must be strictly increasing")
     if beats[0] < 0 or beats[-1] > n_frames:
         raise ValueError(f"beats must lie in [0, {n_frames}], got {beats[0]}..{beats[-1]}")

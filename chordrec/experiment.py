@@ -115,9 +115,12 @@ class ResumeState:
     checkpoint: dict[str, Any]
 
 
-def resume_state(run_id: str, store_dir: Path) -> ResumeState:
-    """The last checkpoint of MLflow run ``run_id`` (model, optimizer, RNG, history, config)."""
-    path = RunTracker(store_dir=store_dir).download_checkpoint(run_id, "last")
+def resume_state(run_id: str, store_dir: Path, checkpoint_dir: Path) -> ResumeState:
+    """The last checkpoint of MLflow run ``run_id`` (model, optimizer, RNG, history, config);
+    its last and best checkpoints are downloaded into ``checkpoint_dir``."""
+    tracker = RunTracker(store_dir=store_dir)
+    path = tracker.download_checkpoint(run_id, "last", checkpoint_dir)
+    tracker.download_checkpoint(run_id, "best", checkpoint_dir)
     checkpoint = torch.load(path, weights_only=True, map_location="cpu")
     log.info("resuming run %s after epoch %d", run_id, checkpoint["epoch"])
     return ResumeState(run_id, checkpoint)

@@ -401,3 +401,75 @@ def confusion_matrix_figure(confusion: np.ndarray) -> Figure:
     accuracy_text = "n/a" if np.isnan(accuracy) else f"{100 * accuracy:.1f} %"
     ax.set_title(f"Confusion matrix, row-normalised (%), frame accuracy {accuracy_text}")
     return fig
+
+
+# ------------------------------------------------------------------- transcription
+
+
+def transcription_figure(
+    chroma: np.ndarray,
+    predicted: np.ndarray,
+    *,
+    frame_rate: float = DEFAULT_FRAME_RATE,
+    title: str = "",
+) -> Figure:
+    """Plot a transcription: the chromagram over the predicted chords (no reference).
+
+    ``chroma``: shape (frames, 12), pitch classes C..B, any energy unit;
+    ``predicted``: shape (frames,), integer chord classes in 0..24; ``frame_rate``
+    in frames per second (frame ``i`` covers ``[i, i + 1) / frame_rate`` s).
+    Returns a figure with two panels sharing the time axis in seconds: the
+    chromagram and the chords as a piano roll colored by quality (major / minor /
+    N). Raises ``ValueError`` on mismatched or empty input or a non-positive rate.
+    """
+    chroma = np.asarray(chroma, dtype=float)
+    if chroma.ndim != 2 or chroma.shape[1] != 12:
+        raise ValueError(f"chroma must have shape (frames, 12), got {chroma.shape}")
+    predicted = _check_classes("predicted", predicted)
+    if len(predicted) != len(chroma) or len(chroma) == 0:
+        raise ValueError(
+            f"chroma and predicted need the same, non-zero number of frames, got "
+            f"{len(chroma)} and {len(predicted)}"
+        )
+    if not (np.isfinite(frame_rate) and frame_rate > 0):
+        raise ValueError(f"frame_rate must be positive, got {frame_rate}")
+    duration = len(chroma) / frame_rate
+    fig = Figure(figsize=(13.0, 6.5), layout="constrained")
+    ax_chroma, ax_chords = fig.subplots(
+        2, 1, sharex=True, gridspec_kw={"height_ratios": [1.0, 2.0]}
+    )
+    if title:
+        fig.suptitle(title, fontsize="large")
+    ax_chroma.imshow(
+        chroma.T,
+        origin="lower",
+        aspect="auto",
+        extent=(0.0, duration, -0.5, 11.5),
+        cmap="magma",
+        interpolation="nearest",
+    )
+    ax_chroma.set_yticks(np.arange(12), PITCH_CLASSES, fontsize=7)
+    ax_chroma.set_ylabel("pitch class")
+    ax_chroma.set_title("Chromagram")
+    _draw_bars(ax_chords, predicted, frame_rate)
+    _setup_chord_axis(ax_chords)
+    ax_chords.set_title("Predicted chords")
+    ax_chords.legend(
+        handles=[
+            Patch(color=_MAJOR_COLOR, label="major"),
+            Patch(color=_MINOR_COLOR, label="minor"),
+            Patch(color=_NO_CHORD_COLOR, label="no chord"),
+        ],
+        loc="lower right",
+        bbox_to_anchor=(1.0, 1.0),
+        ncols=3,
+        fontsize="small",
+        frameon=False,
+        borderaxespad=0.2,
+    )
+    ax_chords.set_xlim(0.0, duration)
+    ax_chords.set_xlabel("time (s)")
+    return fig
+
+
+__all__.append("transcription_figure")

@@ -59,9 +59,13 @@ def _load_array(path: Path) -> np.ndarray:
     if not path.is_file():
         raise SongDataError(f"{path}: file is missing")
     try:
-        return np.load(path, allow_pickle=False)
+        loaded = np.load(path, allow_pickle=False)
     except Exception as exc:  # numpy raises ValueError, OSError, EOFError... on corrupt files
         raise SongDataError(f"{path}: not a readable .npy array ({exc})") from exc
+    if not isinstance(loaded, np.ndarray):  # an .npz archive under an .npy name
+        loaded.close()
+        raise SongDataError(f"{path}: not a single .npy array (found an .npz archive)")
+    return loaded
 
 
 def validate_song(
@@ -100,8 +104,8 @@ def validate_song(
         )
     if len(beats) < 2:
         raise SongDataError(f"{where}: needs at least 2 beats, got {len(beats)}")
-    if (np.diff(beats) <= 0).any():
-        bad = int(np.argwhere(np.diff(beats) <= 0)[0, 0])
+    if (beats[1:] <= beats[:-1]).any():  # not np.diff: it wraps around for unsigned dtypes
+        bad = int(np.argwhere(beats[1:] <= beats[:-1])[0, 0])
         raise SongDataError(
             f"{where}: beats must increase, but beat {bad + 1} ({int(beats[bad + 1])}) "
             f"follows {int(beats[bad])}"
@@ -125,7 +129,9 @@ def load_song(root: str | Path, name: str) -> Song:
     chroma, labels, beats = arrays["chroma"], arrays["labels"], arrays["beats"]
     # Name the file that carries the problem: beat problems live in beat/, label
     # problems in chord/, everything else is judged against chroma/.
-    try:
+    try:  # frames and labels first, with stand-in beats that fit any song of 2+ frames
+        if chroma.ndim >= 1 and len(chroma) < 2:
+            raise SongDataError(f": a song needs at least 2 frames, got {len(chroma)}")
         validate_song(chroma, labels, np.arange(2), where="")
     except SongDataError as exc:
         culprit = paths["labels"] if "label" in str(exc) else paths["chroma"]
@@ -161,6 +167,8 @@ def split_songs(
     [80, 100)). ``max_songs`` keeps only the first songs of each part (quick runs).
     Raises ValueError when a range leaves the list or the parts overlap.
     """
+    if max_songs is not None and max_songs < 1:
+        raise ValueError(f"max_songs must be a positive number of songs or null, got {max_songs}")
     names = sorted(names)
     parts = {"train": train, "validation": validation, "test": test}
     taken: set[int] = set()
@@ -175,5 +183,5 @@ def split_songs(
             raise ValueError(f"split part {part} = [{start}, {stop}) overlaps another part")
         taken |= indices
         chosen = names[start:stop]
-        result[part] = chosen[:max_songs] if max_songs else chosen
+        result[part] = chosen if max_songs is None else chosen[:max_songs]
     return result

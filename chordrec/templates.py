@@ -14,20 +14,26 @@ The no-chord class N has no template. It is handled by a rule instead:
   equality N wins). Under Viterbi this is a soft score like the others, so
   smoothing may override it.
 
-Measured on the RWC-Pop split of the README (train N001-N060 unused, test
-N061-N080, validation N081-N100), frame accuracy against ``chord/``, with the
-defaults below tuned on validation only::
+Measured on the RWC-Pop split of the README (test N061-N080, validation
+N081-N100; the training songs are not used), frame accuracy against ``chord/``,
+with the defaults below tuned on validation only by (about 4 minutes on 2 CPUs)::
 
     .venv/bin/python -m chordrec.templates /work/shared/datasets/rwc-pop
 
-    argmax   no_chord_threshold=0.45          validation 46.81 %   test 45.47 %
-    viterbi  + self_transition=0.99, T=0.05   validation 53.02 %   test 51.78 %
+    decoding                                    validation   test
+    argmax   no_chord_threshold=0.3             35.59 %      47.01 %
+    viterbi  + temperature=0.15, p=0.9995       42.91 %      55.09 %
 
-(The task brief expected about 47 % and about 52 % on test.) Under Viterbi the
-decoded path depends on temperature and self-transition only through the
-per-change penalty ``T * log(24 p / (1 - p))``, so the temperature was fixed by
-minimising the validation negative log-likelihood of the reference labels
-(calibration) and only ``p`` (and the threshold) were searched for Viterbi.
+(The task brief expected about 47 % and about 52 % on test. Validation songs are
+harder for templates than test songs; per-song argmax accuracy over all 100 songs
+ranges from 8 % to 72 %.)
+The threshold barely matters: N is 2.5 % of the frames and mostly silence, which
+the silent-frame rule already catches; every threshold from 0 to 0.3 gives the
+same validation accuracy and the largest tied value was kept. Under Viterbi the
+decoded path depends on temperature ``T`` and self-transition ``p`` only through
+the per-change penalty ``T * log(24 p / (1 - p))`` (about 1.6 nats here), so the
+two were searched on a redundant grid; penalties from about 1.5 to 4 nats all
+score within about 0.7 points of it on validation.
 """
 
 from __future__ import annotations
@@ -46,12 +52,12 @@ __all__ = [
     "template_predict",
 ]
 
-#: Cosine similarity below which (or at which) a frame is called N; tuned on validation.
-DEFAULT_NO_CHORD_THRESHOLD = 0.45
-#: Softmax temperature over cosine similarities; chosen by validation log-likelihood.
-DEFAULT_TEMPERATURE = 0.05
+#: Cosine similarity at or below which a frame is called N; tuned on validation.
+DEFAULT_NO_CHORD_THRESHOLD = 0.3
+#: Softmax temperature over cosine similarities; tuned with Viterbi on validation.
+DEFAULT_TEMPERATURE = 0.15
 #: HMM self-transition probability for Viterbi decoding; tuned on validation.
-DEFAULT_SELF_TRANSITION = 0.99
+DEFAULT_SELF_TRANSITION = 0.9995
 
 
 def chord_templates() -> np.ndarray:
@@ -185,52 +191,38 @@ def _main(argv: list[str] | None = None) -> None:
             y.size for y in ys
         )
 
-    # 1. Argmax: threshold only.
-    thresholds = np.round(np.arange(0.0, 0.801, 0.05), 3)
-    argmax_acc = {
-        float(t): accuracy(
-            val_y, [template_predict(x, "argmax", no_chord_threshold=t) for x in val_x]
-        )
-        for t in thresholds
-    }
-    t_argmax = max(argmax_acc, key=argmax_acc.get)
-    print(f"argmax validation accuracy by threshold: {argmax_acc}")
-    print(f"best argmax threshold {t_argmax}: validation {argmax_acc[t_argmax]:.4f}")
+    # 1. Argmax depends on the threshold only. Ties go to the largest threshold, so
+    #    the no-chord rule stays as strict as the data allow.
+    argmax_acc = {}
+    for t in np.round(np.arange(0.0, 0.801, 0.05), 3):
+        preds = [template_predict(x, "argmax", no_chord_threshold=t) for x in val_x]
+        argmax_acc[float(t)] = accuracy(val_y, preds)
+    threshold = max(argmax_acc, key=lambda t: (argmax_acc[t], t))
+    print("argmax validation accuracy by threshold:")
+    print("  " + ", ".join(f"{t:.2f}: {a:.4f}" for t, a in argmax_acc.items()))
+    print(f"chosen threshold {threshold}: validation {argmax_acc[threshold]:.4f}")
 
-    # 2. Temperature by validation NLL on non-silent frames (at the argmax threshold).
-    temps = (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3)
-    nll = {}
-    for temp in temps:
-        total, count = 0.0, 0
-        for x, y in zip(val_x, val_y, strict=True):
-            lp = template_scores(x, temperature=temp, no_chord_threshold=t_argmax)
-            keep = x.any(axis=1)
-            total -= lp[keep, y[keep]].sum()
-            count += int(keep.sum())
-        nll[temp] = total / count
-    temp = min(nll, key=nll.get)
-    print(f"validation NLL by temperature: {nll}; chosen {temp}")
-
-    # 3. Viterbi: self-transition and threshold jointly, temperature fixed.
+    # 2. Viterbi: temperature x self-transition grid at that threshold. Only the
+    #    per-change penalty T * log(24 p / (1 - p)) matters, so the grid is redundant
+    #    on purpose: it covers penalties from about 0.2 to 6 nats.
     best = (-1.0, 0.0, 0.0)
-    for t in (0.0, 0.2, 0.3, 0.4, 0.5):
-        scores = [template_scores(x, temperature=temp, no_chord_threshold=t) for x in val_x]
+    for temp in (0.05, 0.1, 0.15, 0.2, 0.3, 0.5):
+        scores = [template_scores(x, temperature=temp, no_chord_threshold=threshold) for x in val_x]
         p, acc = decoding.tune_self_transition(scores, val_y)
-        print(f"viterbi threshold {t}: best self_transition {p}, validation {acc:.4f}")
+        print(f"viterbi temperature {temp}: best self_transition {p}, validation {acc:.4f}")
         if acc > best[0]:
-            best = (acc, t, p)
-    acc_v, t_v, p_v = best
-    print(f"best viterbi: threshold {t_v}, self_transition {p_v}, validation {acc_v:.4f}")
-    print(f"argmax validation at threshold {t_v}: {argmax_acc.get(t_v, float('nan')):.4f}")
+            best = (acc, temp, p)
+    acc_v, temp, p_v = best
+    print(f"chosen temperature {temp}, self_transition {p_v}: validation {acc_v:.4f}")
 
-    for t in sorted({t_argmax, t_v}):
-        preds = [template_predict(x, "argmax", no_chord_threshold=t) for x in test_x]
-        print(f"test argmax  (threshold {t}): {accuracy(test_y, preds):.4f}")
+    preds = [template_predict(x, "argmax", no_chord_threshold=threshold) for x in test_x]
+    print(f"test argmax  (threshold {threshold}): {accuracy(test_y, preds):.4f}")
     preds = [
-        template_predict(x, "viterbi", p_v, temperature=temp, no_chord_threshold=t_v)
+        template_predict(x, "viterbi", p_v, temperature=temp, no_chord_threshold=threshold)
         for x in test_x
     ]
-    print(f"test viterbi (threshold {t_v}, p {p_v}, T {temp}): {accuracy(test_y, preds):.4f}")
+    print(f"test viterbi (+ T {temp}, p {p_v}): {accuracy(test_y, preds):.4f}")
+
 
 if __name__ == "__main__":
     _main()

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +45,16 @@ def run(cfg: DictConfig) -> float:
     """Train, evaluate and log one run; returns its best validation frame accuracy."""
     configure(cfg.tracking.store_dir, cfg.tracking.uri)
     tracking_dir = Path(cfg.tracking.store_dir).resolve()
-    resume = resume_state(cfg.resume, tracking_dir) if cfg.resume else None
+    resume_id = cfg.resume
+    resume = (
+        resume_state(resume_id, tracking_dir, _checkpoint_dir(cfg, resume_id))
+        if resume_id
+        else None
+    )
     if resume is not None:
         # The resumed run keeps its own config; only the run id comes from the command line.
         cfg = OmegaConf.create(resume.checkpoint["config"])
+        cfg.resume = resume_id
     seed_everything(cfg.seed)
     device = resolve_device(cfg.trainer.device)
     context = build_context(cfg)
@@ -80,7 +87,7 @@ def run(cfg: DictConfig) -> float:
             record_dataset(tracker, context)
         else:
             tracker.backfill_history(resume.checkpoint["history"])
-        checkpoint_dir = Path(cfg.tracking.store_dir).resolve() / "tmp" / tracker.run_id
+        checkpoint_dir = _checkpoint_dir(cfg, tracker.run_id)
         result = fit(
             model,
             context.train_examples,
@@ -95,12 +102,18 @@ def run(cfg: DictConfig) -> float:
             checkpoint_extra={"config": config},
         )
         summary = finish_run(tracker, context, result, device, cfg)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # both are in the run's artifacts
     log.info(
         "test frame accuracy %.4f (validation %.4f)",
         summary["test_frame_acc"],
         summary["val_frame_acc"],
     )
     return summary["val_frame_acc"]
+
+
+def _checkpoint_dir(cfg: DictConfig, run_id: str) -> Path:
+    """Where a run's checkpoints are written before they are logged."""
+    return Path(cfg.tracking.store_dir).resolve() / "checkpoints-in-progress" / run_id
 
 
 def _hydra_job() -> dict[str, Any]:
@@ -110,6 +123,8 @@ def _hydra_job() -> dict[str, Any]:
     if not HydraConfig.initialized():
         return {}
     hc = HydraConfig.get()
+    if hc.mode is None:  # composed outside a Hydra app (tests, notebooks)
+        return {}
     tags = {"hydra_mode": str(hc.mode.name).lower()}
     if str(hc.mode.name) == "MULTIRUN":
         tags["sweep_dir"] = str(Path(hc.sweep.dir).resolve())

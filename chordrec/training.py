@@ -266,7 +266,7 @@ def fit(
             scaler.update()
             mask = y != IGNORE_LABEL
             n = int(mask.sum())
-            loss_sum += float(loss) * n
+            loss_sum += loss.item() * n
             correct += int((logits.argmax(-1) == y)[mask].sum())
             counted += n
             bar.set_postfix(loss=f"{loss_sum / counted:.3f}", acc=f"{correct / counted:.3f}")

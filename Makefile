@@ -1,0 +1,51 @@
+# chordrec: `make train` (fresh clone -> finished, logged run) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The CPU build on this machine; on a GPU machine install your CUDA torch into .venv first
+# (the check below keeps any torch that is already there).
+TORCH_SPEC ?= torch==2.13.0
+SHARED_DATA := ../shared/datasets/rwc-pop
+DATA_DIR := data/rwc-pop
+# Data source: $CHORDREC_DATA_SOURCE, else the shared copy beside the checkout, else GitHub.
+DATA_SOURCE ?= $(or $(CHORDREC_DATA_SOURCE),$(if $(wildcard $(SHARED_DATA)/SHA256SUMS),$(SHARED_DATA),github))
+ARGS ?=
+
+.PHONY: help install data train ui test lint bench clean-venv
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv: torch first, then chordrec (editable) and dev tools
+
+$(DATA_DIR)/SHA256SUMS: | $(VENV)/.installed
+	$(VENV)/bin/chordrec data fetch --source "$(DATA_SOURCE)" --dest $(DATA_DIR)
+
+data: $(DATA_DIR)/SHA256SUMS  ## fetch and verify the RWC-Pop data set into data/rwc-pop
+
+train: install data  ## train the default experiment (ARGS="key=value ..." to override), log to mlruns/
+	$(PY) -m chordrec.train $(ARGS)
+
+ui: install  ## MLflow UI over mlruns/ on http://127.0.0.1:5000
+	$(VENV)/bin/chordrec ui
+
+test: install data  ## the test suite (unit tests and short runs on the real data)
+	$(PY) -m pytest -q $(ARGS)
+
+lint: install  ## ruff
+	$(VENV)/bin/ruff check chordrec tests experiments
+	$(VENV)/bin/ruff format --check chordrec tests
+
+bench: install data  ## training throughput benchmark (see README)
+	$(PY) -m chordrec.bench $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

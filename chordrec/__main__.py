@@ -1,0 +1,5 @@
+import sys
+
+from chordrec.cli import main
+
+sys.exit(main())

@@ -1,0 +1,390 @@
+"""Put a model to work: audio files in, chord labels out (``chordrec transcribe``).
+
+A model is named by a registry URI (``models:/chordrec@champion``, the default;
+``models:/<name>/<version>``), a run (``runs:/<run id>/model`` or the bare run id),
+a local checkpoint file (``.pt``), or ``templates`` for the training-free template
+matcher of :mod:`chordrec.templates`. Loading never unpickles: a run's
+``checkpoints/best.pt`` is read with ``torch.load(..., weights_only=True)`` and the
+network rebuilt from the config inside it (``build_model(config["model"])``), which
+also says how to run it: level (frame or beat), sequence length and mode, decoding.
+
+Outputs: MIREX ``.lab`` (``start end label``, seconds, Harte labels), JAMS (chord
+namespace) or CSV, one segment per run of equal frames; optionally a PNG of the
+chromagram and the chords. Files are written atomically (a temporary file, then a
+link or rename) and never replace an existing file unless ``force`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import chordrec
+from chordrec import templates, tracking
+from chordrec.chords import class_to_harte
+from chordrec.decoding import decode
+from chordrec.evaluation import frames_to_segments
+from chordrec.features import (
+    SAMPLE_RATE,
+    AudioError,
+    beat_frames,
+    chroma_features,
+    load_audio,
+)
+from chordrec.models import build_model
+from chordrec.sequences import LEVELS, MODES, song_steps
+from chordrec.songs import FRAME_RATE, Song
+from chordrec.training import predict_log_probs, resolve_device
+
+DEFAULT_MODEL = "models:/chordrec@champion"
+TEMPLATES = "templates"
+FORMATS = ("lab", "jams", "csv")
+AUDIO_EXTENSIONS = frozenset(
+    {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".au", ".caf", ".w64"}
+)
+VITERBI_SELF_TRANSITION = 0.9
+"""Self-transition of Viterbi decoding for checkpoints whose config names none."""
+
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True)
+class ChordModel:
+    """A model ready to transcribe: ``scores`` maps a song (its ``chroma`` and, at beat
+    level, ``beats``) to frame log-probabilities (frames, 25); ``decode`` ('argmax' or
+    'viterbi') and ``self_transition`` turn those into classes."""
+
+    source: str
+    level: str
+    decode: str
+    self_transition: float
+    scores: Callable[[Song], np.ndarray]
+
+
+def template_model() -> ChordModel:
+    """The training-free triad-template matcher with its validation-tuned Viterbi."""
+    return ChordModel(
+        source=TEMPLATES,
+        level="frame",
+        decode="viterbi",
+        self_transition=templates.DEFAULT_SELF_TRANSITION,
+        scores=lambda song: templates.template_scores(song.chroma),
+    )
+
+
+def network_model(
+    checkpoint: Mapping[str, Any], source: str, device: torch.device | str = "cpu"
+) -> ChordModel:
+    """Rebuild a trained network from a checkpoint dict (keys ``model``: state dict,
+    ``config``: the run's resolved config). Raises ValueError naming ``source`` when
+    the checkpoint lacks what transcription needs."""
+    try:
+        config = checkpoint["config"]
+        spec, state = config["model"], checkpoint["model"]
+        level, mode = config["data"]["level"], config["seq_mode"]
+        seq_len = int(config["seq_len"])
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{source}: not a chordrec training checkpoint (lacks {exc})") from None
+    method = config.get("decode", "argmax")
+    if level not in LEVELS or mode not in MODES:
+        raise ValueError(f"{source}: unknown level {level!r} or sequence mode {mode!r}")
+    network = build_model(spec)
+    network.load_state_dict(state)
+    device = torch.device(device)
+    network.to(device).eval()
+
+    def scores(song: Song) -> np.ndarray:
+        steps = song_steps(song, level)
+        return steps.to_frames(predict_log_probs(network, steps, seq_len, mode, device))
+
+    return ChordModel(
+        source=source,
+        level=level,
+        decode=method,
+        self_transition=float(config.get("self_transition", VITERBI_SELF_TRANSITION)),
+        scores=scores,
+    )
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint file with ``weights_only=True`` (tensors and plain data only)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError... on bad files
+        raise ValueError(f"{path}: not a loadable weights-only checkpoint ({exc})") from None
+
+
+def model_run_id(spec: str) -> str:
+    """The MLflow run behind a model name: ``models:/...`` via the registry,
+    ``runs:/<run id>/...`` or a bare 32-hex run id. Raises ValueError otherwise."""
+    if spec.startswith("models:/"):
+        return tracking.registered_run_id(spec)
+    if spec.startswith("runs:/"):
+        run_id = spec[len("runs:/") :].split("/", 1)[0]
+        if _RUN_ID.fullmatch(run_id):
+            return run_id
+    elif _RUN_ID.fullmatch(spec):
+        return spec
+    raise ValueError(
+        f"model {spec!r} is none of: models:/<name>@<alias>, models:/<name>/<version>, "
+        "runs:/<run id>/model, a run id, a .pt checkpoint file, 'templates'"
+    )
+
+
+def load_model(spec: str = DEFAULT_MODEL, device: str = "auto") -> ChordModel:
+    """Load the model named by ``spec`` (see the module docstring) onto ``device``.
+
+    Registry and run URIs need the tracking store to be configured
+    (:func:`chordrec.tracking.configure`).
+    """
+    if spec == TEMPLATES:
+        return template_model()
+    target = resolve_device(device)
+    if spec.endswith(".pt"):
+        if not Path(spec).is_file():
+            raise ValueError(f"{spec}: no such checkpoint file")
+        return network_model(read_checkpoint(spec), spec, target)
+    run_id = model_run_id(spec)
+    with tempfile.TemporaryDirectory(prefix="chordrec-model-") as tmp:
+        checkpoint = read_checkpoint(tracking.run_checkpoint(run_id, "best", tmp))
+    return network_model(checkpoint, f"{spec} (run {run_id})", target)
+
+
+@dataclass(frozen=True)
+class Transcription:
+    """One song's result: ``chroma`` (frames, 12), ``classes`` (frames,) int64 in 0..24,
+    ``duration`` of the audio in seconds."""
+
+    chroma: np.ndarray
+    classes: np.ndarray
+    duration: float
+
+    def segments(self) -> tuple[np.ndarray, list[str]]:
+        """Runs of equal frames as ``(intervals (segments, 2) in seconds, Harte labels)``;
+        frame ``i`` covers ``[i, i + 1) * 512 / 44100`` s, the last segment ends at
+        ``duration``."""
+        intervals, labels = frames_to_segments(class_to_harte(self.classes), FRAME_RATE)
+        intervals = np.minimum(intervals, self.duration)
+        return intervals, labels
+
+
+def transcribe_audio(y: np.ndarray, model: ChordModel, sr: int = SAMPLE_RATE) -> Transcription:
+    """Chords of mono audio ``y`` (samples,) at 44.1 kHz: chroma, beats at beat level,
+    the model's frame scores, decoding."""
+    chroma = chroma_features(y, sr)
+    n = len(chroma)
+    beats = beat_frames(y, sr, n) if model.level == "beat" else np.zeros(0, np.int64)
+    song = Song(name="audio", chroma=chroma, labels=np.zeros(n, np.int64), beats=beats)
+    classes = decode(model.scores(song), model.decode, model.self_transition)
+    return Transcription(chroma, classes, len(y) / sr)
+
+
+# ------------------------------------------------------------------------ formats
+
+
+def format_lab(intervals: np.ndarray, labels: Sequence[str]) -> str:
+    """MIREX chord lab: one ``start end label`` line per segment, seconds, tab-separated."""
+    return "".join(f"{s:.6f}\t{e:.6f}\t{lab}\n" for (s, e), lab in zip(intervals, labels, strict=True))
+
+
+def format_csv(intervals: np.ndarray, labels: Sequence[str]) -> str:
+    """CSV with a header ``start,end,chord``, seconds."""
+    rows = [f"{s:.6f},{e:.6f},{lab}\n" for (s, e), lab in zip(intervals, labels, strict=True)]
+    return "start,end,chord\n" + "".join(rows)
+
+
+def format_jams(
+    intervals: np.ndarray, labels: Sequence[str], duration: float, title: str, source: str
+) -> str:
+    """A JAMS document (JSON) holding one ``chord`` annotation of the segments."""
+    data = [
+        {"time": float(s), "duration": float(e - s), "value": lab, "confidence": None}
+        for (s, e), lab in zip(intervals, labels, strict=True)
+    ]
+    document = {
+        "file_metadata": {
+            "title": title,
+            "artist": "",
+            "release": "",
+            "duration": float(duration),
+            "identifiers": {},
+            "jams_version": "0.3.4",
+        },
+        "annotations": [
+            {
+                "annotation_metadata": {
+                    "curator": {"name": "", "email": ""},
+                    "annotator": {},
+                    "version": "",
+                    "corpus": "",
+                    "annotation_tools": f"chordrec {chordrec.__version__}",
+                    "annotation_rules": "",
+                    "validation": "",
+                    "data_source": f"automatic transcription, model {source}",
+                },
+                "namespace": "chord",
+                "data": data,
+                "sandbox": {},
+                "time": 0.0,
+                "duration": float(duration),
+            }
+        ],
+        "sandbox": {},
+    }
+    return json.dumps(document, indent=2) + "\n"
+
+
+def render(transcription: Transcription, fmt: str, title: str, source: str) -> str:
+    """The transcription as text in format ``fmt`` ('lab', 'jams' or 'csv')."""
+    intervals, labels = transcription.segments()
+    if fmt == "lab":
+        return format_lab(intervals, labels)
+    if fmt == "csv":
+        return format_csv(intervals, labels)
+    if fmt == "jams":
+        return format_jams(intervals, labels, transcription.duration, title, source)
+    raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+
+
+# ------------------------------------------------------------------- files
+
+
+def write_atomic(path: Path, write: Callable[[Path], None], force: bool = False) -> None:
+    """Create ``path`` through ``write(tmp)`` on a temporary file beside it, then link it
+    into place (FileExistsError if ``path`` exists) or, with ``force``, rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        if force:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path} exists (--force replaces it)") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file and where its results go (``plot`` may be None)."""
+
+    audio: Path
+    output: Path
+    plot: Path | None = None
+
+
+def find_audio(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
+    """Expand files and directories into ``(audio file, relative name)`` pairs.
+
+    A file is taken as given (relative name: its file name); a directory is searched
+    recursively for files with an :data:`AUDIO_EXTENSIONS` suffix (hidden files
+    skipped), each named by its path below the directory. Raises ValueError for a
+    missing path or a directory without audio.
+    """
+    found: list[tuple[Path, Path]] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files = sorted(
+                p
+                for p in item.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in AUDIO_EXTENSIONS
+                and not any(part.startswith(".") for part in p.relative_to(item).parts)
+            )
+            if not files:
+                raise ValueError(f"{item}: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})")
+            found += [(p, p.relative_to(item)) for p in files]
+        elif item.exists():
+            found.append((item, Path(item.name)))
+        else:
+            raise ValueError(f"{item}: no such file or directory")
+    return found
+
+
+def plan_jobs(
+    inputs: Sequence[str | Path],
+    fmt: str,
+    output: Path | None = None,
+    out_dir: Path | None = None,
+    plot: Path | None = None,
+) -> list[Job]:
+    """Decide every input's output path.
+
+    ``output`` (one input file only) names the result file; else ``out_dir`` receives
+    ``<relative name>.<fmt>`` (subdirectories of an input directory mirrored); else
+    the result goes beside its audio file. ``plot`` (one input file only) is the PNG.
+    """
+    found = find_audio(inputs)
+    single = len(found) == 1 and not any(Path(i).is_dir() for i in inputs)
+    if output is not None and out_dir is not None:
+        raise ValueError("give either -o/--output or --out-dir, not both")
+    if (output is not None or plot is not None) and not single:
+        raise ValueError("-o/--output and --plot take a single input file; use --out-dir")
+    if output is not None:
+        return [Job(found[0][0], output, plot)]
+    jobs = []
+    for audio, relative in found:
+        target = (out_dir / relative if out_dir is not None else audio).with_suffix(f".{fmt}")
+        jobs.append(Job(audio, target, plot))
+    return jobs
+
+
+@dataclass
+class Outcome:
+    """What a batch did: written output paths and ``(audio file, error message)`` failures."""
+
+    written: list[Path]
+    failed: list[tuple[Path, str]]
+
+
+def transcribe_file(job: Job, model: ChordModel, fmt: str, force: bool = False) -> None:
+    """Transcribe one file and write its outputs; raises AudioError, FileExistsError
+    or OSError naming the file."""
+    for path in (job.output, job.plot):
+        if path is not None and path.exists() and not force:
+            raise FileExistsError(f"{path} exists (--force replaces it)")
+    result = transcribe_audio(load_audio(job.audio), model)
+    text = render(result, fmt, job.audio.stem, model.source)
+    write_atomic(job.output, lambda tmp: tmp.write_text(text, encoding="utf-8"), force)
+    if job.plot is not None:
+        from chordrec.figures import transcription_figure
+
+        figure = transcription_figure(result.chroma, result.classes, title=job.audio.name)
+        write_atomic(job.plot, lambda tmp: figure.savefig(tmp, format="png", dpi=100), force)
+
+
+def transcribe_files(
+    jobs: Sequence[Job], model: ChordModel, fmt: str, force: bool = False, progress: bool = True
+) -> Outcome:
+    """Run every job; a failing file is recorded and the others still finish."""
+    outcome = Outcome([], [])
+    seen: dict[Path, Path] = {}
+    bar = tqdm(jobs, unit="file", disable=not progress or len(jobs) < 2, dynamic_ncols=True)
+    for job in bar:
+        bar.set_postfix_str(job.audio.name)
+        key = job.output.resolve()
+        if key in seen:
+            outcome.failed.append((job.audio, f"{job.output} is also the output of {seen[key]}"))
+            continue
+        seen[key] = job.audio
+        try:
+            transcribe_file(job, model, fmt, force)
+        except (AudioError, OSError, ValueError) as exc:
+            outcome.failed.append((job.audio, str(exc)))
+        else:
+            outcome.written.append(job.output)
+    return outcome

@@ -1,0 +1,77 @@
+"""Shared fixtures: the real data set, composing training configs, a tracking store."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+DATA = REPO / "data" / "rwc-pop"
+
+# Short real runs: two songs per part, no progress bars.
+QUICK = [
+    "split.max_songs=2",
+    "trainer.max_epochs=1",
+    "trainer.progress=false",
+    "tracking.system_metrics=false",
+    "tracking.log_model=false",
+]
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The real RWC-Pop data (``make data`` puts it in data/rwc-pop)."""
+    if not (DATA / "SHA256SUMS").exists():
+        pytest.skip(f"{DATA} is missing: run `make data`")
+    return DATA
+
+
+def compose_train(overrides: Sequence[str]) -> DictConfig:
+    """The training config as `python -m chordrec.train <overrides>` composes it."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            cfg.model_name = str(cfg.model_name)  # resolve ${hydra:...} before dropping hydra
+            del cfg["hydra"]
+    HydraConfig.instance().cfg = None
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+@pytest.fixture
+def train_config(data_root: Path, tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose a quick real-data training config that logs to a store in tmp_path."""
+
+    def make(*overrides: str, quick: bool = True) -> DictConfig:
+        return compose_train(
+            [
+                f"data.root={data_root}",
+                f"tracking.store_dir={tmp_path / 'mlruns'}",
+                *(QUICK if quick else []),
+                *overrides,
+            ]
+        )
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _no_outside_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests log to their own stores, never to a server named in the environment."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(extra)
+    return env

@@ -1,0 +1,209 @@
+"""Tests of chordrec.models: the report's Tables 1-4 built from the YAML presets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from chordrec.models import CRNN, ConvBlock, build_model
+
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
+PRESETS = ("crnn1", "crnn2", "crnn_tagging", "rnn_baseline", "rnn_table4")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The models here are tiny: one intra-op thread is fastest and spares a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def preset(name: str) -> CRNN:
+    torch.manual_seed(0)
+    model = build_model(OmegaConf.load(PRESETS_DIR / f"{name}.yaml"))
+    assert isinstance(model, CRNN)
+    return model
+
+
+def test_the_report_presets_exist():
+    assert set(PRESETS) <= {p.stem for p in PRESETS_DIR.glob("*.yaml")}
+
+
+def test_table2_crnn2_shapes():
+    model = preset("crnn2")
+    shapes = model.stage_shapes(32, 128)
+    assert shapes == [
+        (32, 1, 12, 128),  # conv input (b, c, f, t)
+        (32, 64, 5, 63),  # conv 64 3x3 valid, maxpool 2x2 (the report prints 5x62)
+        (32, 128, 1, 20),  # conv 128 3x3 valid, maxpool 3x3: the CNN output
+        (32, 20, 128),  # RNN input (b, t, c)
+        (32, 20, 128),  # bidirectional LSTM(64)
+        (32, 20, 25),  # FC 128 -> 25
+    ]
+    assert shapes[2][1:] == (128, 1, 20)  # exactly the report's 128x1x20
+    assert model.rnn.input_size == 128 and model.rnn.hidden_size == 64
+    assert model.rnn.bidirectional and model.rnn.num_layers == 1
+    assert (model.head.in_features, model.head.out_features) == (128, 25)
+    assert model.output_length(128) == 20
+
+
+def test_table3_crnn1_shapes():
+    model = preset("crnn1")
+    assert model.stage_shapes(32, 128) == [
+        (32, 1, 12, 128),
+        (32, 64, 1, 17),  # conv 64 5x5 valid -> 8x124, maxpool 7x7 -> 1x17
+        (32, 17, 64),
+        (32, 17, 128),
+        (32, 17, 25),
+    ]
+    assert isinstance(model.rnn, nn.LSTM) and model.rnn.bidirectional
+    assert (model.head.in_features, model.head.out_features) == (128, 25)
+
+
+def test_table1_tagging_crnn_shapes():
+    model = preset("crnn_tagging")
+    batch = 1
+    assert model.stage_shapes(batch, 1440) == [
+        (batch, 1, 96, 1440),
+        (batch, 64, 48, 720),
+        (batch, 128, 16, 240),
+        (batch, 128, 4, 60),
+        (batch, 128, 1, 15),
+        (batch, 15, 128),
+        (batch, 15, 32),  # GRU(32) -> GRU(32)
+        (batch, 15, 50),  # FC 50 tags
+    ]
+    assert isinstance(model.rnn, nn.GRU)
+    assert model.rnn.num_layers == 2 and model.rnn.hidden_size == 32
+    assert not model.rnn.bidirectional
+
+
+@pytest.mark.parametrize(
+    ("name", "hidden", "head_dropout"), [("rnn_table4", 16, 0.25), ("rnn_baseline", 64, 0.0)]
+)
+def test_rnn_only_presets(name, hidden, head_dropout):
+    model = preset(name)
+    assert len(model.conv) == 0
+    assert isinstance(model.rnn, nn.LSTM)
+    assert model.rnn.input_size == 12 and model.rnn.hidden_size == hidden
+    assert model.rnn.bidirectional and model.rnn.num_layers == 1
+    assert (model.head.in_features, model.head.out_features) == (2 * hidden, 25)
+    assert model.dropout.p == head_dropout
+    assert model.stage_shapes(32, 128) == [(32, 128, 12), (32, 128, 2 * hidden), (32, 128, 25)]
+    assert model.min_input_length == 1
+
+
+@pytest.mark.parametrize(("name", "minimum"), [("crnn2", 12), ("crnn1", 11), ("crnn_tagging", 96)])
+def test_min_input_length(name, minimum):
+    model = preset(name)
+    assert model.min_input_length == minimum
+    assert model.output_length(minimum) == 1
+    assert model.output_length(minimum - 1) < 1
+    model.eval()
+    features = model.in_features
+    with torch.no_grad():
+        assert model(torch.zeros(1, minimum, features)).shape[1] == 1
+    with pytest.raises(ValueError, match=f"shorter than this model's minimum {minimum}"):
+        model(torch.zeros(1, minimum - 1, features))
+
+
+@pytest.mark.parametrize(("name", "time"), [("crnn2", 40), ("crnn2", 128), ("crnn1", 30)])
+def test_step_logits_map_input_steps_to_pooled_outputs(name, time):
+    model = preset(name).eval()
+    x = torch.randn(3, time, 12)
+    with torch.no_grad():
+        logits = model(x)
+        steps = model.step_logits(x)
+    out_time = model.output_length(time)
+    assert logits.shape == (3, out_time, 25)
+    assert steps.shape == (3, time, 25)
+    index = [i * out_time // time for i in range(time)]  # floor(i * T' / T)
+    assert index[0] == 0 and index[-1] == out_time - 1
+    assert torch.equal(steps, logits[:, index])
+
+
+@pytest.mark.parametrize("name", ["rnn_table4", "rnn_baseline"])
+def test_step_logits_without_pooling_equal_forward(name):
+    model = preset(name).eval()
+    x = torch.randn(2, 9, 12)
+    with torch.no_grad():
+        assert torch.equal(model.step_logits(x), model(x))
+
+
+def test_build_model_rejects_unknown_target(monkeypatch):
+    calls = []
+    monkeypatch.setattr(os, "system", lambda *args: calls.append(args))
+    with pytest.raises(ValueError, match="unknown model _target_ 'os.system'"):
+        build_model({"_target_": "os.system", "command": "echo pwned"})
+    with pytest.raises(ValueError, match="unknown model _target_"):
+        build_model(OmegaConf.create({"_target_": "torch.nn.Linear", "in_features": 1}))
+    assert calls == []
+
+
+def test_build_model_defaults_to_crnn():
+    model = build_model({"rnn": {"type": "gru", "hidden_size": 4}})
+    assert isinstance(model, CRNN) and isinstance(model.rnn, nn.GRU)
+
+
+def test_build_model_accepts_a_plain_container():
+    spec = OmegaConf.to_container(OmegaConf.load(PRESETS_DIR / "crnn2.yaml"))
+    assert build_model(spec).stage_shapes(2, 128)[2] == (2, 128, 1, 20)
+
+
+@pytest.mark.parametrize("name", sorted({*PRESETS, *(p.stem for p in PRESETS_DIR.glob("*.yaml"))}))
+def test_forward_backward(name):
+    model = preset(name).train()
+    features = model.in_features
+    time = max(model.min_input_length, 16)
+    n_classes = model.head.out_features
+    x = torch.randn(2, time, features)
+    y = torch.randint(0, n_classes, (2, time))
+    logits = model.step_logits(x)
+    assert logits.shape == (2, time, n_classes)
+    loss = nn.functional.cross_entropy(logits.reshape(-1, n_classes), y.reshape(-1))
+    loss.backward()
+    for pname, param in model.named_parameters():
+        assert param.grad is not None, pname
+        assert torch.isfinite(param.grad).all(), pname
+    assert any(float(p.grad.abs().sum()) > 0 for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "size"),
+    [
+        ({"kernel": 3, "pool": 2}, (12, 40)),
+        ({"kernel": (5, 3), "pool": (7, 1)}, (12, 33)),
+        ({"kernel": 3, "padding": "same", "pool": 3}, (16, 31)),
+        ({"kernel": 3, "padding": 1, "pool": (1, 2)}, (12, 9)),
+        ({"kernel": [3, 1], "padding": [0, 2], "batch_norm": True, "dropout": 0.1}, (12, 7)),
+    ],
+)
+def test_conv_block_output_size_matches_torch(kwargs, size):
+    block = ConvBlock(1, 4, **kwargs).eval()
+    with torch.no_grad():
+        out = block(torch.zeros(2, 1, *size))
+    assert tuple(out.shape[2:]) == block.output_size(*size)
+
+
+def test_crnn_rejects_bad_configurations():
+    with pytest.raises(ValueError, match="rnn.type"):
+        CRNN(rnn={"type": "transformer", "hidden_size": 4})
+    with pytest.raises(ValueError, match="feature bins"):
+        CRNN(conv_blocks=[{"channels": 2, "kernel": 13}])
+
+
+def test_conv_without_rnn_feeds_the_head():
+    model = CRNN(conv_blocks=[{"channels": 3, "kernel": 3, "pool": 2}], rnn=None)
+    # features (12 - 2) // 2 = 5, so the head sees 3 * 5 = 15 values per step
+    assert model.head.in_features == 15
+    assert model.stage_shapes(2, 20)[-2:] == [(2, 9, 15), (2, 9, 25)]

@@ -1,0 +1,126 @@
+"""Short real training runs: every preset at both levels, and what a run leaves in MLflow."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from chordrec.train import run
+
+pytestmark = pytest.mark.integration
+
+PRESETS = ["rnn_baseline", "rnn_table4", "crnn1", "crnn2"]
+
+
+def _client(cfg) -> MlflowClient:
+    mlflow.set_tracking_uri(f"sqlite:///{cfg.tracking.store_dir}/mlflow.db")
+    return MlflowClient()
+
+
+def _only_run(client: MlflowClient):
+    runs = client.search_runs([client.get_experiment_by_name("chordrec").experiment_id])
+    assert len(runs) == 1
+    return runs[0]
+
+
+@pytest.mark.parametrize("level", ["frame", "beat"])
+@pytest.mark.parametrize("model", PRESETS)
+def test_every_preset_trains_at_both_levels(train_config, model, level):
+    cfg = train_config(f"model={model}", f"data.level={level}", "seq_len=32", "split.max_songs=1")
+    val_acc = run(cfg)
+    run_info = _only_run(_client(cfg))
+    assert run_info.info.status == "FINISHED"
+    assert run_info.data.metrics["val_frame_acc"] == pytest.approx(val_acc)
+    assert 0.0 <= run_info.data.metrics["test_frame_acc"] <= 1.0
+    assert run_info.data.params["data.level"] == level
+
+
+def test_window_mode_run(train_config):
+    cfg = train_config("seq_mode=window", "seq_len=8", "data.window_stride=50")
+    run(cfg)
+    run_info = _only_run(_client(cfg))
+    assert run_info.info.status == "FINISHED"
+    # window mode: one example per step; the stride trains on a 1/50 sample of them each epoch
+    assert run_info.data.metrics["size_train_examples"] == run_info.data.metrics["size_train_steps"]
+
+
+def test_a_run_logs_everything(train_config, tmp_path):
+    cfg = train_config(
+        "model=rnn_table4",
+        "data.level=beat",
+        "seq_len=16",
+        "trainer.max_epochs=2",
+        "tracking.log_model=true",
+        "tracking.system_metrics=true",
+        "tracking.system_metrics_interval_s=0.5",
+    )
+    run(cfg)
+    client = _client(cfg)
+    r = _only_run(client)
+    assert r.info.status == "FINISHED"
+    # resolved config: flattened params and config.yaml
+    assert r.data.params["model.rnn.hidden_size"] == "16"
+    assert r.data.params["optimizer._target_"] == "torch.optim.Adam"
+    assert r.data.params["seq_len"] == "16"
+    assert r.data.params["model_name"] == "rnn_table4"
+    # tags
+    for tag in ("git_commit", "git_dirty", "dataset_sha256", "chordrec_version", "host", "device"):
+        assert r.data.tags.get(tag), tag
+    assert len(r.data.tags["dataset_sha256"]) == 64
+    assert r.data.tags["device"] == "cpu"
+    assert r.data.tags["converged"] in ("yes", "no")
+    # per-epoch metrics, one value per epoch, steps 1..2
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s"):
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, key)]
+        assert steps == [1, 2], key
+    # system metrics through MLflow's own monitor
+    assert any(k.startswith("system/cpu_utilization") for k in r.data.metrics)
+    # final metrics and sizes
+    m = r.data.metrics
+    for key in ("test_frame_acc", "val_frame_acc", "epochs_run", "best_epoch", "converged", "train_time_s"):
+        assert key in m, key
+    assert m["epochs_run"] == 2 and m["best_epoch"] in (1, 2) and m["converged"] == 0
+    for part in ("train", "validation", "test"):
+        for size in ("songs", "frames", "beats", "examples", "chunks32"):
+            assert m[f"size_{part}_{size}"] > 0, (part, size)
+    assert m["size_train_songs"] == 2
+    # artifacts: config, checkpoints, figures, model
+    paths = {a.path for a in client.list_artifacts(r.info.run_id)}
+    assert "config.yaml" in paths
+    checkpoints = {a.path for a in client.list_artifacts(r.info.run_id, "checkpoints")}
+    assert checkpoints == {"checkpoints/best.pt", "checkpoints/last.pt"}
+    figures = {a.path for a in client.list_artifacts(r.info.run_id, "figures")}
+    assert "figures/learning_curves.png" in figures
+    assert any(p.startswith("figures/timeline_N061") for p in figures)
+    local = mlflow.artifacts.download_artifacts(run_id=r.info.run_id, artifact_path="checkpoints/last.pt")
+    state = torch.load(local, weights_only=True)
+    assert state["epoch"] == 2 and state["config"]["data"]["level"] == "beat"
+    models = client.search_logged_models([r.info.experiment_id])
+    assert [lm.source_run_id for lm in models] == [r.info.run_id]
+
+
+def test_a_failing_run_ends_failed(train_config):
+    cfg = train_config("model=crnn2", "seq_len=4")  # crnn2 needs seq_len >= 12
+    with pytest.raises(ValueError, match="seq_len >= 12"):
+        run(cfg)
+    # the error is raised before the run starts: nothing is left RUNNING
+    client = _client(cfg)
+    experiment = client.get_experiment_by_name("chordrec")
+    if experiment is not None:
+        assert all(r.info.status != "RUNNING" for r in client.search_runs([experiment.experiment_id]))
+
+
+def test_an_exception_during_training_ends_the_run_failed(train_config, monkeypatch):
+    cfg = train_config()
+
+    def broken_fit(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("chordrec.train.fit", broken_fit)
+    with pytest.raises(RuntimeError, match="boom"):
+        run(cfg)
+    r = _only_run(_client(cfg))
+    assert r.info.status == "FAILED"
+    assert "boom" in r.data.tags["error"]
