@@ -65,7 +65,9 @@ class ConvBlock(nn.Module):
     def output_size(self, features: int, time: int) -> tuple[int, int]:
         """(features', time') of the block's output for a (features, time) input."""
         sizes = []
-        for n, k, p, pool in zip((features, time), self.kernel, self.padding, self.pool, strict=True):
+        for n, k, p, pool in zip(
+            (features, time), self.kernel, self.padding, self.pool, strict=True
+        ):
             sizes.append((n + 2 * p - k + 1) // pool)
         return sizes[0], sizes[1]
 

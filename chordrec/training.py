@@ -179,6 +179,64 @@ def _state(model, optimizer, scheduler, scaler, epoch, history, best) -> dict[st
     }
 
 
+def train_epoch(
+    model: nn.Module,
+    train: BatchedExamples,
+    order: Sequence[int],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    settings: TrainerSettings,
+    device: torch.device,
+    desc: str = "train",
+) -> tuple[float, float]:
+    """One pass over the examples ``order`` (indices into ``train``) in batches; returns
+    the mean loss and accuracy over the predicted steps (padding excluded)."""
+    batches = [
+        order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)
+    ]
+    loader = torch.utils.data.DataLoader(
+        train,
+        batch_size=None,
+        sampler=batches,
+        num_workers=settings.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    use_amp = scaler.is_enabled()
+    loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_LABEL)
+    model.train()
+    loss_sum, correct, counted = 0.0, 0, 0
+    bar = tqdm(
+        loader,
+        desc=desc,
+        leave=False,
+        disable=not settings.progress,
+        unit="batch",
+        dynamic_ncols=True,
+    )
+    for x, y in bar:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+            logits = model(x)[:, -1] if train.mode == "window" else model.step_logits(x)
+            loss = loss_fn(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if settings.grad_clip:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        mask = y != IGNORE_LABEL
+        n = int(mask.sum())
+        loss_sum += loss.item() * n
+        correct += int((logits.argmax(-1) == y)[mask].sum())
+        counted += n
+        bar.set_postfix(loss=f"{loss_sum / counted:.3f}", acc=f"{correct / counted:.3f}")
+    bar.close()
+    if not math.isfinite(loss_sum):
+        raise FloatingPointError(f"training loss became {loss_sum} ({desc})")
+    return loss_sum / counted, correct / counted
+
+
 def fit(
     model: nn.Module,
     train: BatchedExamples,
@@ -205,7 +263,6 @@ def fit(
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     use_amp = settings.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_LABEL)
     history: dict[str, list[float]] = {}
     best = {"epoch": 0, "val_acc": -math.inf}
     start_epoch, elapsed = 1, 0.0
@@ -232,47 +289,9 @@ def fit(
             break
         started = time.perf_counter()
         order = torch.randperm(len(train))[:n_per_epoch].tolist()
-        batches = [
-            order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)
-        ]
-        loader = torch.utils.data.DataLoader(
-            train,
-            batch_size=None,
-            sampler=batches,
-            num_workers=settings.num_workers,
-            pin_memory=device.type == "cuda",
+        train_loss, train_acc = train_epoch(
+            model, train, order, optimizer, scaler, settings, device, desc=f"epoch {epoch}"
         )
-        model.train()
-        loss_sum, correct, counted = 0.0, 0, 0
-        bar = tqdm(
-            loader,
-            desc=f"epoch {epoch}",
-            leave=False,
-            disable=not settings.progress,
-            unit="batch",
-            dynamic_ncols=True,
-        )
-        for x, y in bar:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                logits = model(x)[:, -1] if train.mode == "window" else model.step_logits(x)
-                loss = loss_fn(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if settings.grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            mask = y != IGNORE_LABEL
-            n = int(mask.sum())
-            loss_sum += loss.item() * n
-            correct += int((logits.argmax(-1) == y)[mask].sum())
-            counted += n
-            bar.set_postfix(loss=f"{loss_sum / counted:.3f}", acc=f"{correct / counted:.3f}")
-        bar.close()
-        if not math.isfinite(loss_sum):
-            raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch}")
         val = evaluate(
             model, validation, train.seq_len, train.mode, device, settings.eval_batch_size
         )
@@ -281,8 +300,8 @@ def fit(
         epoch_time = time.perf_counter() - started
         elapsed += epoch_time
         metrics = {
-            "train_loss": loss_sum / counted,
-            "train_acc": correct / counted,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
             "val_loss": val.loss,
             "val_acc": val.frame_accuracy,
             "lr": lr,

@@ -22,14 +22,25 @@ EPOCHS = 5
 def _train(data_root, store, *extra):
     return subprocess.Popen(
         [
-            sys.executable, "-m", "chordrec.train",
-            f"data.root={data_root}", f"tracking.store_dir={store}",
-            "split.max_songs=2", f"trainer.max_epochs={EPOCHS}", "trainer.progress=false",
-            "tracking.system_metrics=false", "tracking.log_model=false", "seq_len=16",
+            sys.executable,
+            "-m",
+            "chordrec.train",
+            f"data.root={data_root}",
+            f"tracking.store_dir={store}",
+            "split.max_songs=2",
+            f"trainer.max_epochs={EPOCHS}",
+            "trainer.progress=false",
+            "tracking.system_metrics=false",
+            "tracking.log_model=false",
+            "seq_len=16",
             *extra,
         ],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=subprocess_env(), start_new_session=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=subprocess_env(),
+        start_new_session=True,
     )
 
 
@@ -58,7 +69,9 @@ def test_sigkill_then_resume_gives_one_continuous_run(data_root, tmp_path):
     logged_before = len(client.get_metric_history(run_id, "val_acc"))
     assert 2 <= logged_before < EPOCHS
 
-    resumed = _train(data_root, store, f"resume={run_id}", "hydra.run.dir=" + str(tmp_path / "run2"))
+    resumed = _train(
+        data_root, store, f"resume={run_id}", "hydra.run.dir=" + str(tmp_path / "run2")
+    )
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output[-3000:]
     assert f"MLflow run id: {run_id}" in output

@@ -79,7 +79,14 @@ def test_a_run_logs_everything(train_config, tmp_path):
     assert any(k.startswith("system/cpu_utilization") for k in r.data.metrics)
     # final metrics and sizes
     m = r.data.metrics
-    for key in ("test_frame_acc", "val_frame_acc", "epochs_run", "best_epoch", "converged", "train_time_s"):
+    for key in (
+        "test_frame_acc",
+        "val_frame_acc",
+        "epochs_run",
+        "best_epoch",
+        "converged",
+        "train_time_s",
+    ):
         assert key in m, key
     assert m["epochs_run"] == 2 and m["best_epoch"] in (1, 2) and m["converged"] == 0
     for part in ("train", "validation", "test"):
@@ -94,7 +101,9 @@ def test_a_run_logs_everything(train_config, tmp_path):
     figures = {a.path for a in client.list_artifacts(r.info.run_id, "figures")}
     assert "figures/learning_curves.png" in figures
     assert any(p.startswith("figures/timeline_N061") for p in figures)
-    local = mlflow.artifacts.download_artifacts(run_id=r.info.run_id, artifact_path="checkpoints/last.pt")
+    local = mlflow.artifacts.download_artifacts(
+        run_id=r.info.run_id, artifact_path="checkpoints/last.pt"
+    )
     state = torch.load(local, weights_only=True)
     assert state["epoch"] == 2 and state["config"]["data"]["level"] == "beat"
     models = client.search_logged_models([r.info.experiment_id])
@@ -109,7 +118,9 @@ def test_a_failing_run_ends_failed(train_config):
     client = _client(cfg)
     experiment = client.get_experiment_by_name("chordrec")
     if experiment is not None:
-        assert all(r.info.status != "RUNNING" for r in client.search_runs([experiment.experiment_id]))
+        assert all(
+            r.info.status != "RUNNING" for r in client.search_runs([experiment.experiment_id])
+        )
 
 
 def test_an_exception_during_training_ends_the_run_failed(train_config, monkeypatch):
