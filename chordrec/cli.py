@@ -49,6 +49,50 @@ def _train(overrides: Sequence[str]) -> int:
     return subprocess.call([sys.executable, "-m", "chordrec.train", *overrides])
 
 
+def _configure_store(store: Path) -> None:
+    from chordrec.tracking import configure
+
+    configure(store)
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    from chordrec.transcribe import FORMATS, TEMPLATES, load_model, plan_jobs, transcribe_files
+
+    fmt = args.format
+    if fmt is None:
+        suffix = args.output.suffix.lstrip(".").lower() if args.output else ""
+        fmt = suffix if suffix in FORMATS else "lab"
+    jobs = plan_jobs(args.inputs, fmt, args.output, args.out_dir, args.plot)
+    if args.model != TEMPLATES and not args.model.endswith(".pt"):
+        _configure_store(args.store)
+    model = load_model(args.model, args.device)
+    outcome = transcribe_files(jobs, model, fmt, force=args.force, progress=not args.quiet)
+    for path in outcome.written:
+        print(path)
+    if outcome.failed:
+        print(
+            f"chordrec: error: {len(outcome.failed)} of {len(jobs)} file(s) failed:",
+            file=sys.stderr,
+        )
+        for audio, message in outcome.failed:
+            print(f"  {audio}: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _register(args: argparse.Namespace) -> int:
+    from chordrec.tracking import register_run_model
+
+    _configure_store(args.store)
+    version = register_run_model(args.run_id, args.name, args.alias)
+    alias = f", alias {args.alias!r}" if args.alias else ""
+    print(
+        f"registered run {args.run_id} as {args.name} version {version}{alias}: "
+        f"models:/{args.name}/{version}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chordrec",
@@ -122,6 +166,78 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     train.add_argument("overrides", nargs=argparse.REMAINDER)
+
+    transcribe = commands.add_parser(
+        "transcribe",
+        help="turn audio files into chord labels with a trained model",
+        description=(
+            "Transcribe audio files (WAV, FLAC, MP3, OGG, AIFF...; directories searched "
+            "recursively) into chord labels. The model's config (level, sequence length, "
+            "decoding) travels in its checkpoint. Results go beside each audio file unless "
+            "-o or --out-dir says otherwise; existing files are kept unless --force. In a "
+            "batch, failing files are listed at the end (exit status 1) and the others "
+            "still finish."
+        ),
+    )
+    transcribe.add_argument("inputs", nargs="+", help="audio files or directories")
+    transcribe.add_argument(
+        "-m",
+        "--model",
+        default="models:/chordrec@champion",
+        help=(
+            "models:/<name>@<alias>, models:/<name>/<version>, runs:/<run id>/model, a run "
+            "id, a checkpoint .pt file, or 'templates' (training-free template matching) "
+            "(default: %(default)s)"
+        ),
+    )
+    transcribe.add_argument(
+        "-o", "--output", type=Path, help="result file (a single input file only)"
+    )
+    transcribe.add_argument(
+        "--out-dir", type=Path, help="directory for the results (input subdirectories mirrored)"
+    )
+    transcribe.add_argument(
+        "--format",
+        choices=["lab", "jams", "csv"],
+        help="output format (default: from the -o suffix, else lab)",
+    )
+    transcribe.add_argument(
+        "--plot", type=Path, help="PNG of chromagram and chords (a single input file only)"
+    )
+    transcribe.add_argument("--force", action="store_true", help="replace existing outputs")
+    transcribe.add_argument(
+        "--device", default="auto", help="auto | cpu | cuda[:N] (default: %(default)s)"
+    )
+    transcribe.add_argument(
+        "--store",
+        type=Path,
+        default=Path("mlruns"),
+        help="tracking store directory, unless $MLFLOW_TRACKING_URI is set (default: %(default)s)",
+    )
+    transcribe.add_argument("--quiet", action="store_true", help="no progress bar")
+    transcribe.set_defaults(func=_transcribe)
+
+    register = commands.add_parser(
+        "register",
+        help="put a run's model in the MLflow model registry",
+        description=(
+            "Register the model that a training run logged as a new version of a "
+            "registered model, optionally pointing an alias at it (`chordrec transcribe` "
+            "uses models:/chordrec@champion by default)."
+        ),
+    )
+    register.add_argument("run_id", help="MLflow run id of a training run")
+    register.add_argument(
+        "--name", default="chordrec", help="registered model (default: %(default)s)"
+    )
+    register.add_argument("--alias", help="alias to point at the new version, e.g. champion")
+    register.add_argument(
+        "--store",
+        type=Path,
+        default=Path("mlruns"),
+        help="tracking store directory, unless $MLFLOW_TRACKING_URI is set (default: %(default)s)",
+    )
+    register.set_defaults(func=_register)
     return parser
 
 

@@ -31,7 +31,6 @@ from tqdm.auto import tqdm
 
 import chordrec
 from chordrec import templates, tracking
-from chordrec.chords import class_to_harte
 from chordrec.decoding import decode
 from chordrec.evaluation import frames_to_segments
 from chordrec.features import (
@@ -173,9 +172,10 @@ class Transcription:
         """Runs of equal frames as ``(intervals (segments, 2) in seconds, Harte labels)``;
         frame ``i`` covers ``[i, i + 1) * 512 / 44100`` s, the last segment ends at
         ``duration``."""
-        intervals, labels = frames_to_segments(class_to_harte(self.classes), FRAME_RATE)
+        intervals, labels = frames_to_segments(self.classes, FRAME_RATE)
         intervals = np.minimum(intervals, self.duration)
-        return intervals, labels
+        keep = intervals[:, 1] > intervals[:, 0]
+        return intervals[keep], [label for label, k in zip(labels, keep, strict=True) if k]
 
 
 def transcribe_audio(y: np.ndarray, model: ChordModel, sr: int = SAMPLE_RATE) -> Transcription:
@@ -194,7 +194,9 @@ def transcribe_audio(y: np.ndarray, model: ChordModel, sr: int = SAMPLE_RATE) ->
 
 def format_lab(intervals: np.ndarray, labels: Sequence[str]) -> str:
     """MIREX chord lab: one ``start end label`` line per segment, seconds, tab-separated."""
-    return "".join(f"{s:.6f}\t{e:.6f}\t{lab}\n" for (s, e), lab in zip(intervals, labels, strict=True))
+    return "".join(
+        f"{s:.6f}\t{e:.6f}\t{lab}\n" for (s, e), lab in zip(intervals, labels, strict=True)
+    )
 
 
 def format_csv(intervals: np.ndarray, labels: Sequence[str]) -> str:

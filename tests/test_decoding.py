@@ -1,0 +1,171 @@
+"""Tests of chordrec.decoding: Viterbi against brute force, argmax, tuning, validation."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import pytest
+
+from chordrec.decoding import decode, tune_self_transition, viterbi_decode
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    return x - np.logaddexp.reduce(x, axis=1, keepdims=True)
+
+
+def _log_trans(n_classes: int, p: float) -> np.ndarray:
+    trans = np.full((n_classes, n_classes), (1 - p) / (n_classes - 1))
+    np.fill_diagonal(trans, p)
+    with np.errstate(divide="ignore"):
+        return np.log(trans)
+
+
+def _path_score(log_probs: np.ndarray, path: np.ndarray, p: float) -> float:
+    """Log joint of a path (up to the constant uniform initial term)."""
+    log_trans = _log_trans(log_probs.shape[1], p)
+    score = log_probs[np.arange(len(path)), path].sum()
+    return float(score + log_trans[path[:-1], path[1:]].sum())
+
+
+def _brute_force(log_probs: np.ndarray, p: float) -> tuple[np.ndarray, float]:
+    n_frames, n_classes = log_probs.shape
+    best_path, best_score = None, -np.inf
+    for path in itertools.product(range(n_classes), repeat=n_frames):
+        score = _path_score(log_probs, np.array(path), p)
+        if best_path is None or score > best_score:
+            best_path, best_score = np.array(path), score
+    return best_path, best_score
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9, 0.99])
+def test_viterbi_matches_brute_force(seed: int, p: float):
+    rng = np.random.default_rng(seed)
+    log_probs = _log_softmax(rng.normal(scale=2.0, size=(5, 3)))
+    path = viterbi_decode(log_probs, p)
+    expected_path, expected_score = _brute_force(log_probs, p)
+    assert path.dtype == np.int64 and path.shape == (5,)
+    np.testing.assert_array_equal(path, expected_path)
+    assert _path_score(log_probs, path, p) == pytest.approx(expected_score, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_viterbi_with_minus_inf_matches_brute_force(seed: int):
+    rng = np.random.default_rng(100 + seed)
+    log_probs = _log_softmax(rng.normal(size=(6, 3)))
+    log_probs[rng.random((6, 3)) < 0.3] = -np.inf
+    log_probs[:, seed % 3] = np.log(0.2)  # keep one finite path
+    path = viterbi_decode(log_probs, 0.8)
+    _, expected_score = _brute_force(log_probs, 0.8)
+    assert _path_score(log_probs, path, 0.8) == pytest.approx(expected_score, abs=1e-12)
+    assert np.isfinite(log_probs[np.arange(6), path]).all()
+
+
+def test_self_transition_one_forbids_changes_and_zero_forbids_staying():
+    rng = np.random.default_rng(1)
+    log_probs = _log_softmax(rng.normal(size=(50, 4)))
+    assert len(set(viterbi_decode(log_probs, 1.0).tolist())) == 1
+    path = viterbi_decode(log_probs, 0.0)
+    assert (path[1:] != path[:-1]).all()
+
+
+def test_uniform_transitions_give_argmax():
+    # p = 1/classes makes every transition equally likely: Viterbi = argmax.
+    # (A p *below* 1/classes would penalise staying, so "small p" alone is not argmax.)
+    rng = np.random.default_rng(2)
+    log_probs = _log_softmax(rng.normal(size=(300, 25)))
+    argmax = decode(log_probs, "argmax")
+    np.testing.assert_array_equal(viterbi_decode(log_probs, 1 / 25), argmax)
+    np.testing.assert_array_equal(decode(log_probs, "viterbi", 1 / 25), argmax)
+    np.testing.assert_array_equal(argmax, log_probs.argmax(axis=1))
+    assert argmax.dtype == np.int64
+
+
+def test_viterbi_smooths_a_one_frame_blip():
+    log_probs = np.log(np.full((21, 3), 0.1))
+    log_probs[:, 0] = np.log(0.8)
+    log_probs[10] = np.log([0.1, 0.8, 0.1])
+    assert decode(log_probs, "argmax")[10] == 1
+    np.testing.assert_array_equal(decode(log_probs, "viterbi", 0.99), np.zeros(21))
+
+
+def test_viterbi_edge_shapes():
+    assert viterbi_decode(np.zeros((0, 5)), 0.9).shape == (0,)
+    np.testing.assert_array_equal(viterbi_decode(np.zeros((4, 1)), 0.9), np.zeros(4))
+    np.testing.assert_array_equal(viterbi_decode(np.log([[0.2, 0.8]]), 0.9), [1])
+
+
+def test_viterbi_is_fast_on_a_long_song():
+    rng = np.random.default_rng(3)
+    log_probs = _log_softmax(rng.normal(size=(20_000, 25)))
+    start = time.perf_counter()
+    path = viterbi_decode(log_probs, 0.9)
+    assert time.perf_counter() - start < 1.0
+    assert path.shape == (20_000,)
+
+
+@pytest.mark.parametrize(
+    "log_probs, message",
+    [
+        (np.zeros(5), "shape"),
+        (np.zeros((2, 3, 4)), "shape"),
+        (np.array([[0.0, np.nan]]), "NaN"),
+        (np.array([[0.0, np.inf]]), r"\+inf"),
+        (np.array([["a", "b"]]), "real"),
+    ],
+)
+def test_viterbi_rejects_bad_scores(log_probs, message):
+    with pytest.raises(ValueError, match=message):
+        viterbi_decode(log_probs, 0.9)
+    with pytest.raises(ValueError, match=message):
+        decode(log_probs, "argmax")
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.5, float("nan")])
+def test_viterbi_rejects_bad_self_transition(p):
+    with pytest.raises(ValueError, match="self_transition"):
+        viterbi_decode(np.zeros((3, 3)), p)
+
+
+def test_decode_rejects_unknown_method():
+    with pytest.raises(ValueError, match="unknown decoding method 'beam'"):
+        decode(np.zeros((3, 3)), "beam")
+
+
+def _noisy_songs(seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Piecewise-constant labels (segments of 20-60 frames) seen through noisy scores."""
+    rng = np.random.default_rng(seed)
+    scores, labels = [], []
+    for _ in range(3):
+        lengths = rng.integers(20, 60, size=10)
+        y = np.repeat(rng.integers(0, 5, size=10), lengths)
+        logits = rng.normal(scale=1.5, size=(y.size, 5))
+        logits[np.arange(y.size), y] += 1.0
+        scores.append(_log_softmax(logits))
+        labels.append(y)
+    return scores, labels
+
+
+def test_tune_self_transition_beats_argmax_on_sticky_labels():
+    scores, labels = _noisy_songs(0)
+    p, acc = tune_self_transition(scores, labels, candidates=(0.2, 0.5, 0.9, 0.99))
+    argmax_acc = np.mean(np.concatenate([s.argmax(1) for s in scores]) == np.concatenate(labels))
+    assert p in (0.9, 0.99)
+    assert acc > argmax_acc + 0.1
+    # the reported accuracy is the pooled frame accuracy of that p
+    pooled = np.concatenate([viterbi_decode(s, p) for s in scores]) == np.concatenate(labels)
+    assert acc == pytest.approx(pooled.mean())
+
+
+def test_tune_self_transition_validates():
+    scores, labels = _noisy_songs(1)
+    with pytest.raises(ValueError, match="2 score arrays but 3"):
+        tune_self_transition(scores[:2], labels)
+    with pytest.raises(ValueError, match=r"labels_per_song\[1\]"):
+        tune_self_transition(scores, [labels[0], labels[1][:-1], labels[2]])
+    with pytest.raises(ValueError, match="at least one candidate"):
+        tune_self_transition(scores, labels, candidates=())
+    with pytest.raises(ValueError, match="at least one song"):
+        tune_self_transition([], [])
