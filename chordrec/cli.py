@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -69,15 +71,17 @@ def _transcribe(args: argparse.Namespace) -> int:
     outcome = transcribe_files(jobs, model, fmt, force=args.force, progress=not args.quiet)
     for path in outcome.written:
         print(path)
-    if outcome.failed:
+    if len(jobs) == 1 and outcome.failed:
+        audio, message = outcome.failed[0]
+        print(f"chordrec: error: {audio}: {message}", file=sys.stderr)
+    elif outcome.failed:
         print(
-            f"chordrec: error: {len(outcome.failed)} of {len(jobs)} file(s) failed:",
+            f"chordrec: error: {len(outcome.failed)} of {len(jobs)} files failed:",
             file=sys.stderr,
         )
         for audio, message in outcome.failed:
             print(f"  {audio}: {message}", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if outcome.failed else 0
 
 
 def _register(args: argparse.Namespace) -> int:
@@ -91,6 +95,106 @@ def _register(args: argparse.Namespace) -> int:
         f"models:/{args.name}/{version}"
     )
     return 0
+
+
+def _table_text(runs, presets, fmt: str) -> str:
+    from chordrec.table import build_table, render, select_runs
+
+    return render(build_table(select_runs(runs, presets)), fmt)
+
+
+def _table(args: argparse.Namespace) -> int:
+    from chordrec.table import PRESETS, IncompleteTableError
+    from chordrec.tracking import configure, create_run_with_text, find_runs, log_text_to_run
+
+    configure(args.store, args.tracking_uri)
+    runs = find_runs(args.experiment, args.study)
+    try:
+        text = _table_text(runs, PRESETS, args.format)
+    except IncompleteTableError as exc:
+        print(f"chordrec table: incomplete table: {exc}", file=sys.stderr)
+        return 1
+    artifact = f"table5.{args.format}"
+    parents = [r for r in runs if r.tags.get("kind") == "study"]
+    if parents:
+        log_text_to_run(parents[0].run_id, text, artifact)
+        where = f"study run {parents[0].run_id}"
+    else:
+        name = f"table5 {args.study or args.experiment}"
+        where = "run " + create_run_with_text(
+            args.experiment, name, text, artifact, {"kind": "table"}
+        )
+    if args.out:
+        _write_atomic(args.out, text)
+    print(text, end="")
+    print(f"(logged as {artifact} in {where})", file=sys.stderr)
+    return 0
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _study(args: argparse.Namespace) -> int:
+    from chordrec.table import IncompleteTableError
+    from chordrec.tracking import (
+        configure,
+        end_parent_run,
+        find_runs,
+        log_text_to_run,
+        start_parent_run,
+    )
+
+    store = args.store.resolve()
+    uri = configure(store, args.tracking_uri)
+    study_id = args.study_id or time.strftime("study-%Y%m%d-%H%M%S")
+    presets = args.experiments.split(",")
+    parent = start_parent_run(
+        args.experiment, study_id, {"study": study_id, "kind": "study"}, store
+    )
+    print(f"study {study_id}: presets {', '.join(presets)}; parent MLflow run {parent}", flush=True)
+    overrides = [
+        "-m",
+        f"experiment={','.join(presets)}",
+        f"tracking.experiment={args.experiment}",
+        f"tracking.store_dir={store}",
+        f"+tracking.tags.study={study_id}",
+        f"tracking.parent_run_id={parent}",
+        f"hydra.sweep.dir=multirun/{study_id}",
+    ]
+    if args.jobs > 1:
+        overrides += [
+            "hydra/launcher=parallel",
+            f"hydra.launcher.n_jobs={args.jobs}",
+            "trainer.num_threads=1",
+        ]
+    started = time.monotonic()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    code = subprocess.call(
+        [sys.executable, "-m", "chordrec.train", *overrides, *args.overrides], env=env
+    )
+    wall = time.monotonic() - started
+    runs = [r for r in find_runs(args.experiment, study_id) if r.tags.get("kind") != "study"]
+    failed = [r for r in runs if r.status != "FINISHED"]
+    for r in failed:
+        print(
+            f"study {study_id}: run {r.run_id} (preset {r.tags.get('preset')}) ended {r.status}: "
+            f"{r.tags.get('error', 'no error recorded')}",
+            file=sys.stderr,
+        )
+    try:
+        text = _table_text(runs, presets, "md")
+    except IncompleteTableError as exc:
+        print(f"study {study_id}: incomplete table: {exc}", file=sys.stderr)
+        end_parent_run(parent, succeeded=False)
+        return 1
+    text += f"\nStudy {study_id}: wall time {wall / 60:.1f} min.\n"
+    log_text_to_run(parent, text, "table5.md")
+    end_parent_run(parent, succeeded=not failed and code == 0)
+    print(text, end="")
+    return 0 if not failed and code == 0 else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,6 +320,64 @@ def build_parser() -> argparse.ArgumentParser:
     )
     transcribe.add_argument("--quiet", action="store_true", help="no progress bar")
     transcribe.set_defaults(func=_transcribe)
+
+    table = commands.add_parser(
+        "table",
+        help="rebuild the report's Table 5 from MLflow (no N/A: exits 1 if a cell is missing)",
+        description=(
+            "Print Table 5 (one column per preset a-f: example counts, converged, validation and "
+            "test accuracy, training time, epochs, best epoch, run id, the report's numbers and "
+            "the difference) from the newest FINISHED run of each preset, and log it as an "
+            "artifact. Exits 1, naming the run and the metric, if any cell cannot be filled."
+        ),
+    )
+    table.add_argument(
+        "--experiment", default="chordrec", help="MLflow experiment (default: %(default)s)"
+    )
+    table.add_argument("--study", help="only the runs of this study id")
+    table.add_argument("--format", choices=("md", "csv", "html"), default="md")
+    table.add_argument("--out", type=Path, help="also write the table to this file")
+    table.add_argument(
+        "--store", type=Path, default=Path("mlruns"), help="local store (default: %(default)s)"
+    )
+    table.add_argument(
+        "--tracking-uri",
+        help="any MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the store)",
+    )
+    table.set_defaults(func=_table)
+
+    study = commands.add_parser(
+        "study",
+        help="run the report's experiments a-f as one study, then print Table 5",
+        description=(
+            "Runs the presets as one Hydra multirun into one MLflow experiment, nested under a "
+            "parent run tagged study=<id>, then builds and logs Table 5. A failed member run is "
+            "reported (exit 1); the others still finish. Extra arguments are Hydra overrides "
+            "for every member, e.g. split.max_songs=2 trainer.max_epochs=1."
+        ),
+    )
+    study.add_argument(
+        "--experiments", default="a,b,c,d,e,f", help="presets (default: %(default)s)"
+    )
+    study.add_argument(
+        "--experiment", default="chordrec", help="MLflow experiment (default: %(default)s)"
+    )
+    study.add_argument("--study-id", help="the study's id (default: study-<date>-<time>)")
+    study.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="parallel runs (default: %(default)s, one torch thread each)",
+    )
+    study.add_argument(
+        "--store", type=Path, default=Path("mlruns"), help="local store (default: %(default)s)"
+    )
+    study.add_argument(
+        "--tracking-uri",
+        help="any MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the store)",
+    )
+    study.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
+    study.set_defaults(func=_study)
 
     register = commands.add_parser(
         "register",

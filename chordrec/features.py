@@ -2,52 +2,51 @@
 
 The RWC-Pop chroma (see the data set README) is librosa-style ``chroma_cens`` at
 44.1 kHz, hop 512 samples (frame ``i`` at ``i * 512 / 44100`` s, about 86.13 frames
-per second, ``1 + samples // 512`` frames), 12 bins from C, each non-silent row of
-unit L2 norm and silent rows all zero. :func:`chroma_features` computes it with
-librosa 0.11's ``chroma_cens`` at its defaults (CQT from C1 over 7 octaves at 36
-bins per octave with estimated tuning, L1 norm, 4-level quantisation at 0.05 /
-0.1 / 0.2 / 0.4, 41-frame Hann smoothing, L2 norm) plus one change, silence.
+per second), 12 bins from C, each non-silent row of unit L2 norm, silent rows all
+zero. :func:`chroma_features` computes librosa 0.11's ``chroma_cens`` at its
+defaults (CQT from C1 over 7 octaves at 36 bins per octave, tuning estimated per
+file, L1 norm, 4-level quantisation at 0.05 / 0.1 / 0.2 / 0.4, 41-frame Hann
+smoothing, L2 norm) with one change: silence.
 
-What matches, measured on all 2,102,200 frames of the data set against librosa
-on synthesised harmonic triads (a 3-minute song of 90 random major/minor chords
-with bass, 18,090 frames):
+Measured on all 2,102,200 frames of the data set against this module's output for
+synthesised audio (90 random major/minor triads with bass, harmonic tones, 0.5-4 s
+each, then 2 s of digital silence: 18,090 frames):
 
-* Frame grid: the data set's frame counts equal ``1 + samples // 512`` for the
-  songs' durations (the annotations end within one frame of the last frame),
-  as librosa's centred frames give.
-* Norms: every non-silent row has L2 norm 1 (1 ± 1e-7) in both.
-* Temporal smoothing: the mean frame-to-frame change |d chroma| around chord
-  changes has a full width at half maximum of 19 frames in the data set (12,565
-  annotated changes) and 18 frames in librosa's output at the synthetic
-  changes, as a 41-tap Hann window (FWHM about 20) gives; the data set's temporal
-  power spectrum dips by 3.7 dB at the window's first null (2/42 cycles per
-  frame), librosa's by 3.9 dB; lag-1 autocorrelation is 0.999 in the data set.
-* Quantisation: rows inside steady passages are exactly proportional to the
-  4-level integer codes, e.g. the row ``[1, 1, 3, 1, 0, 0, 1, 1, 0, 1, 1, 2] /
-  sqrt(20)`` that ends 17 of the 100 songs; both hold about 16.5 million (data
-  set) or thousands (librosa) of distinct float32 values, i.e. smoothed, not
-  quantised output.
-* Value range: never above 1 (a lone pitch class would give 1): the data set's
-  maximum is 0.743, row maxima 0.37 / 0.52 / 0.69 at the 1 / 50 / 99th
-  percentile; librosa on the sparse synthetic triads reaches 0.825 (row maxima
-  0.52 / 0.73 / 0.82).
+Matches
 
-What does not match:
+* Frame grid: ``1 + samples // 512`` centred frames; the data set's songs have
+  exactly the frame count their annotated duration gives (the last lab segment
+  ends within one frame of ``(frames - 1) * 512 / 44100``).
+* Norms: every non-silent row has L2 norm 1 (within 1e-7) in both.
+* Temporal smoothing: the mean frame-to-frame change around chord changes has a
+  full width at half maximum of 19 frames in the data set (12,565 annotated
+  changes) and 18 frames here (known synthetic changes), as a 41-tap Hann window
+  gives; the temporal power spectra dip alike at the window's first null (2/42
+  cycles per frame: -3.7 dB data set, -3.9 dB here). Lag-1 autocorrelation 0.999.
+* Quantisation: rows in steady passages are exactly proportional to 4-level
+  integer codes in both (0.11 % of the data set's rows, e.g. ``[1, 1, 3, 1, 0, 0,
+  1, 1, 0, 1, 1, 2] / sqrt(20)`` ending 17 songs; 19 % of the steadier synthetic
+  rows); elsewhere the smoothing makes the values continuous (16.6 million
+  distinct float32 values in the data set).
+* Value range: at most 1 (a lone pitch class), in practice lower: data set
+  maximum 0.743, row maxima 0.37 / 0.52 / 0.69 at the 1st / 50th / 99th
+  percentile; here maximum 0.825, row maxima 0.56 / 0.73 / 0.82.
 
-* Silence. librosa 0.11 L1-normalises the ~1e-36 leakage that its CQT leaves in
-  digital silence into full-scale rows (5 s of zeros after music gave no zero
-  row), while the data set has all-zero rows there (114-115 trailing frames in
-  99 of the 100 songs, 10,689 in all). Here a frame is silent when its CQT
-  magnitude sum lies :data:`SILENCE_DB` below the loudest frame's; silent frames
-  are zeroed before the quantisation (so they do not leak into the smoothing)
-  and in the output.
-* Value distribution, an effect of the audio, not of the settings: synthetic
-  triads are sparse (59 % of librosa's values are 0, median 0) where recorded
-  music spreads energy over all bins (2.5 % zeros, median 0.23, 90th
-  percentile 0.45 vs 0.57), so a model trained on the data set sees cleaner
-  chroma from synthetic audio than from recordings.
-* Tuning: estimated per file here; the data set's tuning handling is unknown
-  (RWC recordings are close to A440, where both agree).
+Does not match
+
+* Silence. Plain librosa L1-normalises the ~1e-36 leakage its CQT leaves in
+  digital silence into full-scale rows (5 s of zeros after music gave not one
+  zero row); the data set has all-zero rows there (114-115 trailing frames in 99
+  of the 100 songs, 10,689 in all). Here a frame is silent when its RMS lies
+  :data:`SILENCE_DB` (60 dB, ``librosa.effects.trim``'s rule) below the loudest
+  frame's; silent frames are zeroed before the quantisation and in the output
+  (170 zero rows for the 172 frames of the 2 s of silence above).
+* Value distribution, through the audio rather than the settings: synthetic
+  triads are sparse (60 % of the values 0, median 0, 90th percentile 0.57), while
+  recorded music spreads energy over all bins (2.5 % zeros, median 0.23, 90th
+  percentile 0.45), so synthetic audio gives cleaner chroma than the training data.
+* Tuning: estimated per file here; how the data set handled tuning is unknown
+  (RWC is recorded close to A440, where both agree).
 """
 
 from __future__ import annotations
@@ -64,8 +63,8 @@ HOP_LENGTH = 512
 """Hop between chroma frames, samples."""
 MIN_DURATION_S = 1.0
 """Shorter audio is refused (too little for chroma smoothing and beat tracking)."""
-SILENCE_DB = -80.0
-"""A frame whose CQT magnitude sum is this many dB below the loudest frame's is silent."""
+SILENCE_DB = -60.0
+"""A frame this many dB below the loudest frame is silent (``librosa.effects.trim``'s default)."""
 FALLBACK_BEAT_FRAMES = 43
 """Beat spacing of the fallback grid, frames (about 0.5 s, 120 BPM, the data set's median)."""
 
@@ -92,8 +91,9 @@ def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
         raise AudioError(f"{path}: file is empty (0 bytes)")
     try:
         data, file_sr = sf.read(path, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        raise AudioError(f"{path}: not a readable audio file ({exc})") from None
+    except (sf.SoundFileError, RuntimeError, TypeError) as exc:
+        detail = getattr(exc, "error_string", exc)
+        raise AudioError(f"{path}: not a readable audio file (libsndfile: {detail})") from None
     if data.size == 0:
         raise AudioError(f"{path}: holds no audio samples")
     duration = len(data) / file_sr
@@ -122,9 +122,12 @@ def _check_signal(y: np.ndarray, sr: int) -> np.ndarray:
     return y.astype(np.float32, copy=False)
 
 
-def frame_count(n_samples: int) -> int:
-    """Chroma frames of ``n_samples`` samples: ``1 + n_samples // 512`` (centred frames)."""
-    return 1 + n_samples // HOP_LENGTH
+def silent_frames(y: np.ndarray) -> np.ndarray:
+    """Which chroma frames are silent, shape (frames,) bool: the RMS of the 2048 samples
+    centred on the frame lies :data:`SILENCE_DB` or more below the loudest frame's (all
+    frames of all-zero audio). ``y``: mono samples, shape (samples,)."""
+    rms = librosa.feature.rms(y=y, frame_length=2048, hop_length=HOP_LENGTH)[0]
+    return rms <= rms.max() * 10 ** (SILENCE_DB / 20)
 
 
 def chroma_features(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
@@ -143,8 +146,7 @@ def chroma_features(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
             bins_per_octave=_BINS_PER_OCTAVE,
         )
     )
-    energy = cqt.sum(axis=0)
-    silent = energy <= max(float(energy.max()) * 10 ** (SILENCE_DB / 20), np.finfo(np.float32).tiny)
+    silent = silent_frames(y)
     cqt[:, silent] = 0.0
     cens = librosa.feature.chroma_cens(
         C=cqt,

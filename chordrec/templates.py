@@ -99,7 +99,7 @@ def template_scores(
     Parameters
     ----------
     chroma : np.ndarray, shape (frames, 12)
-        Chroma frames (pitch classes C..B), any non-negative scale; each frame is
+        Chroma frames (pitch classes C..B), at any scale; each frame is
         L2-normalised here. An all-zero frame counts as silent.
     temperature : float > 0
         Softmax temperature over cosine similarities (which lie in [-1, 1] for

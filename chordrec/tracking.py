@@ -23,6 +23,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -452,3 +453,90 @@ def register_run_model(run_id: str, name: str = "chordrec", alias: str | None = 
     if alias:
         retry_locked(lambda: client.set_registered_model_alias(name, alias, version.version))
     return str(version.version)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as plain data: what result tables are built from."""
+
+    run_id: str
+    run_name: str
+    status: str
+    start_time: int
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+def find_runs(experiment: str | None = None, study: str | None = None) -> list[RunRecord]:
+    """Runs of experiment ``experiment`` (all experiments if None), only those tagged
+    ``study=<study>`` if given, newest first. Raises :class:`TrackingError` if the
+    experiment does not exist."""
+    client = MlflowClient()
+    if experiment is not None:
+        found = retry_locked(lambda: client.get_experiment_by_name(experiment))
+        if found is None:
+            raise TrackingError(
+                f"no MLflow experiment {experiment!r} in {mlflow.get_tracking_uri()}"
+            )
+        ids = [found.experiment_id]
+    else:
+        ids = [e.experiment_id for e in retry_locked(lambda: client.search_experiments())]
+    query = f"tags.study = '{study}'" if study else ""
+    runs = retry_locked(
+        lambda: client.search_runs(
+            ids, filter_string=query, order_by=["attributes.start_time DESC"], max_results=5000
+        )
+    )
+    return [
+        RunRecord(
+            run_id=r.info.run_id,
+            run_name=r.info.run_name or "",
+            status=r.info.status,
+            start_time=int(r.info.start_time or 0),
+            params=dict(r.data.params),
+            metrics=dict(r.data.metrics),
+            tags=dict(r.data.tags),
+        )
+        for r in runs
+    ]
+
+
+def start_parent_run(
+    experiment: str, name: str, tags: Mapping[str, str], store_dir: str | Path
+) -> str:
+    """Create a RUNNING run that other runs nest under (a study); returns its id."""
+    client = MlflowClient()
+    experiment_id = ensure_experiment(experiment, store_dir)
+    run = retry_locked(
+        lambda: client.create_run(
+            experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()}
+        )
+    )
+    return run.info.run_id
+
+
+def end_parent_run(run_id: str, succeeded: bool) -> None:
+    status = RunStatus.to_string(RunStatus.FINISHED if succeeded else RunStatus.FAILED)
+    retry_locked(lambda: MlflowClient().set_terminated(run_id, status))
+
+
+def log_text_to_run(run_id: str, text: str, name: str) -> None:
+    """Write ``text`` as artifact ``name`` of run ``run_id`` (which need not be active)."""
+    retry_locked(lambda: MlflowClient().log_text(run_id, text, name))
+
+
+def create_run_with_text(
+    experiment: str, name: str, text: str, artifact: str, tags: Mapping[str, str]
+) -> str:
+    """A small FINISHED run holding one text artifact (e.g. a result table); returns its id."""
+    client = MlflowClient()
+    found = retry_locked(lambda: client.get_experiment_by_name(experiment))
+    if found is None:
+        raise TrackingError(f"no MLflow experiment {experiment!r}")
+    run = retry_locked(
+        lambda: client.create_run(found.experiment_id, run_name=name, tags=dict(tags))
+    )
+    log_text_to_run(run.info.run_id, text, artifact)
+    retry_locked(lambda: client.set_terminated(run.info.run_id, "FINISHED"))
+    return run.info.run_id

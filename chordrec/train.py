@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -56,12 +57,18 @@ def run(cfg: DictConfig) -> float:
         cfg = OmegaConf.create(resume.checkpoint["config"])
         cfg.resume = resume_id
     seed_everything(cfg.seed)
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
     device = resolve_device(cfg.trainer.device)
     context = build_context(cfg)
     model = context.model
     optimizer = instantiate(cfg.optimizer, params=model.parameters())
     scheduler = instantiate(cfg.scheduler, optimizer=optimizer)
     tags = {**base_tags(str(device)), **{k: str(v) for k, v in cfg.tracking.tags.items()}}
+    if cfg.preset:
+        tags["preset"] = str(cfg.preset)
+    if cfg.tracking.parent_run_id:
+        tags["mlflow.parentRunId"] = str(cfg.tracking.parent_run_id)
     hydra_cfg = _hydra_job()
     if hydra_cfg:
         tags.update(hydra_cfg)

@@ -86,7 +86,7 @@ def predict_log_probs(
         inputs, _ = song_chunks(steps.features, steps.labels, seq_len)
     outputs = []
     for start in range(0, len(inputs), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(inputs[start : start + batch_size])).to(device)
+        x = torch.from_numpy(np.array(inputs[start : start + batch_size], dtype=np.float32)).to(device)
         with _autocast(device):
             logits = model(x)[:, -1] if mode == "window" else model.step_logits(x)
         outputs.append(torch.log_softmax(logits.float(), dim=-1).reshape(-1, logits.shape[-1]))

@@ -347,7 +347,8 @@ def plan_jobs(
 
 @dataclass
 class Outcome:
-    """What a batch did: written output paths and ``(audio file, error message)`` failures."""
+    """What a batch did: written output paths and ``(audio file, error message)`` failures
+    (messages do not repeat the audio file's name)."""
 
     written: list[Path]
     failed: list[tuple[Path, str]]
@@ -386,7 +387,8 @@ def transcribe_files(
         try:
             transcribe_file(job, model, fmt, force)
         except (AudioError, OSError, ValueError) as exc:
-            outcome.failed.append((job.audio, str(exc)))
+            message = str(exc).removeprefix(f"{job.audio}: ")
+            outcome.failed.append((job.audio, message))
         else:
             outcome.written.append(job.output)
     return outcome

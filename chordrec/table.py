@@ -1,0 +1,213 @@
+"""The report's Table 5, rebuilt from tracked runs only.
+
+One column per experiment preset (a-f), filled from each preset's newest FINISHED
+run: example counts (the report's 32-step chunks, and frames or beats), converged,
+validation and test frame accuracy, training time, epochs, best epoch and the run
+id, next to the report's own numbers and the difference. A cell that cannot be
+filled is an error naming the run and the missing metric: never "N/A".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from chordrec.tracking import RunRecord
+
+PRESETS = ("a", "b", "c", "d", "e", "f")
+
+# The report's Table 5; None where the report has an empty cell or "N/A".
+REPORT: dict[str, dict[str, object]] = {
+    "a": {
+        "train": 834,
+        "validation": 323,
+        "test": 284,
+        "converged": "yes",
+        "val": 47.00,
+        "test_acc": 50.83,
+        "time": "10 min",
+    },
+    "b": {
+        "train": 38637,
+        "validation": 13668,
+        "test": 13339,
+        "converged": "yes",
+        "val": 47.52,
+        "test_acc": 50.70,
+        "time": None,
+    },
+    "c": {
+        "train": None,
+        "validation": None,
+        "test": None,
+        "converged": "yes",
+        "val": 40.35,
+        "test_acc": 42.35,
+        "time": None,
+    },
+    "d": {
+        "train": None,
+        "validation": None,
+        "test": None,
+        "converged": "no",
+        "val": 12.75,
+        "test_acc": 14.52,
+        "time": "3 h",
+    },
+    "e": {
+        "train": None,
+        "validation": None,
+        "test": None,
+        "converged": "yes",
+        "val": 33.73,
+        "test_acc": 34.62,
+        "time": "16 h",
+    },
+    "f": {
+        "train": None,
+        "validation": None,
+        "test": None,
+        "converged": "yes",
+        "val": 48.03,
+        "test_acc": 57.75,
+        "time": "4 h",
+    },
+}
+NOT_REPORTED = "(not reported)"
+
+REQUIRED_METRICS = (
+    "size_train_chunks32",
+    "size_validation_chunks32",
+    "size_test_chunks32",
+    "size_train_steps",
+    "size_validation_steps",
+    "size_test_steps",
+    "converged",
+    "val_frame_acc",
+    "test_frame_acc",
+    "train_time_s",
+    "epochs_run",
+    "best_epoch",
+)
+
+
+class IncompleteTableError(ValueError):
+    """A cell of the table cannot be filled from the tracked runs."""
+
+
+@dataclass(frozen=True)
+class Column:
+    preset: str
+    run: RunRecord
+
+
+def select_runs(runs: Sequence[RunRecord], presets: Sequence[str] = PRESETS) -> list[Column]:
+    """The newest FINISHED run of each preset (tag ``preset``). Raises
+    :class:`IncompleteTableError` for a preset with no finished run, naming the failed
+    or unfinished runs it has."""
+    columns, problems = [], []
+    for preset in presets:
+        mine = sorted(
+            (r for r in runs if r.tags.get("preset") == preset), key=lambda r: -r.start_time
+        )
+        finished = [r for r in mine if r.status == "FINISHED"]
+        if finished:
+            columns.append(Column(preset, finished[0]))
+        elif mine:
+            states = ", ".join(f"run {r.run_id} is {r.status}" for r in mine)
+            problems.append(f"preset {preset}: no FINISHED run ({states})")
+        else:
+            problems.append(f"preset {preset}: no run found")
+    if problems:
+        raise IncompleteTableError("; ".join(problems))
+    return columns
+
+
+def _metric(column: Column, key: str) -> float:
+    value = column.run.metrics.get(key)
+    if value is None or value != value:  # missing or NaN
+        raise IncompleteTableError(
+            f"run {column.run.run_id} (preset {column.preset}) has no metric {key!r}"
+        )
+    return float(value)
+
+
+def _duration(seconds: float) -> str:
+    minutes = seconds / 60
+    return (
+        f"{seconds:.0f} s"
+        if seconds < 60
+        else f"{minutes:.1f} min"
+        if minutes < 120
+        else f"{minutes / 60:.2f} h"
+    )
+
+
+def _report(preset: str, key: str) -> object:
+    value = REPORT.get(preset, {}).get(key)
+    if value is None:
+        return NOT_REPORTED
+    return f"{value:.2f}" if isinstance(value, float) else value
+
+
+def _delta(ours: float, theirs: object) -> str:
+    return f"{ours - float(theirs):+.2f}" if isinstance(theirs, int | float) else NOT_REPORTED
+
+
+def build_table(columns: Sequence[Column]) -> pd.DataFrame:
+    """Table 5 as a DataFrame: rows are the report's rows plus ours, columns the presets."""
+    for column in columns:
+        for key in REQUIRED_METRICS:
+            _metric(column, key)
+    table: dict[str, dict[str, object]] = {}
+    for c in columns:
+        level = c.run.params.get("data.level", "frame")
+        unit = "beats" if level == "beat" else "frames"
+        val, test = 100 * _metric(c, "val_frame_acc"), 100 * _metric(c, "test_frame_acc")
+        table[c.preset] = {
+            "what": f"{c.run.params.get('model_name', '?')}, {level} level, "
+            f"L={c.run.params.get('seq_len', '?')}, {c.run.params.get('seq_mode', '?')}",
+            "training examples (32-step chunks)": int(_metric(c, "size_train_chunks32")),
+            "  report": _report(c.preset, "train"),
+            "validation examples (32-step chunks)": int(_metric(c, "size_validation_chunks32")),
+            "  report ": _report(c.preset, "validation"),
+            "test examples (32-step chunks)": int(_metric(c, "size_test_chunks32")),
+            "  report  ": _report(c.preset, "test"),
+            "training / validation / test size": f"{int(_metric(c, 'size_train_steps')):,} / "
+            f"{int(_metric(c, 'size_validation_steps')):,} / {int(_metric(c, 'size_test_steps')):,} {unit}",
+            "converged": "yes" if _metric(c, "converged") else "no",
+            "  report   ": _report(c.preset, "converged"),
+            "validation accuracy %": f"{val:.2f}",
+            "  report    ": _report(c.preset, "val"),
+            "  difference (points)": _delta(val, REPORT.get(c.preset, {}).get("val")),
+            "test accuracy %": f"{test:.2f}",
+            "  report     ": _report(c.preset, "test_acc"),
+            "  difference (points) ": _delta(test, REPORT.get(c.preset, {}).get("test_acc")),
+            "training time": _duration(_metric(c, "train_time_s")),
+            "  report      ": _report(c.preset, "time"),
+            "epochs run": int(_metric(c, "epochs_run")),
+            "best epoch": int(_metric(c, "best_epoch")),
+            "run id": c.run.run_id,
+        }
+    return pd.DataFrame(table)
+
+
+def render(table: pd.DataFrame, fmt: str = "md") -> str:
+    """The table as Markdown (``md``), ``csv`` or ``html``."""
+    shown = table.copy()
+    shown.index = [label.rstrip() for label in shown.index]
+    if fmt == "md":
+        header = "| | " + " | ".join(shown.columns) + " |"
+        rule = "|---" * (len(shown.columns) + 1) + "|"
+        rows = [
+            f"| {label} | " + " | ".join(str(v) for v in row) + " |"
+            for label, row in zip(shown.index, shown.values, strict=True)
+        ]
+        return "\n".join([header, rule, *rows]) + "\n"
+    if fmt == "csv":
+        return shown.to_csv()
+    if fmt == "html":
+        return shown.to_html()
+    raise ValueError(f"format must be md, csv or html, got {fmt!r}")
