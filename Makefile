@@ -12,7 +12,7 @@ DATA_DIR := data/rwc-pop
 DATA_SOURCE ?= $(or $(CHORDREC_DATA_SOURCE),$(if $(wildcard $(SHARED_DATA)/SHA256SUMS),$(SHARED_DATA),github))
 ARGS ?=
 
-.PHONY: help install data train ui test lint bench clean-venv
+.PHONY: help install data train study table ui test lint bench clean-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,12 @@ data: $(DATA_DIR)/SHA256SUMS  ## fetch and verify the RWC-Pop data set into data
 
 train: install data  ## train the default experiment (ARGS="key=value ..." to override), log to mlruns/
 	$(PY) -m chordrec.train $(ARGS)
+
+study: install data  ## the report's experiments a-f as one study (2 parallel jobs), then Table 5
+	$(VENV)/bin/chordrec study $(ARGS)
+
+table: install  ## Table 5 from the newest finished runs in mlruns/ (ARGS="--study ID" ...)
+	$(VENV)/bin/chordrec table $(ARGS)
 
 ui: install  ## MLflow UI over mlruns/ on http://127.0.0.1:5000
 	$(VENV)/bin/chordrec ui

@@ -51,6 +51,7 @@ Does not match
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import librosa
@@ -137,15 +138,19 @@ def chroma_features(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     non-silent row has unit L2 norm, silent rows (see :data:`SILENCE_DB`) are zero.
     """
     y = _check_signal(y, sr)
-    cqt = np.abs(
-        librosa.cqt(
-            y,
-            sr=sr,
-            hop_length=HOP_LENGTH,
-            n_bins=_N_OCTAVES * _BINS_PER_OCTAVE,
-            bins_per_octave=_BINS_PER_OCTAVE,
+    with warnings.catch_warnings():
+        # Under ~2.5 s the CQT's lowest, most downsampled octave is shorter than its
+        # FFT; librosa zero-pads it and says so. Harmless: the frames stay aligned.
+        warnings.filterwarnings("ignore", message=r"n_fft=\d+ is too large", category=UserWarning)
+        cqt = np.abs(
+            librosa.cqt(
+                y,
+                sr=sr,
+                hop_length=HOP_LENGTH,
+                n_bins=_N_OCTAVES * _BINS_PER_OCTAVE,
+                bins_per_octave=_BINS_PER_OCTAVE,
+            )
         )
-    )
     silent = silent_frames(y)
     cqt[:, silent] = 0.0
     cens = librosa.feature.chroma_cens(

@@ -230,7 +230,8 @@ def train_epoch(
         loss_sum += loss.item() * n
         correct += int((logits.argmax(-1) == y)[mask].sum())
         counted += n
-        bar.set_postfix(loss=f"{loss_sum / counted:.3f}", acc=f"{correct / counted:.3f}")
+        if bar.n % 25 == 0:  # refreshing the bar every batch costs as much as a small batch
+            bar.set_postfix(loss=f"{loss_sum / counted:.3f}", acc=f"{correct / counted:.3f}")
     bar.close()
     if not math.isfinite(loss_sum):
         raise FloatingPointError(f"training loss became {loss_sum} ({desc})")

@@ -97,8 +97,11 @@ def network_model(
     method = config.get("decode", "argmax")
     if level not in LEVELS or mode not in MODES:
         raise ValueError(f"{source}: unknown level {level!r} or sequence mode {mode!r}")
-    network = build_model(spec)
-    network.load_state_dict(state)
+    try:
+        network = build_model(spec)
+        network.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{source}: the weights do not fit the model config ({exc})") from None
     device = torch.device(device)
     network.to(device).eval()
 

@@ -1,0 +1,251 @@
+"""Audio loading, CENS chroma and beats on audio synthesised here (no recordings needed).
+
+The synthesiser (also used by tests/test_transcribe.py) renders chords as sums of
+harmonic tones: a bass note on the root and a close triad above it, with known
+start and end times, silence for ``N``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from chordrec.chords import PITCH_CLASSES
+from chordrec.features import (
+    FALLBACK_BEAT_FRAMES,
+    HOP_LENGTH,
+    SAMPLE_RATE,
+    AudioError,
+    beat_frames,
+    chroma_features,
+    load_audio,
+)
+
+SR = SAMPLE_RATE
+# Silence, a I-vi-IV-V-I progression in C, silence, the same kind of song a whole
+# tone up in D (with a minor vi and ii), silence.
+SONG: list[tuple[str, float]] = [
+    ("N", 1.0),
+    ("C:maj", 2.0),
+    ("A:min", 2.0),
+    ("F:maj", 2.0),
+    ("G:maj", 2.0),
+    ("C:maj", 2.0),
+    ("N", 1.0),
+    ("D:maj", 2.0),
+    ("B:min", 2.0),
+    ("G:maj", 2.0),
+    ("A:maj", 2.0),
+    ("D:maj", 2.0),
+    ("E:min", 2.0),
+    ("N", 1.5),
+]
+
+
+def chord_notes(label: str) -> list[int]:
+    """MIDI notes of a Harte major/minor chord: bass root in octave 2, triad from middle C."""
+    root_name, quality = label.split(":")
+    root = PITCH_CLASSES.index(root_name)
+    third = 4 if quality == "maj" else 3
+    return [36 + root, 60 + root, 60 + root + third, 60 + root + 7]
+
+
+def harmonic_tone(midi: int, n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """Eight harmonics (amplitude 1/h, random phases) of MIDI note ``midi``, shape (n,)."""
+    f0 = 440.0 * 2 ** ((midi - 69) / 12)
+    t = np.arange(n) / sr
+    return sum(
+        np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 2 * np.pi)) / h
+        for h in range(1, 9)
+        if f0 * h < sr / 2
+    )
+
+
+def render_song(
+    segments: Sequence[tuple[str, float]] = SONG, sr: int = SR, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Audio (samples,) float32 of ``(label, seconds)`` segments, with the reference
+    intervals (segments, 2) in seconds and labels."""
+    rng = np.random.default_rng(seed)
+    parts, intervals, labels, start = [], [], [], 0.0
+    for label, seconds in segments:
+        n = int(round(seconds * sr))
+        if label == "N":
+            parts.append(np.zeros(n))
+        else:
+            tones = sum(harmonic_tone(m, n, sr, rng) for m in chord_notes(label))
+            edge = np.minimum(np.arange(n), n - 1 - np.arange(n)) / (0.01 * sr)
+            envelope = np.minimum(1.0, edge) * np.exp(-0.5 * np.arange(n) / sr)
+            parts.append(0.05 * tones * envelope)
+        intervals.append((start, start + seconds))
+        labels.append(label)
+        start += seconds
+    return np.concatenate(parts).astype(np.float32), np.array(intervals), labels
+
+
+def write_song(path: Path, segments: Sequence[tuple[str, float]] = SONG, **kwargs) -> Path:
+    """Render ``segments`` and write them as a 44.1 kHz mono WAV file at ``path``."""
+    y, _, _ = render_song(segments, **kwargs)
+    sf.write(path, y, SR)
+    return path
+
+
+@pytest.fixture(scope="module")
+def song() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    return render_song()
+
+
+@pytest.fixture(scope="module")
+def chroma(song) -> np.ndarray:
+    return chroma_features(song[0], SR)
+
+
+def _frames(start: float, end: float) -> slice:
+    """Frames well inside ``[start, end)`` seconds (0.3 s margin for the smoothing)."""
+    return slice(int((start + 0.3) * SR / HOP_LENGTH), int((end - 0.3) * SR / HOP_LENGTH))
+
+
+# ------------------------------------------------------------------------ load_audio
+
+
+def test_load_audio_mixes_down_and_resamples(tmp_path: Path) -> None:
+    y, _, _ = render_song([("C:maj", 2.0)], sr=22050)
+    stereo = np.stack([y, 0.5 * y], axis=1)
+    path = tmp_path / "stereo.flac"
+    sf.write(path, stereo, 22050)
+    loaded = load_audio(path)
+    assert loaded.dtype == np.float32 and loaded.ndim == 1
+    assert len(loaded) == pytest.approx(2 * len(y), abs=2)
+    # the mix-down is the channel mean: 0.75 y, resampled to twice the rate
+    assert np.abs(loaded).max() == pytest.approx(0.75 * np.abs(y).max(), rel=0.05)
+
+
+def _empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _text(path: Path) -> None:
+    path.write_text("this is not audio\n" * 100)
+
+
+def _short(path: Path) -> None:
+    sf.write(path, np.zeros(SR // 2, np.float32), SR)
+
+
+def _no_samples(path: Path) -> None:
+    sf.write(path, np.zeros(0, np.float32), SR)
+
+
+@pytest.mark.parametrize(
+    ("make", "name", "message"),
+    [
+        (_empty, "empty.wav", "file is empty"),
+        (_text, "text.mp3", "not a readable audio file"),
+        (_text, "text.wav", "not a readable audio file"),
+        (_short, "short.wav", "too short (0.50 s"),
+        (_no_samples, "none.wav", "no audio samples"),
+    ],
+)
+def test_load_audio_refuses_bad_files_naming_them(tmp_path, make, name, message) -> None:
+    path = tmp_path / name
+    make(path)
+    with pytest.raises(AudioError) as info:
+        load_audio(path)
+    assert str(path) in str(info.value) and message in str(info.value)
+
+
+def test_load_audio_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(AudioError, match="no such file"):
+        load_audio(tmp_path / "absent.wav")
+
+
+# ------------------------------------------------------------------------ chroma
+
+
+def test_chroma_has_the_data_set_layout(song, chroma) -> None:
+    y, _, _ = song
+    assert chroma.dtype == np.float32
+    assert chroma.shape == (1 + len(y) // HOP_LENGTH, 12)
+    norms = np.linalg.norm(chroma, axis=1)
+    silent = norms == 0
+    assert np.allclose(norms[~silent], 1.0, atol=1e-5)
+    assert chroma.min() >= 0 and chroma.max() < 1.0
+
+
+def test_chroma_bins_start_at_c_and_silence_is_zero(song, chroma) -> None:
+    _, intervals, labels = song
+    for (start, end), label in zip(intervals, labels, strict=True):
+        rows = chroma[_frames(start, end)]
+        if label == "N":
+            assert (rows == 0).all(), f"silence at {start:.1f} s is not all-zero"
+            continue
+        notes = {m % 12 for m in chord_notes(label)}
+        top3 = {int(i) for i in np.argsort(rows.mean(axis=0))[-3:]}
+        assert top3 == notes, f"{label} at {start:.1f} s: strongest bins {top3}"
+
+
+def test_chroma_is_smoothed_over_tens_of_frames() -> None:
+    """CENS spreads a chord change over its 41-frame Hann window: the frame-to-frame
+    change stays small and is above half its peak for 15-40 frames (24 here; the
+    CQT's long bass filters widen it beyond the window's own 20). Unsmoothed
+    quantised chroma would jump within a few frames."""
+    y, _, _ = render_song([("C:maj", 3.0), ("F#:maj", 3.0)])
+    chroma = chroma_features(y, SR)
+    change = np.linalg.norm(np.diff(chroma, axis=0), axis=1)
+    centre = int(round(3.0 * SR / HOP_LENGTH))
+    profile = change[centre - 40 : centre + 40]
+    above = np.flatnonzero(profile >= profile.max() / 2)
+    assert 15 <= above[-1] - above[0] + 1 <= 40
+    assert change.max() < 0.2  # the chroma turns by a right angle, in small steps
+
+
+def test_chroma_of_digital_silence_is_zero() -> None:
+    chroma = chroma_features(np.zeros(2 * SR, np.float32), SR)
+    assert chroma.shape == (1 + 2 * SR // HOP_LENGTH, 12)
+    assert not chroma.any()
+
+
+@pytest.mark.parametrize(
+    ("y", "sr", "message"),
+    [
+        (np.zeros((SR, 2), np.float32), SR, "mono"),
+        (np.zeros(SR, np.float32), 22050, "44100"),
+        (np.full(SR, np.nan, np.float32), SR, "NaN"),
+        (np.zeros(100, np.float32), SR, "shorter than one hop"),
+    ],
+)
+def test_chroma_validates_its_input(y, sr, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        chroma_features(y, sr)
+
+
+# ------------------------------------------------------------------------ beats
+
+
+def test_beat_frames_follow_a_click_track() -> None:
+    y = np.zeros(8 * SR, np.float32)
+    click = np.random.default_rng(0).standard_normal(400).astype(np.float32) * np.hanning(400)
+    for start in range(SR // 4, len(y) - 400, SR // 2):  # 120 BPM
+        y[start : start + 400] += click
+    n = 1 + len(y) // HOP_LENGTH
+    beats = beat_frames(y, SR, n)
+    assert beats.dtype == np.int64
+    assert (np.diff(beats) > 0).all() and beats[0] >= 0 and beats[-1] < n
+    assert np.median(np.diff(beats)) == pytest.approx(SR / 2 / HOP_LENGTH, abs=2)
+    # beats sit on the clicks (within two frames)
+    offsets = (beats * HOP_LENGTH - SR // 4) % (SR // 2)
+    assert (np.minimum(offsets, SR // 2 - offsets) <= 2 * HOP_LENGTH).mean() > 0.8
+
+
+def test_beat_frames_fall_back_to_a_grid() -> None:
+    y = np.zeros(3 * SR, np.float32)  # nothing to track
+    n = 1 + len(y) // HOP_LENGTH
+    beats = beat_frames(y, SR, n)
+    assert beats.tolist() == list(range(0, n, FALLBACK_BEAT_FRAMES))
+    assert beat_frames(y, SR, 10).tolist() == [0, 9]  # shorter than two grid steps
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        beat_frames(y, SR, 1)
