@@ -168,7 +168,8 @@ def _study(args: argparse.Namespace) -> int:
         overrides += [
             "hydra/launcher=parallel",
             f"hydra.launcher.n_jobs={args.jobs}",
-            "trainer.num_threads=1",
+            "trainer.num_threads=1",  # one torch thread per job
+            "trainer.progress=false",  # per-epoch log lines, not interleaved progress bars
         ]
     started = time.monotonic()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}

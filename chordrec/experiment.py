@@ -46,10 +46,11 @@ class RunContext:
     def test(self) -> list[SongSteps]:
         return self.parts["test"]
 
-    @property
-    def default_run_name(self) -> str:
-        cfg = self.config
-        return f"{cfg.model_name}-{cfg.data.level}-{cfg.seq_mode}-L{cfg.seq_len}"
+
+def default_run_name(cfg: Any) -> str:
+    """``<preset or model>-<level>-<mode>-L<seq_len>``."""
+    name = cfg.preset or cfg.model_name
+    return f"{name}-{cfg.data.level}-{cfg.seq_mode}-L{cfg.seq_len}"
 
 
 def build_context(cfg: Any) -> RunContext:

@@ -164,12 +164,34 @@ def chroma_features(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     return np.ascontiguousarray(cens.T, dtype=np.float32)
 
 
+def fill_beat_gaps(beats: np.ndarray, n_frames: int) -> np.ndarray:
+    """Extend tracked beats over the whole song at their own pace.
+
+    ``beats``: (beats,) strictly increasing frame indices in ``[0, n_frames)``, at
+    least 2. With ``period`` their median spacing, beats are added every ``period``
+    frames before the first and after the last beat (within the song), and gaps
+    longer than 1.5 periods are split evenly into steps of about one period (the
+    tracker leaves silences and quiet passages unbeaten). Returns (beats',) int64.
+    """
+    beats = np.asarray(beats, dtype=np.int64)
+    period = int(round(float(np.median(np.diff(beats)))))
+    head = np.arange(beats[0] - period, -1, -period)[::-1]
+    tail = np.arange(beats[-1] + period, n_frames, period)
+    filled = [head, beats[:1]]
+    for start, stop in zip(beats[:-1], beats[1:], strict=True):
+        steps = int(round((stop - start) / period)) if stop - start > 1.5 * period else 1
+        filled.append(np.round(np.linspace(start, stop, steps + 1)[1:]).astype(np.int64))
+    filled.append(tail)
+    return np.concatenate(filled).astype(np.int64)
+
+
 def beat_frames(y: np.ndarray, sr: int, n_frames: int) -> np.ndarray:
     """Beat positions as chroma frame indices, shape (beats,) int64, strictly increasing.
 
     ``y``: mono samples at 44.1 kHz; ``n_frames``: the song's chroma frames. Uses
     ``librosa.beat.beat_track`` at hop 512; beats outside ``[0, n_frames)`` are
-    dropped. If fewer than 2 remain, a fixed grid every
+    dropped and the rest extended over the song by :func:`fill_beat_gaps` (the data
+    set's beats cover whole songs). If fewer than 2 remain, a fixed grid every
     :data:`FALLBACK_BEAT_FRAMES` frames from frame 0 replaces them (its last beat
     at the last frame when the song is shorter than two grid steps). Always at
     least 2 beats; needs ``n_frames >= 2``.
@@ -181,6 +203,6 @@ def beat_frames(y: np.ndarray, sr: int, n_frames: int) -> np.ndarray:
     beats = np.unique(np.asarray(beats, dtype=np.int64))
     beats = beats[(beats >= 0) & (beats < n_frames)]
     if len(beats) >= 2:
-        return beats
+        return fill_beat_gaps(beats, n_frames)
     grid = np.arange(0, n_frames, FALLBACK_BEAT_FRAMES, dtype=np.int64)
     return grid if len(grid) >= 2 else np.array([0, n_frames - 1], dtype=np.int64)

@@ -8,6 +8,7 @@ chordrec at any other store or a tracking server instead.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -58,7 +59,22 @@ def configure(store_dir: str | Path = "mlruns", tracking_uri: str | None = None)
     if uri.startswith(("http://", "https://")):
         check_server(uri)
     mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        _create_sqlite_store(uri)
     return uri
+
+
+def _create_sqlite_store(uri: str) -> None:
+    """Create (or migrate) the SQLite store's tables under an exclusive file lock, so the
+    processes of a parallel multirun do not all try to create them at once."""
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.parent / ".mlflow-db.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            retry_locked(lambda: MlflowClient(uri).search_experiments(max_results=1))
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def artifact_root(store_dir: str | Path) -> str:

@@ -20,7 +20,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from chordrec.experiment import build_context, finish_run, record_dataset, resume_state
+from chordrec.experiment import (
+    build_context,
+    default_run_name,
+    finish_run,
+    record_dataset,
+    resume_state,
+)
 from chordrec.tracking import RunTracker, base_tags, configure
 from chordrec.training import TrainerSettings, fit, resolve_device, seed_everything
 
@@ -60,24 +66,18 @@ def run(cfg: DictConfig) -> float:
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     device = resolve_device(cfg.trainer.device)
-    context = build_context(cfg)
-    model = context.model
-    optimizer = instantiate(cfg.optimizer, params=model.parameters())
-    scheduler = instantiate(cfg.scheduler, optimizer=optimizer)
     tags = {**base_tags(str(device)), **{k: str(v) for k, v in cfg.tracking.tags.items()}}
     if cfg.preset:
         tags["preset"] = str(cfg.preset)
     if cfg.tracking.parent_run_id:
         tags["mlflow.parentRunId"] = str(cfg.tracking.parent_run_id)
-    hydra_cfg = _hydra_job()
-    if hydra_cfg:
-        tags.update(hydra_cfg)
+    tags.update(_hydra_job())
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)
     with RunTracker(
         experiment=cfg.tracking.experiment,
         store_dir=tracking_dir,
-        run_name=cfg.run_name or context.default_run_name,
+        run_name=cfg.run_name or default_run_name(cfg),
         tags=tags,
         resume_run_id=cfg.resume,
         system_metrics=cfg.tracking.system_metrics,
@@ -91,6 +91,13 @@ def run(cfg: DictConfig) -> float:
         )
         if resume is None:
             tracker.log_config(config, OmegaConf.to_yaml(cfg, resolve=True))
+        # Bad data or a model that does not fit the data fail here: the run ends FAILED
+        # with the error as a tag, its config logged.
+        context = build_context(cfg)
+        model = context.model
+        optimizer = instantiate(cfg.optimizer, params=model.parameters())
+        scheduler = instantiate(cfg.scheduler, optimizer=optimizer)
+        if resume is None:
             record_dataset(tracker, context)
         else:
             tracker.backfill_history(resume.checkpoint["history"])

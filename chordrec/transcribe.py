@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 import chordrec
 from chordrec import templates, tracking
-from chordrec.decoding import decode
+from chordrec.decoding import DECODE_METHODS, decode
 from chordrec.evaluation import frames_to_segments
 from chordrec.features import (
     SAMPLE_RATE,
@@ -95,8 +95,10 @@ def network_model(
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{source}: not a chordrec training checkpoint (lacks {exc})") from None
     method = config.get("decode", "argmax")
-    if level not in LEVELS or mode not in MODES:
-        raise ValueError(f"{source}: unknown level {level!r} or sequence mode {mode!r}")
+    if level not in LEVELS or mode not in MODES or method not in DECODE_METHODS:
+        raise ValueError(
+            f"{source}: unknown level {level!r}, sequence mode {mode!r} or decoding {method!r}"
+        )
     try:
         network = build_model(spec)
         network.load_state_dict(state)
@@ -276,11 +278,24 @@ def write_atomic(path: Path, write: Callable[[Path], None], force: bool = False)
         if force:
             os.replace(tmp, path)
         else:
-            os.link(tmp, path)
+            _link_new(tmp, path)
     except FileExistsError:
         raise FileExistsError(f"{path} exists (--force replaces it)") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _link_new(tmp: Path, path: Path) -> None:
+    """Give ``tmp`` the name ``path`` unless that exists: a hard link fails atomically if
+    it does; file systems without hard links get a check, then a rename."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        if path.exists():
+            raise FileExistsError(path) from None
+        os.replace(tmp, path)
 
 
 @dataclass(frozen=True)

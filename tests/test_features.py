@@ -66,10 +66,14 @@ def harmonic_tone(midi: int, n: int, sr: int, rng: np.random.Generator) -> np.nd
 
 
 def render_song(
-    segments: Sequence[tuple[str, float]] = SONG, sr: int = SR, seed: int = 0
+    segments: Sequence[tuple[str, float]] = SONG,
+    sr: int = SR,
+    seed: int = 0,
+    pulse: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Audio (samples,) float32 of ``(label, seconds)`` segments, with the reference
-    intervals (segments, 2) in seconds and labels."""
+    intervals (segments, 2) in seconds and labels. Each chord sounds once, decaying
+    slowly, or, with ``pulse`` (seconds), is struck anew every pulse with a faster decay."""
     rng = np.random.default_rng(seed)
     parts, intervals, labels, start = [], [], [], 0.0
     for label, seconds in segments:
@@ -79,7 +83,8 @@ def render_song(
         else:
             tones = sum(harmonic_tone(m, n, sr, rng) for m in chord_notes(label))
             edge = np.minimum(np.arange(n), n - 1 - np.arange(n)) / (0.01 * sr)
-            envelope = np.minimum(1.0, edge) * np.exp(-0.5 * np.arange(n) / sr)
+            since = np.arange(n) / sr if pulse is None else (np.arange(n) / sr) % pulse
+            envelope = np.minimum(1.0, edge) * np.exp(-(0.5 if pulse is None else 4.0) * since)
             parts.append(0.05 * tones * envelope)
         intervals.append((start, start + seconds))
         labels.append(label)

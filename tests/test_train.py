@@ -110,17 +110,33 @@ def test_a_run_logs_everything(train_config, tmp_path):
     assert [lm.source_run_id for lm in models] == [r.info.run_id]
 
 
-def test_a_failing_run_ends_failed(train_config):
+def test_a_config_error_ends_the_run_failed_with_its_config(train_config):
     cfg = train_config("model=crnn2", "seq_len=4")  # crnn2 needs seq_len >= 12
     with pytest.raises(ValueError, match="seq_len >= 12"):
         run(cfg)
-    # the error is raised before the run starts: nothing is left RUNNING
-    client = _client(cfg)
-    experiment = client.get_experiment_by_name("chordrec")
-    if experiment is not None:
-        assert all(
-            r.info.status != "RUNNING" for r in client.search_runs([experiment.experiment_id])
-        )
+    r = _only_run(_client(cfg))
+    assert r.info.status == "FAILED"
+    assert "seq_len >= 12" in r.data.tags["error"]
+    assert r.data.params["seq_len"] == "4"
+
+
+def test_bad_data_ends_the_run_failed_naming_the_file(train_config, data_root, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    broken = tmp_path / "broken"
+    shutil.copytree(data_root, broken, ignore=shutil.ignore_patterns("labs"))
+    song = sorted((broken / "chord").glob("*.npy"))[0]
+    labels = np.load(song)
+    labels[10] = 31
+    np.save(song, labels)
+    cfg = train_config(f"data.root={broken}")
+    with pytest.raises(ValueError, match="outside 0..24"):
+        run(cfg)
+    r = _only_run(_client(cfg))
+    assert r.info.status == "FAILED"
+    assert song.name in r.data.tags["error"]
 
 
 def test_an_exception_during_training_ends_the_run_failed(train_config, monkeypatch):

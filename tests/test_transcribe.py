@@ -29,11 +29,10 @@ from chordrec.training import TrainerSettings, fit, seed_everything
 from chordrec.transcribe import load_model, transcribe_audio
 from tests.test_features import SONG, SR, render_song, write_song
 
-# Measured: templates 0.98, template network 0.98 (frame) / 0.93 (beat), the quickly
-# trained linear model 0.96-0.97 over seeds. A pipeline with shifted pitch classes,
-# wrong time units or an untrained model stays far below.
+# Measured: templates 0.98, template network 0.98 (frame level) and 0.99 (beat level,
+# pulsed song), the quickly trained linear model 0.96-0.97 over seeds. A pipeline with
+# shifted pitch classes, wrong time units or an untrained model stays far below.
 MIN_MAJMIN = 0.9
-MIN_MAJMIN_BEAT = 0.8
 MIN_MAJMIN_TRAINED = 0.85
 
 LINEAR = {
@@ -219,13 +218,22 @@ def test_bad_arguments_fail_clearly(song_wav, tmp_path, monkeypatch, capsys, arg
 # --------------------------------------------------------------- networks
 
 
-@pytest.mark.parametrize(("level", "minimum"), [("frame", MIN_MAJMIN), ("beat", MIN_MAJMIN_BEAT)])
-def test_checkpoint_file(song_wav, reference, tmp_path, level, minimum) -> None:
+def test_checkpoint_file_frame_level(song_wav, reference, tmp_path) -> None:
     checkpoint = tmp_path / "best.pt"
-    torch.save(template_checkpoint(level), checkpoint)
+    torch.save(template_checkpoint("frame"), checkpoint)
     out = tmp_path / "song.lab"
     assert transcribe(song_wav, "-m", checkpoint, "-o", out) == 0
-    assert majmin(out, reference) >= minimum
+    assert majmin(out, reference) >= MIN_MAJMIN
+
+
+def test_checkpoint_file_beat_level(reference, tmp_path) -> None:
+    """Beat level: chords struck on every beat (120 BPM) give the tracker a pulse."""
+    audio = write_song(tmp_path / "pulse.wav", pulse=0.5)
+    checkpoint = tmp_path / "best.pt"
+    torch.save(template_checkpoint("beat"), checkpoint)
+    out = tmp_path / "pulse.lab"
+    assert transcribe(audio, "-m", checkpoint, "-o", out) == 0
+    assert majmin(out, reference) >= MIN_MAJMIN
 
 
 def test_a_checkpoint_needing_unpickling_is_refused(tmp_path) -> None:
@@ -291,7 +299,18 @@ def test_registry_errors_are_clear(
     assert err.startswith("chordrec: error:") and message in err and "Traceback" not in err
 
 
+@pytest.fixture
+def one_torch_thread():
+    """A tiny model trains fastest on one thread: more only contend on a busy machine
+    (8 epochs: 2.5 s on one thread, 30 s on two at a load of 4 on 2 cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.integration
+@pytest.mark.usefixtures("one_torch_thread")
 def test_a_model_trained_on_real_songs(data_root, reference, tmp_path) -> None:
     """A linear chroma classifier, trained for a few seconds on 10 songs with random
     transposition, transcribes the synthetic song through its checkpoint."""

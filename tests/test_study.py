@@ -1,0 +1,213 @@
+"""The report's study end to end on a tiny budget, Table 5 from MLflow, sweeps and parallel runs."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import subprocess_env
+
+pytestmark = pytest.mark.integration
+
+TINY = [
+    "split.max_songs=1",
+    "trainer.max_epochs=1",
+    "trainer.progress=false",
+    "tracking.system_metrics=false",
+    "tracking.log_model=false",
+]
+
+
+def _chordrec(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "chordrec", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=900,
+    )
+
+
+def _train_multirun(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "chordrec.train", "-m", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=900,
+    )
+
+
+def _client(store):
+    mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
+    return MlflowClient()
+
+
+def test_study_then_table_then_a_deleted_metric(data_root, tmp_path):
+    store = tmp_path / "mlruns"
+    done = _chordrec(
+        "study",
+        "--store",
+        str(store),
+        "--study-id",
+        "tiny",
+        f"data.root={data_root}",
+        *TINY,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| | a | b | c | d | e | f |" in done.stdout
+    assert "N/A" not in done.stdout
+
+    client = _client(store)
+    experiment = client.get_experiment_by_name("chordrec")
+    runs = client.search_runs([experiment.experiment_id], "tags.study = 'tiny'")
+    parent = [r for r in runs if r.data.tags.get("kind") == "study"]
+    members = [r for r in runs if r.data.tags.get("kind") != "study"]
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    assert sorted(r.data.tags["preset"] for r in members) == list("abcdef")
+    assert all(r.info.status == "FINISHED" for r in members)
+    assert all(r.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for r in members)
+    assert "table5.md" in {a.path for a in client.list_artifacts(parent[0].info.run_id)}
+
+    out = tmp_path / "table.csv"
+    table = _chordrec(
+        "table",
+        "--store",
+        str(store),
+        "--study",
+        "tiny",
+        "--format",
+        "csv",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
+    assert table.returncode == 0, table.stderr
+    assert out.read_text() == table.stdout
+    header = out.read_text().splitlines()[0]
+    assert header == ",a,b,c,d,e,f"
+    for member in members:
+        assert member.info.run_id in table.stdout
+
+    victim = next(r for r in members if r.data.tags["preset"] == "c")
+    with sqlite3.connect(store / "mlflow.db") as db:
+        for relation in ("metrics", "latest_metrics"):
+            db.execute(
+                f"DELETE FROM {relation} WHERE run_uuid = ? AND key = 'test_frame_acc'",
+                (victim.info.run_id,),
+            )
+    broken = _chordrec("table", "--store", str(store), "--study", "tiny", cwd=tmp_path)
+    assert broken.returncode == 1
+    assert victim.info.run_id in broken.stderr and "test_frame_acc" in broken.stderr
+    assert broken.stdout == ""
+
+
+def test_a_failed_member_is_reported_and_the_others_finish(data_root, tmp_path):
+    store = tmp_path / "mlruns"
+    # crnn2 (preset d) needs seq_len >= 12: d fails, a still runs and finishes.
+    done = _chordrec(
+        "study",
+        "--store",
+        str(store),
+        "--study-id",
+        "broken",
+        "--experiments",
+        "a,d",
+        "--jobs",
+        "1",
+        f"data.root={data_root}",
+        "seq_len=4",
+        *TINY,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1
+    client = _client(store)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("chordrec").experiment_id], "tags.study = 'broken'"
+    )
+    status = {r.data.tags.get("preset", "parent"): r.info.status for r in runs}
+    assert status == {"a": "FINISHED", "d": "FAILED", "parent": "FAILED"}
+    failed = next(r for r in runs if r.data.tags.get("preset") == "d")
+    assert failed.info.run_id in done.stderr and "seq_len >= 12" in done.stderr
+
+
+def test_four_parallel_runs_all_finish_with_every_metric(data_root, tmp_path):
+    store = tmp_path / "mlruns"
+    done = _train_multirun(
+        "hydra/launcher=parallel",
+        "hydra.launcher.n_jobs=4",
+        "seed=0,1,2,3",
+        "trainer.num_threads=1",
+        f"data.root={data_root}",
+        f"tracking.store_dir={store}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        *TINY,
+        "trainer.max_epochs=2",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = _client(store)
+    runs = client.search_runs([client.get_experiment_by_name("chordrec").experiment_id])
+    assert len(runs) == 4
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1", "2", "3"]
+    keys = set(runs[0].data.metrics)
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert set(r.data.metrics) == keys
+        assert r.data.tags["hydra_mode"] == "multirun" and r.data.tags["sweep_dir"] == str(
+            tmp_path / "sweep"
+        )
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")] == [1, 2]
+
+
+def test_optuna_sweep_runs_each_trial_as_a_run(data_root, tmp_path):
+    store = tmp_path / "mlruns"
+    done = _train_multirun(
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        f"data.root={data_root}",
+        f"tracking.store_dir={store}",
+        f"hydra.sweep.dir={tmp_path / 'optuna'}",
+        *TINY,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Best value" in done.stdout + done.stderr
+    client = _client(store)
+    runs = client.search_runs([client.get_experiment_by_name("chordrec").experiment_id])
+    assert len(runs) == 3
+    assert all(r.info.status == "FINISHED" and "val_frame_acc" in r.data.metrics for r in runs)
+    assert len({r.data.params["optimizer.lr"] for r in runs}) == 3
+
+
+def test_sweep_over_models_and_lengths(data_root, tmp_path):
+    store = tmp_path / "mlruns"
+    done = _train_multirun(
+        "model=rnn_baseline,rnn_table4",
+        "seq_len=16,32",
+        f"data.root={data_root}",
+        f"tracking.store_dir={store}",
+        f"hydra.sweep.dir={tmp_path / 'grid'}",
+        *TINY,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = _client(store)
+    runs = client.search_runs([client.get_experiment_by_name("chordrec").experiment_id])
+    combos = sorted((r.data.params["model_name"], r.data.params["seq_len"]) for r in runs)
+    assert combos == [
+        ("rnn_baseline", "16"),
+        ("rnn_baseline", "32"),
+        ("rnn_table4", "16"),
+        ("rnn_table4", "32"),
+    ]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert len({r.data.tags["sweep_job"] for r in runs}) == 4
