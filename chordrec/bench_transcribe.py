@@ -31,7 +31,13 @@ from chordrec.features import SAMPLE_RATE, beat_frames, chroma_features, load_au
 from chordrec.models import build_model
 from chordrec.songs import Song
 from chordrec.tracking import configure
-from chordrec.transcribe import ChordModel, load_model, network_model, template_model
+from chordrec.transcribe import (
+    ChordModel,
+    load_model,
+    model_kind,
+    network_model,
+    template_model,
+)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -112,9 +118,9 @@ def main(argv: list[str] | None = None) -> None:
         preset_model("rnn_table4", "frame", 128, "viterbi"),
         preset_model("crnn2", "beat", 32, "argmax"),
     ]
-    if args.model:
+    if any(model_kind(spec) in ("registry", "run") for spec in args.model):
         configure(args.store)
-        models += [load_model(spec) for spec in args.model]
+    models += [load_model(spec) for spec in args.model]
     song = Song("bench", chroma, np.zeros(len(chroma), np.int64), beats)
     features = stages["read + mix down"] + stages["chroma_features"]
     for model in models:

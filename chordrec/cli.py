@@ -58,14 +58,14 @@ def _configure_store(store: Path) -> None:
 
 
 def _transcribe(args: argparse.Namespace) -> int:
-    from chordrec.transcribe import FORMATS, TEMPLATES, load_model, plan_jobs, transcribe_files
+    from chordrec.transcribe import FORMATS, load_model, model_kind, plan_jobs, transcribe_files
 
     fmt = args.format
     if fmt is None:
         suffix = args.output.suffix.lstrip(".").lower() if args.output else ""
         fmt = suffix if suffix in FORMATS else "lab"
     jobs = plan_jobs(args.inputs, fmt, args.output, args.out_dir, args.plot)
-    if args.model != TEMPLATES and not args.model.endswith(".pt"):
+    if model_kind(args.model) in ("registry", "run"):
         _configure_store(args.store)
     model = load_model(args.model, args.device)
     outcome = transcribe_files(jobs, model, fmt, force=args.force, progress=not args.quiet)

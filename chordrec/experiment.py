@@ -17,6 +17,15 @@ import torch
 from torch import nn
 
 from chordrec import figures
+from chordrec.chords import class_names
+from chordrec.decoding import DECODE_METHODS, decode, tune_self_transition
+from chordrec.evaluation import (
+    aggregate_chord_scores,
+    chord_scores,
+    confusion_matrix,
+    per_class_recall,
+    read_lab,
+)
 from chordrec.fetch import DataFetchError, dataset_digest
 from chordrec.models import build_model
 from chordrec.sequences import BatchedExamples, SongSteps, count_chunks, song_chunks, song_steps
@@ -127,11 +136,39 @@ def resume_state(run_id: str, store_dir: Path, checkpoint_dir: Path) -> ResumeSt
     return ResumeState(run_id, checkpoint)
 
 
+def _decoded(log_probs: list[np.ndarray], method: str, self_transition: float) -> list[np.ndarray]:
+    return [decode(lp, method, self_transition) for lp in log_probs]
+
+
+def _accuracy(predicted: list[np.ndarray], songs: list[SongSteps]) -> float:
+    correct = sum(int((p == s.song.labels).sum()) for p, s in zip(predicted, songs, strict=True))
+    return correct / sum(s.song.n_frames for s in songs)
+
+
+def _chord_scores(
+    predicted: list[np.ndarray], songs: list[SongSteps], root: Path
+) -> dict[str, float]:
+    """MIREX scores (majmin, root, seg...) against the original ``labs/`` annotations,
+    duration-weighted over songs."""
+    per_song, durations = [], []
+    for classes, steps in zip(predicted, songs, strict=True):
+        intervals, labels = read_lab(root / "labs" / f"{steps.song.name}.lab")
+        per_song.append(chord_scores(classes, intervals, labels))
+        durations.append(float(intervals[-1, 1] - intervals[0, 0]))
+    return aggregate_chord_scores(per_song, durations)
+
+
 def finish_run(
     tracker: RunTracker, context: RunContext, result: FitResult, device: torch.device, cfg: Any
 ) -> dict[str, float]:
-    """Evaluate the best-validation weights on validation and test, log the final
-    metrics, the figures and the model; returns the final metrics."""
+    """Evaluate the best-validation weights on validation and test and log the final
+    metrics, figures and model; returns the final metrics.
+
+    Frame accuracy is reported for argmax and for Viterbi decoding (self-transition
+    tuned on validation only); ``val_frame_acc`` / ``test_frame_acc`` use ``cfg.decode``.
+    MIREX chord scores (``*_majmin``, ``*_root``, ``*_seg``...) come from the
+    ``cfg.decode`` predictions against the original ``labs/`` annotations.
+    """
     model = context.model
     model.load_state_dict(result.best_state)
     model.to(device)
@@ -139,27 +176,60 @@ def finish_run(
     batch = cfg.trainer.eval_batch_size
     val = evaluate(model, context.validation, seq_len, mode, device, batch)
     test = evaluate(model, context.test, seq_len, mode, device, batch)
-    summary = {
-        "val_frame_acc": val.frame_accuracy,
-        "test_frame_acc": test.frame_accuracy,
-        "val_loss_best": val.loss,
-        "test_loss": test.loss,
-        "epochs_run": result.epochs_run,
-        "best_epoch": result.best_epoch,
-        "converged": float(result.converged),
-        "train_time_s": result.train_time_s,
-    }
+    self_transition, _ = tune_self_transition(
+        val.log_probs, [s.song.labels for s in context.validation]
+    )
+    summary: dict[str, float] = {"viterbi_self_transition": self_transition}
+    predictions = {}
+    for part, evaluation, songs in (("val", val, context.validation), ("test", test, context.test)):
+        for method in DECODE_METHODS:
+            predicted = _decoded(evaluation.log_probs, method, self_transition)
+            summary[f"{part}_frame_acc_{method}"] = _accuracy(predicted, songs)
+            if method == cfg.decode:
+                predictions[part] = predicted
+        summary[f"{part}_frame_acc"] = summary[f"{part}_frame_acc_{cfg.decode}"]
+        scores = _chord_scores(predictions[part], songs, Path(cfg.data.root))
+        summary.update({f"{part}_{key}": value for key, value in scores.items()})
+    summary.update(
+        {
+            "val_loss_best": val.loss,
+            "test_loss": test.loss,
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "converged": float(result.converged),
+            "train_time_s": result.train_time_s,
+        }
+    )
     tracker.log_metrics(summary)
     tracker.set_tags(
         {"converged": "yes" if result.converged else "no", "stop_reason": result.stop_reason}
     )
+    reference = np.concatenate([s.song.labels for s in context.test])
+    confusion = confusion_matrix(np.concatenate(predictions["test"]), reference)
+    recall = per_class_recall(confusion)
+    tracker.log_dict(
+        {
+            "test_per_class_recall": {
+                name: None if np.isnan(r) else float(r)
+                for name, r in zip(class_names(), recall, strict=True)
+            },
+            "test_per_song_frame_acc": {
+                s.song.name: float((p == s.song.labels).mean())
+                for p, s in zip(predictions["test"], context.test, strict=True)
+            },
+        },
+        "evaluation.json",
+    )
+    tracker.log_figure(figures.confusion_matrix_figure(confusion), "confusion_test.png")
     if result.history:
         tracker.log_figure(figures.learning_curves(result.history), "learning_curves.png")
     song = context.test[0]
-    predicted = test.log_probs[0].argmax(axis=1)
     tracker.log_figure(
         figures.chord_timeline(
-            song.song.chroma, song.song.labels, predicted, title=f"{song.song.name} (test)"
+            song.song.chroma,
+            song.song.labels,
+            predictions["test"][0],
+            title=f"{song.song.name} (test)",
         ),
         f"timeline_{song.song.name}.png",
     )

@@ -202,7 +202,40 @@ class CRNN(nn.Module):
         return logits[:, index]
 
 
-MODELS: dict[str, type[nn.Module]] = {"chordrec.models.CRNN": CRNN}
+class ChromaTemplates(nn.Module):
+    """The training-free anchor: binary major/minor triad templates matched against each
+    step's chroma (:func:`chordrec.templates.template_scores`), with a no-chord rule.
+
+    Input (batch, time, 12) → logits (batch, time, 25). It has no parameters, so a
+    run with it skips training and goes straight to evaluation (argmax or Viterbi).
+    """
+
+    in_features = 12
+    min_input_length = 1
+
+    def __init__(self, temperature: float = 0.15, no_chord_threshold: float = 0.3):
+        super().__init__()
+        self.temperature, self.no_chord_threshold = temperature, no_chord_threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, time, 12) → (batch, time, 25); impossible classes get logit -30."""
+        from chordrec.templates import template_scores
+
+        chroma = x.detach().float().cpu().numpy().reshape(-1, x.shape[-1])
+        scores = template_scores(
+            chroma, temperature=self.temperature, no_chord_threshold=self.no_chord_threshold
+        )
+        logits = torch.from_numpy(scores).float().clamp(min=-30.0)
+        return logits.reshape(x.shape[0], x.shape[1], -1).to(x.device)
+
+    def step_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)
+
+
+MODELS: dict[str, type[nn.Module]] = {
+    "chordrec.models.CRNN": CRNN,
+    "chordrec.models.ChromaTemplates": ChromaTemplates,
+}
 
 
 def build_model(spec: Mapping[str, Any]) -> nn.Module:

@@ -28,7 +28,7 @@ from chordrec.experiment import (
     resume_state,
 )
 from chordrec.tracking import RunTracker, base_tags, configure
-from chordrec.training import TrainerSettings, fit, resolve_device, seed_everything
+from chordrec.training import FitResult, TrainerSettings, fit, resolve_device, seed_everything
 
 log = logging.getLogger("chordrec.train")
 
@@ -95,26 +95,28 @@ def run(cfg: DictConfig) -> float:
         # with the error as a tag, its config logged.
         context = build_context(cfg)
         model = context.model
-        optimizer = instantiate(cfg.optimizer, params=model.parameters())
-        scheduler = instantiate(cfg.scheduler, optimizer=optimizer)
         if resume is None:
             record_dataset(tracker, context)
         else:
             tracker.backfill_history(resume.checkpoint["history"])
         checkpoint_dir = _checkpoint_dir(cfg, tracker.run_id)
-        result = fit(
-            model,
-            context.train_examples,
-            context.validation,
-            optimizer,
-            scheduler,
-            _settings(cfg),
-            device,
-            checkpoint_dir,
-            observer=tracker.log_epoch,
-            resume_from=resume.checkpoint if resume else None,
-            checkpoint_extra={"config": config},
-        )
+        if any(p.requires_grad for p in model.parameters()):
+            optimizer = instantiate(cfg.optimizer, params=model.parameters())
+            result = fit(
+                model,
+                context.train_examples,
+                context.validation,
+                optimizer,
+                instantiate(cfg.scheduler, optimizer=optimizer),
+                _settings(cfg),
+                device,
+                checkpoint_dir,
+                observer=tracker.log_epoch,
+                resume_from=resume.checkpoint if resume else None,
+                checkpoint_extra={"config": config},
+            )
+        else:  # a training-free model (template matching): evaluate it as it is
+            result = FitResult.untrained(model)
         summary = finish_run(tracker, context, result, device, cfg)
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # both are in the run's artifacts
     log.info(

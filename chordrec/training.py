@@ -86,7 +86,9 @@ def predict_log_probs(
         inputs, _ = song_chunks(steps.features, steps.labels, seq_len)
     outputs = []
     for start in range(0, len(inputs), batch_size):
-        x = torch.from_numpy(np.array(inputs[start : start + batch_size], dtype=np.float32)).to(device)
+        x = torch.from_numpy(np.array(inputs[start : start + batch_size], dtype=np.float32)).to(
+            device
+        )
         with _autocast(device):
             logits = model(x)[:, -1] if mode == "window" else model.step_logits(x)
         outputs.append(torch.log_softmax(logits.float(), dim=-1).reshape(-1, logits.shape[-1]))
@@ -164,6 +166,11 @@ class FitResult:
     stop_reason: str
     train_time_s: float
     best_state: dict[str, torch.Tensor] = field(repr=False)
+
+    @classmethod
+    def untrained(cls, model: nn.Module) -> FitResult:
+        """The result of not training a model that has nothing to train."""
+        return cls({}, 0, 0, False, "training_free", 0.0, model.state_dict())
 
 
 def _state(model, optimizer, scheduler, scaler, epoch, history, best) -> dict[str, Any]:

@@ -128,37 +128,47 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not a loadable weights-only checkpoint ({exc})") from None
 
 
-def model_run_id(spec: str) -> str:
-    """The MLflow run behind a model name: ``models:/...`` via the registry,
-    ``runs:/<run id>/...`` or a bare 32-hex run id. Raises ValueError otherwise."""
+def model_kind(spec: str) -> str:
+    """What a model name names: 'templates', 'file' (a .pt checkpoint), 'registry'
+    (``models:/...``) or 'run' (``runs:/<run id>/...`` or a bare 32-hex run id); the
+    last two need the tracking store. Raises ValueError for anything else."""
+    if spec == TEMPLATES:
+        return "templates"
+    if spec.endswith(".pt"):
+        return "file"
     if spec.startswith("models:/"):
-        return tracking.registered_run_id(spec)
-    if spec.startswith("runs:/"):
-        run_id = spec[len("runs:/") :].split("/", 1)[0]
-        if _RUN_ID.fullmatch(run_id):
-            return run_id
-    elif _RUN_ID.fullmatch(spec):
-        return spec
+        return "registry"
+    if _RUN_ID.fullmatch(_run_part(spec)):
+        return "run"
     raise ValueError(
         f"model {spec!r} is none of: models:/<name>@<alias>, models:/<name>/<version>, "
         "runs:/<run id>/model, a run id, a .pt checkpoint file, 'templates'"
     )
 
 
-def load_model(spec: str = DEFAULT_MODEL, device: str = "auto") -> ChordModel:
-    """Load the model named by ``spec`` (see the module docstring) onto ``device``.
+def _run_part(spec: str) -> str:
+    """The run id of ``runs:/<run id>/...``, else ``spec`` itself."""
+    return spec[len("runs:/") :].split("/", 1)[0] if spec.startswith("runs:/") else spec
 
-    Registry and run URIs need the tracking store to be configured
+
+def load_model(spec: str = DEFAULT_MODEL, device: str = "auto") -> ChordModel:
+    """Load the model named by ``spec`` (see :func:`model_kind`) onto ``device``.
+
+    Registry and run names need the tracking store to be configured first
     (:func:`chordrec.tracking.configure`).
     """
-    if spec == TEMPLATES:
+    kind = model_kind(spec)
+    if kind == "templates":
         return template_model()
     target = resolve_device(device)
-    if spec.endswith(".pt"):
+    if kind == "file":
         if not Path(spec).is_file():
             raise ValueError(f"{spec}: no such checkpoint file")
         return network_model(read_checkpoint(spec), spec, target)
-    run_id = model_run_id(spec)
+    if kind == "registry":
+        run_id = tracking.registered_run_id(spec)
+    else:
+        run_id = _run_part(spec)
     with tempfile.TemporaryDirectory(prefix="chordrec-model-") as tmp:
         checkpoint = read_checkpoint(tracking.run_checkpoint(run_id, "best", tmp))
     return network_model(checkpoint, f"{spec} (run {run_id})", target)

@@ -22,6 +22,7 @@ from chordrec.features import (
     AudioError,
     beat_frames,
     chroma_features,
+    fill_beat_gaps,
     load_audio,
 )
 
@@ -254,3 +255,9 @@ def test_beat_frames_fall_back_to_a_grid() -> None:
     assert beat_frames(y, SR, 10).tolist() == [0, 9]  # shorter than two grid steps
     with pytest.raises(ValueError, match="at least 2 frames"):
         beat_frames(y, SR, 1)
+
+
+def test_fill_beat_gaps_extends_and_splits_at_the_tracked_pace() -> None:
+    beats = np.array([10, 20, 30, 60, 70, 100])
+    assert fill_beat_gaps(beats, 125).tolist() == list(range(0, 125, 10))
+    assert fill_beat_gaps(np.array([0, 10, 24]), 25).tolist() == [0, 10, 24]  # 1.4 periods kept

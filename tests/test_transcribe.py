@@ -24,9 +24,9 @@ from chordrec.cli import main
 from chordrec.evaluation import read_lab
 from chordrec.models import build_model
 from chordrec.sequences import BatchedExamples, song_steps
-from chordrec.songs import load_songs, song_names
+from chordrec.songs import FRAME_RATE, load_songs, song_names
 from chordrec.training import TrainerSettings, fit, seed_everything
-from chordrec.transcribe import load_model, transcribe_audio
+from chordrec.transcribe import Transcription, load_model, transcribe_audio
 from tests.test_features import SONG, SR, render_song, write_song
 
 # Measured: templates 0.98, template network 0.98 (frame level) and 0.99 (beat level,
@@ -146,6 +146,18 @@ def test_existing_output_is_kept_without_force(song_wav, tmp_path, capsys) -> No
     assert transcribe(song_wav, "-m", "templates", "-o", out, "--force") == 0
     assert "C:maj" in out.read_text()
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left
+
+
+def test_segments_end_with_the_audio() -> None:
+    """Frame i covers [i, i + 1) / FRAME_RATE s; the last frame reaches past the audio's
+    end and is cut there, and a segment left empty by the cut is dropped."""
+    chroma = np.zeros((4, 12), np.float32)
+    classes = np.array([0, 1, 1, 13])
+    intervals, labels = Transcription(chroma, classes, 3 / FRAME_RATE).segments()
+    assert labels == ["N", "C:maj"]
+    assert np.allclose(intervals, [[0, 1 / FRAME_RATE], [1 / FRAME_RATE, 3 / FRAME_RATE]])
+    intervals, labels = Transcription(chroma, classes, 3.5 / FRAME_RATE).segments()
+    assert labels == ["N", "C:maj", "C:min"] and intervals[-1, 1] == 3.5 / FRAME_RATE
 
 
 # --------------------------------------------------------------- bad input
