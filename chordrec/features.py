@@ -151,6 +151,8 @@ def chroma_features(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
                 bins_per_octave=_BINS_PER_OCTAVE,
             )
         )
+    # The CQT's downsampled octaves round up a frame for some lengths: keep the grid.
+    cqt = librosa.util.fix_length(cqt, size=1 + len(y) // HOP_LENGTH, axis=-1)
     silent = silent_frames(y)
     cqt[:, silent] = 0.0
     cens = librosa.feature.chroma_cens(

@@ -19,6 +19,7 @@ DATA = REPO / "data" / "rwc-pop"
 # Short real runs: two songs per part, no progress bars.
 QUICK = [
     "split.max_songs=2",
+    "trainer.num_threads=1",  # one thread: immune to OpenMP spin contention on a busy CPU
     "trainer.max_epochs=1",
     "trainer.progress=false",
     "tracking.system_metrics=false",

@@ -209,6 +209,13 @@ def test_chroma_is_smoothed_over_tens_of_frames() -> None:
     assert change.max() < 0.2  # the chroma turns by a right angle, in small steps
 
 
+@pytest.mark.parametrize("n", [3 * SR, 256 * 512 - 1, 256 * 512, 255 * 512 - 1, 255 * 512 + 1])
+def test_chroma_has_one_frame_per_hop_plus_one(n: int) -> None:
+    """librosa's CQT gives one frame more for some lengths (e.g. 256 * 512 - 1 samples)."""
+    y = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+    assert chroma_features(y, SR).shape == (1 + n // HOP_LENGTH, 12)
+
+
 def test_chroma_of_digital_silence_is_zero() -> None:
     chroma = chroma_features(np.zeros(2 * SR, np.float32), SR)
     assert chroma.shape == (1 + 2 * SR // HOP_LENGTH, 12)

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.integration
 
 TINY = [
     "split.max_songs=1",
+    "trainer.num_threads=1",
     "trainer.max_epochs=1",
     "trainer.progress=false",
     "tracking.system_metrics=false",
