@@ -28,6 +28,7 @@ def _train(data_root, store, *extra):
             f"data.root={data_root}",
             f"tracking.store_dir={store}",
             "split.max_songs=2",
+            "trainer.num_threads=1",
             f"trainer.max_epochs={EPOCHS}",
             "trainer.progress=false",
             "tracking.system_metrics=false",

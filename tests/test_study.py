@@ -146,7 +146,6 @@ def test_four_parallel_runs_all_finish_with_every_metric(data_root, tmp_path):
         "hydra/launcher=parallel",
         "hydra.launcher.n_jobs=4",
         "seed=0,1,2,3",
-        "trainer.num_threads=1",
         f"data.root={data_root}",
         f"tracking.store_dir={store}",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
