@@ -51,10 +51,11 @@ def _train(overrides: Sequence[str]) -> int:
     return subprocess.call([sys.executable, "-m", "chordrec.train", *overrides])
 
 
-def _configure_store(store: Path) -> None:
+def _configure_store(args: argparse.Namespace) -> str:
+    """Point MLflow at ``--tracking-uri``, else $MLFLOW_TRACKING_URI, else ``--store``."""
     from chordrec.tracking import configure
 
-    configure(store)
+    return configure(args.store, args.tracking_uri)
 
 
 def _transcribe(args: argparse.Namespace) -> int:
@@ -66,7 +67,7 @@ def _transcribe(args: argparse.Namespace) -> int:
         fmt = suffix if suffix in FORMATS else "lab"
     jobs = plan_jobs(args.inputs, fmt, args.output, args.out_dir, args.plot)
     if model_kind(args.model) in ("registry", "run"):
-        _configure_store(args.store)
+        _configure_store(args)
     model = load_model(args.model, args.device)
     outcome = transcribe_files(jobs, model, fmt, force=args.force, progress=not args.quiet)
     for path in outcome.written:
@@ -87,7 +88,7 @@ def _transcribe(args: argparse.Namespace) -> int:
 def _register(args: argparse.Namespace) -> int:
     from chordrec.tracking import register_run_model
 
-    _configure_store(args.store)
+    _configure_store(args)
     version = register_run_model(args.run_id, args.name, args.alias)
     alias = f", alias {args.alias!r}" if args.alias else ""
     print(
@@ -105,9 +106,9 @@ def _table_text(runs, presets, fmt: str) -> str:
 
 def _table(args: argparse.Namespace) -> int:
     from chordrec.table import PRESETS, IncompleteTableError
-    from chordrec.tracking import configure, create_run_with_text, find_runs, log_text_to_run
+    from chordrec.tracking import create_run_with_text, find_runs, log_text_to_run
 
-    configure(args.store, args.tracking_uri)
+    _configure_store(args)
     runs = find_runs(args.experiment, args.study)
     try:
         text = _table_text(runs, PRESETS, args.format)
@@ -139,16 +140,10 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _study(args: argparse.Namespace) -> int:
     from chordrec.table import IncompleteTableError
-    from chordrec.tracking import (
-        configure,
-        end_parent_run,
-        find_runs,
-        log_text_to_run,
-        start_parent_run,
-    )
+    from chordrec.tracking import end_parent_run, find_runs, log_text_to_run, start_parent_run
 
     store = args.store.resolve()
-    uri = configure(store, args.tracking_uri)
+    uri = _configure_store(args)
     study_id = args.study_id or time.strftime("study-%Y%m%d-%H%M%S")
     presets = args.experiments.split(",")
     parent = start_parent_run(
@@ -196,6 +191,34 @@ def _study(args: argparse.Namespace) -> int:
     end_parent_run(parent, succeeded=not failed and code == 0)
     print(text, end="")
     return 0 if not failed and code == 0 else 1
+
+
+def _add_tracking_options(
+    parser: argparse.ArgumentParser, *, tracking_uri: bool = True, experiment: bool = False
+) -> None:
+    """Where a subcommand finds MLflow: ``--store`` (the local tracking store), unless
+    ``tracking_uri`` is false ``--tracking-uri`` (any MLflow store or server, which takes
+    precedence), and with ``experiment`` the ``--experiment`` to read and write."""
+    if experiment:
+        parser.add_argument(
+            "--experiment", default="chordrec", help="MLflow experiment (default: %(default)s)"
+        )
+    parser.add_argument(
+        "--store",
+        type=Path,
+        default=Path("mlruns"),
+        help=(
+            "local tracking store directory, unless --tracking-uri or $MLFLOW_TRACKING_URI "
+            "names another store (default: %(default)s)"
+            if tracking_uri
+            else "local tracking store directory (default: %(default)s)"
+        ),
+    )
+    if tracking_uri:
+        parser.add_argument(
+            "--tracking-uri",
+            help="any MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the store)",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,9 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=_data_verify)
 
     ui = commands.add_parser("ui", help="open the MLflow UI over the tracking store")
-    ui.add_argument(
-        "--store", type=Path, default=Path("mlruns"), help="store directory (default: %(default)s)"
-    )
+    _add_tracking_options(ui, tracking_uri=False)
     ui.add_argument(
         "--host",
         default="127.0.0.1",
@@ -313,12 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument(
         "--device", default="auto", help="auto | cpu | cuda[:N] (default: %(default)s)"
     )
-    transcribe.add_argument(
-        "--store",
-        type=Path,
-        default=Path("mlruns"),
-        help="tracking store directory, unless $MLFLOW_TRACKING_URI is set (default: %(default)s)",
-    )
+    _add_tracking_options(transcribe)
     transcribe.add_argument("--quiet", action="store_true", help="no progress bar")
     transcribe.set_defaults(func=_transcribe)
 
@@ -332,19 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
             "artifact. Exits 1, naming the run and the metric, if any cell cannot be filled."
         ),
     )
-    table.add_argument(
-        "--experiment", default="chordrec", help="MLflow experiment (default: %(default)s)"
-    )
     table.add_argument("--study", help="only the runs of this study id")
     table.add_argument("--format", choices=("md", "csv", "html"), default="md")
     table.add_argument("--out", type=Path, help="also write the table to this file")
-    table.add_argument(
-        "--store", type=Path, default=Path("mlruns"), help="local store (default: %(default)s)"
-    )
-    table.add_argument(
-        "--tracking-uri",
-        help="any MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the store)",
-    )
+    _add_tracking_options(table, experiment=True)
     table.set_defaults(func=_table)
 
     study = commands.add_parser(
@@ -360,9 +367,6 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument(
         "--experiments", default="a,b,c,d,e,f", help="presets (default: %(default)s)"
     )
-    study.add_argument(
-        "--experiment", default="chordrec", help="MLflow experiment (default: %(default)s)"
-    )
     study.add_argument("--study-id", help="the study's id (default: study-<date>-<time>)")
     study.add_argument(
         "--jobs",
@@ -370,13 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         help="parallel runs (default: %(default)s, one torch thread each)",
     )
-    study.add_argument(
-        "--store", type=Path, default=Path("mlruns"), help="local store (default: %(default)s)"
-    )
-    study.add_argument(
-        "--tracking-uri",
-        help="any MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the store)",
-    )
+    _add_tracking_options(study, experiment=True)
     study.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     study.set_defaults(func=_study)
 
@@ -394,12 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--name", default="chordrec", help="registered model (default: %(default)s)"
     )
     register.add_argument("--alias", help="alias to point at the new version, e.g. champion")
-    register.add_argument(
-        "--store",
-        type=Path,
-        default=Path("mlruns"),
-        help="tracking store directory, unless $MLFLOW_TRACKING_URI is set (default: %(default)s)",
-    )
+    _add_tracking_options(register)
     register.set_defaults(func=_register)
     return parser
 

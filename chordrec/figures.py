@@ -24,7 +24,12 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from chordrec.chords import N_CLASSES, PITCH_CLASSES, class_names
 
-__all__ = ["chord_timeline", "confusion_matrix_figure", "learning_curves"]
+__all__ = [
+    "chord_timeline",
+    "confusion_matrix_figure",
+    "learning_curves",
+    "transcription_figure",
+]
 
 DEFAULT_FRAME_RATE = 44100 / 512
 """Chroma frames per second of the data set (hop of 512 samples at 44.1 kHz)."""
@@ -38,6 +43,11 @@ _NO_CHORD_COLOR = "0.45"
 _CORRECT_COLOR = "tab:green"
 _WRONG_COLOR = "tab:red"
 _REFERENCE_SHADOW = "0.82"
+_QUALITY_LEGEND = (  # (color, label) of bars colored by chord quality
+    (_MAJOR_COLOR, "major"),
+    (_MINOR_COLOR, "minor"),
+    (_NO_CHORD_COLOR, "no chord"),
+)
 
 
 # --------------------------------------------------------------------------- curves
@@ -228,6 +238,91 @@ def _setup_chord_axis(ax: Axes) -> None:
     ax.set_ylabel("chord")
 
 
+def _check_song(
+    chroma: np.ndarray, frame_rate: float, **chords: np.ndarray
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Check a timeline's input: ``chroma`` (frames, 12) as floats and each of
+    ``chords`` (name -> (frames,) classes) as int arrays, all of one non-zero length,
+    and a positive ``frame_rate``. Raises ``ValueError`` naming what is wrong."""
+    chroma = np.asarray(chroma, dtype=float)
+    if chroma.ndim != 2 or chroma.shape[1] != 12:
+        raise ValueError(f"chroma must have shape (frames, 12), got {chroma.shape}")
+    classes = [_check_classes(name, values) for name, values in chords.items()]
+    lengths = [len(chroma), *(len(c) for c in classes)]
+    if len(set(lengths)) != 1:
+        names = ["chroma", *chords]
+        raise ValueError(
+            f"{', '.join(names[:-1])} and {names[-1]} must have the same number of frames, "
+            f"got {', '.join(map(str, lengths[:-1]))} and {lengths[-1]}"
+        )
+    if not lengths[0]:
+        raise ValueError("a chord timeline needs at least one frame")
+    if not (np.isfinite(frame_rate) and frame_rate > 0):
+        raise ValueError(
+            f"frame_rate must be a positive number of frames per second, got {frame_rate}"
+        )
+    return chroma, classes
+
+
+def _timeline_axes(
+    n_chord_panels: int, height: float, title: str
+) -> tuple[Figure, Axes, list[Axes]]:
+    """A figure of a chromagram panel over ``n_chord_panels`` chord panels (twice as
+    tall), sharing the time axis; ``title``, if given, as the figure's title."""
+    fig = Figure(figsize=(13.0, height), layout="constrained")
+    ax_chroma, *ax_chords = fig.subplots(
+        1 + n_chord_panels,
+        1,
+        sharex=True,
+        gridspec_kw={"height_ratios": [1.0] + [2.0] * n_chord_panels},
+    )
+    if title:
+        fig.suptitle(title, fontsize="large")
+    return fig, ax_chroma, ax_chords
+
+
+def _draw_chromagram(ax: Axes, chroma: np.ndarray, duration: float) -> None:
+    """``chroma`` (frames, 12) as an image over ``[0, duration]`` seconds, the color
+    scale spanning its finite min..max."""
+    finite = chroma[np.isfinite(chroma)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    ax.imshow(
+        chroma.T,
+        origin="lower",
+        aspect="auto",
+        extent=(0.0, duration, -0.5, 11.5),
+        cmap="magma",
+        vmin=vmin,
+        vmax=vmax if vmax > vmin else vmin + 1.0,
+        interpolation="nearest",
+    )
+    ax.set_yticks(np.arange(12), PITCH_CLASSES, fontsize=7)
+    ax.tick_params(axis="y", length=2, pad=1)
+    ax.set_ylabel("pitch class")
+    ax.set_title("Chromagram")
+
+
+def _chord_panel(ax: Axes, title: str, legend: Sequence[tuple[str, str]]) -> None:
+    """Label a chord piano-roll panel: chord axis, ``title`` and a legend of
+    ``(color, label)`` patches in one row above its right corner."""
+    _setup_chord_axis(ax)
+    ax.set_title(title)
+    ax.legend(
+        handles=[Patch(color=color, label=label) for color, label in legend],
+        loc="lower right",
+        bbox_to_anchor=(1.0, 1.0),
+        ncols=len(legend),
+        fontsize="small",
+        frameon=False,
+        borderaxespad=0.2,
+    )
+
+
+def _time_axis(ax: Axes, duration: float) -> None:
+    ax.set_xlim(0.0, duration)
+    ax.set_xlabel("time (s)")
+
+
 def chord_timeline(
     chroma: np.ndarray,
     reference: np.ndarray,
@@ -256,88 +351,27 @@ def chord_timeline(
     another length or with non-integer or out-of-range classes, no frames, or a
     non-positive frame rate.
     """
-    chroma = np.asarray(chroma, dtype=float)
-    if chroma.ndim != 2 or chroma.shape[1] != 12:
-        raise ValueError(f"chroma must have shape (frames, 12), got {chroma.shape}")
-    reference = _check_classes("reference", reference)
-    predicted = _check_classes("predicted", predicted)
-    n_frames = chroma.shape[0]
-    if len(reference) != n_frames or len(predicted) != n_frames:
-        raise ValueError(
-            "chroma, reference and predicted must have the same number of frames, got "
-            f"{n_frames}, {len(reference)} and {len(predicted)}"
-        )
-    if n_frames == 0:
-        raise ValueError("chord_timeline needs at least one frame")
-    if not (np.isfinite(frame_rate) and frame_rate > 0):
-        raise ValueError(
-            f"frame_rate must be a positive number of frames per second, got {frame_rate}"
-        )
-
-    duration = n_frames / frame_rate
+    chroma, (reference, predicted) = _check_song(
+        chroma, frame_rate, reference=reference, predicted=predicted
+    )
+    duration = len(chroma) / frame_rate
     correct = predicted == reference
     accuracy = float(correct.mean())
 
-    fig = Figure(figsize=(13.0, 9.5), layout="constrained")
-    ax_chroma, ax_ref, ax_pred = fig.subplots(
-        3, 1, sharex=True, gridspec_kw={"height_ratios": [1.0, 2.0, 2.0]}
-    )
-    if title:
-        fig.suptitle(title, fontsize="large")
-
-    finite = chroma[np.isfinite(chroma)]
-    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    ax_chroma.imshow(
-        chroma.T,
-        origin="lower",
-        aspect="auto",
-        extent=(0.0, duration, -0.5, 11.5),
-        cmap="magma",
-        vmin=vmin,
-        vmax=vmax if vmax > vmin else vmin + 1.0,
-        interpolation="nearest",
-    )
-    ax_chroma.set_yticks(np.arange(12), PITCH_CLASSES, fontsize=7)
-    ax_chroma.tick_params(axis="y", length=2, pad=1)
-    ax_chroma.set_ylabel("pitch class")
-    ax_chroma.set_title("Chromagram")
+    fig, ax_chroma, (ax_ref, ax_pred) = _timeline_axes(2, 9.5, title)
+    _draw_chromagram(ax_chroma, chroma, duration)
 
     _draw_bars(ax_ref, reference, frame_rate)
-    _setup_chord_axis(ax_ref)
-    ax_ref.set_title("Reference chords")
-    ax_ref.legend(
-        handles=[
-            Patch(color=_MAJOR_COLOR, label="major"),
-            Patch(color=_MINOR_COLOR, label="minor"),
-            Patch(color=_NO_CHORD_COLOR, label="no chord"),
-        ],
-        loc="lower right",
-        bbox_to_anchor=(1.0, 1.0),
-        ncols=3,
-        fontsize="small",
-        frameon=False,
-        borderaxespad=0.2,
-    )
+    _chord_panel(ax_ref, "Reference chords", _QUALITY_LEGEND)
 
     _draw_bars(ax_pred, reference, frame_rate, fixed_color=_REFERENCE_SHADOW, height=0.95)
     _draw_bars(ax_pred, predicted, frame_rate, correct=correct, height=0.6)
-    _setup_chord_axis(ax_pred)
-    ax_pred.set_title(f"Predicted chords (frame accuracy {100 * accuracy:.1f} %)")
-    ax_pred.legend(
-        handles=[
-            Patch(color=_CORRECT_COLOR, label="correct"),
-            Patch(color=_WRONG_COLOR, label="wrong"),
-            Patch(color=_REFERENCE_SHADOW, label="reference"),
-        ],
-        loc="lower right",
-        bbox_to_anchor=(1.0, 1.0),
-        ncols=3,
-        fontsize="small",
-        frameon=False,
-        borderaxespad=0.2,
+    _chord_panel(
+        ax_pred,
+        f"Predicted chords (frame accuracy {100 * accuracy:.1f} %)",
+        ((_CORRECT_COLOR, "correct"), (_WRONG_COLOR, "wrong"), (_REFERENCE_SHADOW, "reference")),
     )
-    ax_pred.set_xlim(0.0, duration)
-    ax_pred.set_xlabel("time (s)")
+    _time_axis(ax_pred, duration)
     return fig
 
 
@@ -422,54 +456,11 @@ def transcription_figure(
     chromagram and the chords as a piano roll colored by quality (major / minor /
     N). Raises ``ValueError`` on mismatched or empty input or a non-positive rate.
     """
-    chroma = np.asarray(chroma, dtype=float)
-    if chroma.ndim != 2 or chroma.shape[1] != 12:
-        raise ValueError(f"chroma must have shape (frames, 12), got {chroma.shape}")
-    predicted = _check_classes("predicted", predicted)
-    if len(predicted) != len(chroma) or len(chroma) == 0:
-        raise ValueError(
-            f"chroma and predicted need the same, non-zero number of frames, got "
-            f"{len(chroma)} and {len(predicted)}"
-        )
-    if not (np.isfinite(frame_rate) and frame_rate > 0):
-        raise ValueError(f"frame_rate must be positive, got {frame_rate}")
+    chroma, (predicted,) = _check_song(chroma, frame_rate, predicted=predicted)
     duration = len(chroma) / frame_rate
-    fig = Figure(figsize=(13.0, 6.5), layout="constrained")
-    ax_chroma, ax_chords = fig.subplots(
-        2, 1, sharex=True, gridspec_kw={"height_ratios": [1.0, 2.0]}
-    )
-    if title:
-        fig.suptitle(title, fontsize="large")
-    ax_chroma.imshow(
-        chroma.T,
-        origin="lower",
-        aspect="auto",
-        extent=(0.0, duration, -0.5, 11.5),
-        cmap="magma",
-        interpolation="nearest",
-    )
-    ax_chroma.set_yticks(np.arange(12), PITCH_CLASSES, fontsize=7)
-    ax_chroma.set_ylabel("pitch class")
-    ax_chroma.set_title("Chromagram")
+    fig, ax_chroma, (ax_chords,) = _timeline_axes(1, 6.5, title)
+    _draw_chromagram(ax_chroma, chroma, duration)
     _draw_bars(ax_chords, predicted, frame_rate)
-    _setup_chord_axis(ax_chords)
-    ax_chords.set_title("Predicted chords")
-    ax_chords.legend(
-        handles=[
-            Patch(color=_MAJOR_COLOR, label="major"),
-            Patch(color=_MINOR_COLOR, label="minor"),
-            Patch(color=_NO_CHORD_COLOR, label="no chord"),
-        ],
-        loc="lower right",
-        bbox_to_anchor=(1.0, 1.0),
-        ncols=3,
-        fontsize="small",
-        frameon=False,
-        borderaxespad=0.2,
-    )
-    ax_chords.set_xlim(0.0, duration)
-    ax_chords.set_xlabel("time (s)")
+    _chord_panel(ax_chords, "Predicted chords", _QUALITY_LEGEND)
+    _time_axis(ax_chords, duration)
     return fig
-
-
-__all__.append("transcription_figure")

@@ -239,10 +239,7 @@ class RunTracker:
         return False
 
     def get_run(self, run_id: str):
-        try:
-            return self.client.get_run(run_id)
-        except mlflow.exceptions.MlflowException as exc:
-            raise TrackingError(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from exc
+        return get_run(run_id, self.client)
 
     @property
     def artifact_uri(self) -> str:
@@ -295,17 +292,8 @@ class RunTracker:
     def download_checkpoint(
         self, run_id: str, name: str = "last", dest: str | Path | None = None
     ) -> Path:
-        """Fetch ``checkpoints/<name>.pt`` of a run into ``dest`` (a temporary dir by default)."""
-        dest = Path(dest or tempfile.mkdtemp(prefix="chordrec-ckpt-"))
-        try:
-            path = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=f"checkpoints/{name}.pt", dst_path=str(dest)
-            )
-        except Exception as exc:
-            raise TrackingError(
-                f"run {run_id} has no checkpoints/{name}.pt to resume from ({exc})"
-            ) from exc
-        return Path(path)
+        """Fetch ``checkpoints/<name>.pt`` of a run: :func:`run_checkpoint`."""
+        return run_checkpoint(run_id, name, dest)
 
     def log_figure(self, figure: Any, name: str) -> None:
         retry_locked(lambda: mlflow.log_figure(figure, f"figures/{name}"))
@@ -388,18 +376,23 @@ def server_command(store_dir: str | Path, host: str, port: int, ui_only: bool = 
     ]
 
 
-# ----------------------------------------------------------- models for transcription
+# ------------------------------------------------- runs, checkpoints and registered models
+
+
+def get_run(run_id: str, client: MlflowClient | None = None):
+    """MLflow run ``run_id``; :class:`TrackingError` naming the store when it is missing."""
+    client = client or MlflowClient()
+    try:
+        return retry_locked(lambda: client.get_run(run_id))
+    except mlflow.exceptions.MlflowException as exc:
+        raise TrackingError(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from exc
 
 
 def run_checkpoint(run_id: str, name: str = "best", dest: str | Path | None = None) -> Path:
     """Download ``checkpoints/<name>.pt`` of MLflow run ``run_id`` into ``dest`` (a
     temporary directory by default); :class:`TrackingError` when the run or file is missing."""
-    client = MlflowClient()
-    try:
-        retry_locked(lambda: client.get_run(run_id))
-    except mlflow.exceptions.MlflowException as exc:
-        raise TrackingError(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from exc
-    dest = Path(dest or tempfile.mkdtemp(prefix="chordrec-model-"))
+    get_run(run_id)
+    dest = Path(dest or tempfile.mkdtemp(prefix="chordrec-ckpt-"))
     try:
         path = mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path=f"checkpoints/{name}.pt", dst_path=str(dest)
@@ -447,10 +440,7 @@ def register_run_model(run_id: str, name: str = "chordrec", alias: str | None = 
     returns the version. The run must hold ``checkpoints/best.pt`` (what transcription
     loads). Raises :class:`TrackingError` naming what is missing."""
     client = MlflowClient()
-    try:
-        run = retry_locked(lambda: client.get_run(run_id))
-    except mlflow.exceptions.MlflowException as exc:
-        raise TrackingError(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from exc
+    run = get_run(run_id, client)
     checkpoints = retry_locked(lambda: client.list_artifacts(run_id, "checkpoints"))
     if not any(item.path == "checkpoints/best.pt" for item in checkpoints):
         raise TrackingError(f"run {run_id} has no checkpoints/best.pt: nothing to transcribe with")

@@ -42,7 +42,9 @@ def compose_train(overrides: Sequence[str]) -> DictConfig:
         cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)
         with open_dict(cfg):
-            cfg.model_name = str(cfg.model_name)  # resolve ${hydra:...} before dropping hydra
+            # resolve the ${hydra:...} interpolations before dropping hydra
+            cfg.model_name = cfg.model_name
+            cfg.preset = cfg.preset
             del cfg["hydra"]
     HydraConfig.instance().cfg = None
     GlobalHydra.instance().clear()

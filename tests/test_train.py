@@ -100,6 +100,14 @@ def test_a_run_logs_everything(train_config, tmp_path):
     assert checkpoints == {"checkpoints/best.pt", "checkpoints/last.pt"}
     figures = {a.path for a in client.list_artifacts(r.info.run_id, "figures")}
     assert "figures/learning_curves.png" in figures
+    assert "figures/confusion_test.png" in figures
+    assert "evaluation.json" in paths
+    # decoding and MIREX scores against labs/
+    for part in ("val", "test"):
+        for key in ("frame_acc_argmax", "frame_acc_viterbi", "majmin", "root", "seg"):
+            assert 0.0 <= m[f"{part}_{key}"] <= 1.0, (part, key)
+    assert m["test_frame_acc"] == m["test_frame_acc_argmax"]  # decode=argmax is the default
+    assert 0.5 <= m["viterbi_self_transition"] < 1.0
     assert any(p.startswith("figures/timeline_N061") for p in figures)
     local = mlflow.artifacts.download_artifacts(
         run_id=r.info.run_id, artifact_path="checkpoints/last.pt"
@@ -151,3 +159,29 @@ def test_an_exception_during_training_ends_the_run_failed(train_config, monkeypa
     r = _only_run(_client(cfg))
     assert r.info.status == "FAILED"
     assert "boom" in r.data.tags["error"]
+
+
+def test_template_anchor_runs_without_training(train_config):
+    cfg = train_config("experiment=templates_viterbi")
+    run(cfg)
+    r = _only_run(_client(cfg))
+    assert r.info.status == "FINISHED"
+    m = r.data.metrics
+    assert m["epochs_run"] == 0 and m["train_time_s"] == 0
+    assert r.data.tags["stop_reason"] == "training_free"
+    assert m["test_frame_acc"] == m["test_frame_acc_viterbi"]
+    # the run scores exactly what template matching itself predicts on the test songs
+    from chordrec.songs import load_songs, song_names
+    from chordrec.templates import template_predict
+
+    songs = load_songs(cfg.data.root, song_names(cfg.data.root)[60:62])
+    correct = sum(int((template_predict(s.chroma) == s.labels).sum()) for s in songs)
+    assert m["test_frame_acc_argmax"] == pytest.approx(correct / sum(s.n_frames for s in songs))
+
+
+def test_transposition_augmentation_at_beat_level(train_config):
+    cfg = train_config("data.augment=transpose", "data.level=beat", "seq_len=16")
+    run(cfg)
+    r = _only_run(_client(cfg))
+    assert r.info.status == "FINISHED"
+    assert r.data.params["data.augment"] == "transpose"
