@@ -93,6 +93,14 @@ REQUIRED_METRICS = (
 )
 
 
+OPTIONAL_ROWS = {
+    "test_frame_acc_viterbi": "test accuracy % (Viterbi)",
+    "test_majmin": "test majmin WCSR %",
+    "test_root": "test root WCSR %",
+    "test_seg": "test segmentation %",
+}
+
+
 class IncompleteTableError(ValueError):
     """A cell of the table cannot be filled from the tracked runs."""
 
@@ -191,6 +199,10 @@ def build_table(columns: Sequence[Column]) -> pd.DataFrame:
             "best epoch": int(_metric(c, "best_epoch")),
             "run id": c.run.run_id,
         }
+    for key, label in OPTIONAL_ROWS.items():  # newer metrics: shown when every column has them
+        if all(key in c.run.metrics for c in columns):
+            for c in columns:
+                table[c.preset][label] = f"{100 * c.run.metrics[key]:.2f}"
     return pd.DataFrame(table)
 
 
