@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -44,7 +45,24 @@ def _ui(args: argparse.Namespace) -> int:
     print(
         f"MLflow UI over {Path(args.store).resolve()} at http://{args.host}:{args.port} (Ctrl-C stops it)"
     )
-    return subprocess.call(command)
+    server = subprocess.Popen(command)
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        return server.wait()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the server with us, not orphan it
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _train(overrides: Sequence[str]) -> int:

@@ -92,8 +92,8 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
             response.read()
     except (urllib.error.URLError, OSError) as exc:
         raise TrackingError(
-            f"MLflow tracking server {uri} is unreachable ({exc}); start it or unset "
-            "MLFLOW_TRACKING_URI to log to the local store"
+            f"MLflow tracking server {uri} is unreachable ({exc}); start it, or name no "
+            "server (MLFLOW_TRACKING_URI, --tracking-uri, tracking.uri) to use the local store"
         ) from exc
 
 
@@ -357,7 +357,8 @@ def server(store_dir: str | Path, host: str = "127.0.0.1", port: int = 5000) -> 
 
 
 def server_command(store_dir: str | Path, host: str, port: int, ui_only: bool = False) -> list[str]:
-    """The ``mlflow server``/``mlflow ui`` command line over the default store."""
+    """The ``mlflow server``/``mlflow ui`` command line over the default store (the UI
+    with one web worker: it serves one user on this machine)."""
     store = Path(store_dir).resolve()
     store.mkdir(parents=True, exist_ok=True)
     return [
@@ -373,6 +374,7 @@ def server_command(store_dir: str | Path, host: str, port: int, ui_only: bool = 
         host,
         "--port",
         str(port),
+        *(["--workers", "1"] if ui_only else []),  # one user, this machine: one worker
     ]
 
 

@@ -10,7 +10,12 @@ import pytest
 from matplotlib.figure import Figure
 
 from chordrec.chords import class_names
-from chordrec.figures import chord_timeline, confusion_matrix_figure, learning_curves
+from chordrec.figures import (
+    chord_timeline,
+    confusion_matrix_figure,
+    learning_curves,
+    transcription_figure,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -240,3 +245,33 @@ def test_confusion_matrix_all_zero_renders(tmp_path: Path) -> None:
 def test_confusion_matrix_bad_input_raises(confusion: np.ndarray) -> None:
     with pytest.raises(ValueError):
         confusion_matrix_figure(confusion)
+
+
+# ------------------------------------------------------------------- transcription
+
+
+def test_transcription_figure_panels_and_legend(tmp_path: Path) -> None:
+    chroma, _, predicted = _song(300)
+    fig = transcription_figure(chroma, predicted, frame_rate=10.0, title="song.wav")
+    assert len(fig.axes) == 2
+    ax_chroma, ax_chords = fig.axes
+    assert fig.get_suptitle() == "song.wav"
+    assert (ax_chroma.get_title(), ax_chords.get_title()) == ("Chromagram", "Predicted chords")
+    assert [t.get_text() for t in ax_chords.get_legend().get_texts()] == [
+        "major",
+        "minor",
+        "no chord",
+    ]
+    assert ax_chords.get_xlim() == pytest.approx((0.0, 30.0))
+    assert ax_chroma.get_xlim() == ax_chords.get_xlim()
+    assert [t.get_text() for t in ax_chords.get_yticklabels()] == class_names()
+    _assert_png(fig, tmp_path / "transcription.png")
+
+
+def test_transcription_figure_bad_input_raises() -> None:
+    with pytest.raises(ValueError, match="same number of frames"):
+        transcription_figure(np.zeros((10, 12)), np.zeros(9, dtype=int))
+    with pytest.raises(ValueError, match="at least one frame"):
+        transcription_figure(np.zeros((0, 12)), np.zeros(0, dtype=int))
+    with pytest.raises(ValueError, match="frame_rate"):
+        transcription_figure(np.zeros((10, 12)), np.zeros(10, dtype=int), frame_rate=-1.0)
