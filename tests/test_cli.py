@@ -1,0 +1,259 @@
+"""The documented commands (README.md), run as a user runs them: ``chordrec``'s
+subcommands, the training entry point's help, data fetch and verify, the tracking UI,
+the two benchmarks, the Makefile targets and an unreachable tracking server.
+
+Subprocesses get one OpenMP thread; nothing touches the network beyond 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from chordrec import cli
+from tests import test_fetch
+from tests.conftest import REPO, subprocess_env
+from tests.test_fetch import CORRUPT_REL, _flip_byte
+
+# fixtures of test_fetch, reused: the team's shared copy of the data set, a closed port
+shared = test_fetch.shared
+closed_port_url = test_fetch.closed_port_url
+
+COMMANDS = ("data", "ui", "train", "table", "study", "transcribe", "register")
+MODELS = ("rnn_baseline", "rnn_table4", "crnn1", "crnn2", "crnn_tagging")
+GROUPS = ("model", "data", "split", "optimizer", "scheduler", "trainer", "tracking")
+
+
+def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python <args>`` in the repository, one OpenMP thread, output captured."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=subprocess_env(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"),
+    )
+
+
+def _clean_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The stderr of a command that failed the way a user should see it: exit 1, no traceback."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stderr
+
+
+# ------------------------------------------------------------------------ help
+
+
+def test_chordrec_help_lists_every_command() -> None:
+    result = _run("-m", "chordrec", "--help")
+    assert result.returncode == 0, result.stderr
+    section = result.stdout.split("positional arguments:", 1)[1].split("options:", 1)[0]
+    listed = re.findall(r"^ {4}([a-z]+) {2,}\S", section, re.M)
+    assert sorted(listed) == sorted(COMMANDS), result.stdout
+
+
+def test_train_help_shows_config_groups_and_examples() -> None:
+    result = _run("-m", "chordrec.train", "--help")
+    assert result.returncode == 0, result.stderr
+    groups = dict(
+        line.split(": ", 1)
+        for line in result.stdout.split("Config groups", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    )
+    assert set(GROUPS) <= set(groups), groups
+    assert set(MODELS) <= set(groups["model"].split(", "))
+    assert {"adam", "adamw", "sgd", "rmsprop"} <= set(groups["optimizer"].split(", "))
+    footer = result.stdout.split("Examples:", 1)[1]
+    assert "python -m chordrec.train resume=<mlflow run id>" in footer
+    assert "model=crnn2 data.level=beat" in footer
+
+
+def test_chordrec_train_forwards_everything(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda command, **_: calls.append(command) or 3)
+    assert cli.main(["train", "--help"]) == 3
+    assert cli.main(["train", "model=crnn2", "-m", "seed=0,1"]) == 3
+    assert calls == [
+        [sys.executable, "-m", "chordrec.train", "--help"],
+        [sys.executable, "-m", "chordrec.train", "model=crnn2", "-m", "seed=0,1"],
+    ]
+
+
+@pytest.mark.parametrize("command", ["transcribe", "table", "study", "register", "ui"])
+def test_tracking_options(command: str) -> None:
+    extra = {"transcribe": ["song.wav"], "register": ["0123abc"]}.get(command, [])
+    parser = cli.build_parser()
+    args = parser.parse_args([command, *extra])
+    assert args.store == Path("mlruns")
+    if command == "ui":  # serves the local store only
+        assert not hasattr(args, "tracking_uri")
+        assert (args.host, args.port) == ("127.0.0.1", 5000)
+        return
+    assert args.tracking_uri is None
+    args = parser.parse_args([command, *extra, "--store", "s", "--tracking-uri", "http://h:1"])
+    assert (args.store, args.tracking_uri) == (Path("s"), "http://h:1")
+    if command in ("table", "study"):
+        assert args.experiment == "chordrec"
+
+
+# ------------------------------------------------------------------------ data
+
+
+@pytest.mark.integration
+def test_data_fetch_then_verify(shared: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "rwc-pop"
+    fetched = _run(
+        "-m", "chordrec", "data", "fetch", "--source", str(shared), "--dest", str(dest), "--quiet"
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    assert f"ready and verified in {dest}" in fetched.stdout
+    verified = _run("-m", "chordrec", "data", "verify", "--root", str(dest))
+    assert verified.returncode == 0, verified.stderr
+    assert "all files match the pinned checksums" in verified.stdout
+
+    _flip_byte(dest / CORRUPT_REL)  # the fetched copy, not the shared one
+    stderr = _clean_error(_run("-m", "chordrec", "data", "verify", "--root", str(dest)))
+    assert CORRUPT_REL in stderr
+    assert stderr.startswith("chordrec: error:")
+
+
+# ------------------------------------------------------------------------ tracking
+
+
+def _listening(port: int) -> list[str]:
+    """Local addresses (hex, as in /proc/net/tcp*) of the sockets listening on ``port``."""
+    hosts = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        path = Path(table)
+        for line in path.read_text().splitlines()[1:] if path.exists() else []:
+            fields = line.split()
+            host, hex_port = fields[1].rsplit(":", 1)
+            if fields[3] == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                hosts.append(host)
+    return hosts
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def test_ui_serves_this_machine_only_and_stops_with_its_command(tmp_path: Path) -> None:
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("needs Linux /proc/net/tcp to see what the server binds")
+    # a port nothing listens on: bound once by the OS, then released
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "chordrec", "ui", "--store", str(tmp_path / "mlruns")]
+        + ["--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=subprocess_env(OMP_NUM_THREADS="1"),
+        start_new_session=True,  # its own process group: nothing outlives the test
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers(f"http://127.0.0.1:{port}/health"):
+            assert ui.poll() is None, ui.stdout.read() if ui.stdout else ""
+            assert time.monotonic() < deadline, "the UI did not answer within 60 s"
+            time.sleep(0.5)
+        assert set(_listening(port)) == {"0100007F"}  # 127.0.0.1, no wildcard address
+        ui.terminate()
+        ui.wait(timeout=40)  # the command stops its server before it exits
+        output = ui.stdout.read() if ui.stdout else ""
+        assert f"at http://127.0.0.1:{port}" in output
+        assert _listening(port) == []
+    finally:
+        if ui.poll() is None or _listening(port):
+            try:
+                os.killpg(ui.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            ui.wait(timeout=10)
+
+
+def test_table_with_unreachable_server(closed_port_url: str, tmp_path: Path) -> None:
+    result = _run(
+        "-m", "chordrec", "table", "--tracking-uri", closed_port_url, "--store", str(tmp_path)
+    )
+    stderr = _clean_error(result)
+    assert f"MLflow tracking server {closed_port_url} is unreachable" in stderr
+    assert result.stdout == ""
+
+
+# ------------------------------------------------------------------------ benchmarks
+
+
+@pytest.mark.integration
+def test_training_benchmark(data_root: Path) -> None:
+    result = _run(
+        "-m", "chordrec.bench", "--data", str(data_root), "--songs", "2", "--seconds", "1"
+    )
+    assert result.returncode == 0, result.stderr
+    for mode in ("window", "sequence"):
+        assert re.search(rf"^{mode}\s+L=128: [\d,]+ frames/s", result.stdout, re.M), result.stdout
+
+
+def test_transcription_benchmark_on_ten_seconds() -> None:
+    result = _run("-m", "chordrec.bench_transcribe", "--minutes", "0.17", "--repeats", "1")
+    assert result.returncode == 0, result.stderr
+    assert "audio: 10 s" in result.stdout
+    for stage in ("read + mix down", "chroma_features", "beat_frames", "model templates"):
+        assert re.search(rf"{re.escape(stage)}.* s\s+[\d.]+x real time", result.stdout), stage
+    assert result.stdout.count("end to end") == 3
+
+
+# ------------------------------------------------------------------------ make
+
+
+def _make(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "-C", str(REPO), "--no-print-directory", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_makefile_has_the_documented_targets() -> None:
+    readme = (REPO / "README.md").read_text()
+    targets = set(re.findall(r"(?:^|`|or: )make (\w+)", readme, re.M))
+    assert {"train", "test", "ui", "help", "study", "bench", "lint"} <= targets
+    listed = _make("help")
+    assert listed.returncode == 0, listed.stderr
+    for target in targets:
+        assert re.search(rf"^\s+make {target}\s", listed.stdout, re.M), target
+    # -n: print what would run, run nothing
+    commands = {
+        "train": "-m chordrec.train",
+        "test": "-m pytest",
+        "ui": "chordrec ui",
+        "study": "chordrec study",
+        "table": "chordrec table",
+        "bench": "-m chordrec.bench",
+        "lint": "ruff check",
+    }
+    for target, command in commands.items():
+        dry = _make("-n", target)
+        assert dry.returncode == 0, dry.stderr
+        assert command in dry.stdout, (target, dry.stdout)
