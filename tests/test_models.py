@@ -16,15 +16,6 @@ PRESETS_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
 PRESETS = ("crnn1", "crnn2", "crnn_tagging", "rnn_baseline", "rnn_table4")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The models here are tiny: one intra-op thread is fastest and spares a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def preset(name: str) -> CRNN:
     torch.manual_seed(0)
     model = build_model(OmegaConf.load(PRESETS_DIR / f"{name}.yaml"))

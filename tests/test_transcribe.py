@@ -311,18 +311,7 @@ def test_registry_errors_are_clear(
     assert err.startswith("chordrec: error:") and message in err and "Traceback" not in err
 
 
-@pytest.fixture
-def one_torch_thread():
-    """A tiny model trains fastest on one thread: more only contend on a busy machine
-    (8 epochs: 2.5 s on one thread, 30 s on two at a load of 4 on 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.integration
-@pytest.mark.usefixtures("one_torch_thread")
 def test_a_model_trained_on_real_songs(data_root, reference, tmp_path) -> None:
     """A linear chroma classifier, trained for a few seconds on 10 songs with random
     transposition, transcribes the synthetic song through its checkpoint."""
