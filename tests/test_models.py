@@ -148,7 +148,10 @@ def test_build_model_accepts_a_plain_container():
     assert build_model(spec).stage_shapes(2, 128)[2] == (2, 128, 1, 20)
 
 
-@pytest.mark.parametrize("name", sorted({*PRESETS, *(p.stem for p in PRESETS_DIR.glob("*.yaml"))}))
+TRAINABLE = sorted({*PRESETS, *(p.stem for p in PRESETS_DIR.glob("*.yaml"))} - {"templates"})
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
 def test_forward_backward(name):
     model = preset(name).train()
     features = model.in_features
@@ -198,3 +201,13 @@ def test_conv_without_rnn_feeds_the_head():
     # features (12 - 2) // 2 = 5, so the head sees 3 * 5 = 15 values per step
     assert model.head.in_features == 15
     assert model.stage_shapes(2, 20)[-2:] == [(2, 9, 15), (2, 9, 25)]
+
+
+def test_template_preset_scores_chroma_without_parameters():
+    model = build_model(OmegaConf.load(PRESETS_DIR / "templates.yaml"))
+    assert not list(model.parameters())
+    c_major = torch.zeros(1, 3, 12)
+    c_major[..., [0, 4, 7]] = 1.0
+    logits = model.step_logits(c_major)
+    assert logits.shape == (1, 3, 25)
+    assert (logits.argmax(-1) == 1).all()  # class 1 = C:maj
