@@ -86,3 +86,22 @@ def test_sigkill_then_resume_gives_one_continuous_run(data_root, tmp_path):
         assert steps == list(range(1, EPOCHS + 1)), (key, steps)
     assert final.data.metrics["epochs_run"] == EPOCHS
     assert "test_frame_acc" in final.data.metrics
+
+
+def test_sigterm_ends_the_run_killed(data_root, tmp_path):
+    store = tmp_path / "mlruns"
+    mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
+    client = MlflowClient()
+    process = _train(data_root, store, "hydra.run.dir=" + str(tmp_path / "run"))
+    run_id = next(
+        (m.group(1) for line in process.stdout if (m := re.search(r"MLflow run id: (\w+)", line))),
+        None,
+    )
+    assert run_id, "the training process printed no run id"
+    deadline = time.monotonic() + 120
+    while not client.get_metric_history(run_id, "val_acc") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert client.get_run(run_id).info.status == "KILLED"
