@@ -22,8 +22,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -298,9 +297,6 @@ class RunTracker:
     def log_figure(self, figure: Any, name: str) -> None:
         retry_locked(lambda: mlflow.log_figure(figure, f"figures/{name}"))
 
-    def log_text(self, text: str, name: str) -> None:
-        retry_locked(lambda: mlflow.log_text(text, name))
-
     def log_dict(self, data: Mapping[str, Any], name: str) -> None:
         retry_locked(lambda: mlflow.log_dict(dict(data), name))
 
@@ -324,36 +320,6 @@ class RunTracker:
 
 def _raise_interrupted(signum, frame) -> None:
     raise _Interrupted()
-
-
-@contextmanager
-def server(store_dir: str | Path, host: str = "127.0.0.1", port: int = 5000) -> Iterator[str]:
-    """Run ``mlflow server`` over the default store; yields its URI; stops it on exit."""
-    store = Path(store_dir).resolve()
-    process = subprocess.Popen(
-        server_command(store, host, port), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    uri = f"http://{host}:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                check_server(uri, timeout=1)
-                break
-            except TrackingError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    err = process.stderr.read().decode(errors="replace") if process.stderr else ""
-                    raise TrackingError(
-                        f"mlflow server did not start on {uri}: {err[-2000:]}"
-                    ) from None
-                time.sleep(0.5)
-        yield uri
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def server_command(store_dir: str | Path, host: str, port: int, ui_only: bool = False) -> list[str]:

@@ -35,15 +35,32 @@ def _chordrec(*args, cwd):
     )
 
 
-def _train_multirun(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "chordrec.train", "-m", *args],
-        cwd=cwd,
+def _sweep(data_root, tmp_path, *overrides):
+    """Run ``python -m chordrec.train -m <overrides>`` on a tiny budget into a store in
+    tmp_path; returns the command's output and the runs it logged."""
+    store = tmp_path / "mlruns"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chordrec.train",
+            "-m",
+            f"data.root={data_root}",
+            f"tracking.store_dir={store}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            *TINY,
+            *overrides,
+        ],
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         env=subprocess_env(),
         timeout=900,
     )
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = _client(store)
+    runs = client.search_runs([client.get_experiment_by_name("chordrec").experiment_id])
+    return done.stdout + done.stderr, client, runs
 
 
 def _client(store):
@@ -141,21 +158,14 @@ def test_a_failed_member_is_reported_and_the_others_finish(data_root, tmp_path):
 
 
 def test_four_parallel_runs_all_finish_with_every_metric(data_root, tmp_path):
-    store = tmp_path / "mlruns"
-    done = _train_multirun(
+    _, client, runs = _sweep(
+        data_root,
+        tmp_path,
         "hydra/launcher=parallel",
         "hydra.launcher.n_jobs=4",
         "seed=0,1,2,3",
-        f"data.root={data_root}",
-        f"tracking.store_dir={store}",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        *TINY,
         "trainer.max_epochs=2",
-        cwd=tmp_path,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    client = _client(store)
-    runs = client.search_runs([client.get_experiment_by_name("chordrec").experiment_id])
     assert len(runs) == 4
     assert sorted(r.data.params["seed"] for r in runs) == ["0", "1", "2", "3"]
     keys = set(runs[0].data.metrics)
@@ -169,39 +179,17 @@ def test_four_parallel_runs_all_finish_with_every_metric(data_root, tmp_path):
 
 
 def test_optuna_sweep_runs_each_trial_as_a_run(data_root, tmp_path):
-    store = tmp_path / "mlruns"
-    done = _train_multirun(
-        "hparams_search=optuna",
-        "hydra.sweeper.n_trials=3",
-        f"data.root={data_root}",
-        f"tracking.store_dir={store}",
-        f"hydra.sweep.dir={tmp_path / 'optuna'}",
-        *TINY,
-        cwd=tmp_path,
+    output, _, runs = _sweep(
+        data_root, tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=3"
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "Best value" in done.stdout + done.stderr
-    client = _client(store)
-    runs = client.search_runs([client.get_experiment_by_name("chordrec").experiment_id])
+    assert "Best value" in output
     assert len(runs) == 3
     assert all(r.info.status == "FINISHED" and "val_frame_acc" in r.data.metrics for r in runs)
     assert len({r.data.params["optimizer.lr"] for r in runs}) == 3
 
 
 def test_sweep_over_models_and_lengths(data_root, tmp_path):
-    store = tmp_path / "mlruns"
-    done = _train_multirun(
-        "model=rnn_baseline,rnn_table4",
-        "seq_len=16,32",
-        f"data.root={data_root}",
-        f"tracking.store_dir={store}",
-        f"hydra.sweep.dir={tmp_path / 'grid'}",
-        *TINY,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    client = _client(store)
-    runs = client.search_runs([client.get_experiment_by_name("chordrec").experiment_id])
+    _, _, runs = _sweep(data_root, tmp_path, "model=rnn_baseline,rnn_table4", "seq_len=16,32")
     combos = sorted((r.data.params["model_name"], r.data.params["seq_len"]) for r in runs)
     assert combos == [
         ("rnn_baseline", "16"),
