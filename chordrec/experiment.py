@@ -84,7 +84,9 @@ def build_context(cfg: Any) -> RunContext:
             f"model expects {model.in_features} input features but chroma has 12 "
             "(crnn_tagging is the report's Table 1 reference, not a chroma model)"
         )
-    examples = BatchedExamples(parts["train"], cfg.seq_len, cfg.seq_mode, cfg.data.augment)
+    examples = BatchedExamples(
+        parts["train"], cfg.seq_len, cfg.seq_mode, cfg.data.augment, cfg.data.random_offset
+    )
     return RunContext(cfg, parts, examples, model)
 
 

@@ -96,16 +96,31 @@ class BatchedExamples(torch.utils.data.Dataset):
     in window mode or (batch, seq_len) in sequence mode. ``augment='transpose'`` rotates
     each example by a random 0..11 semitones (chroma bins and chord roots alike),
     drawn from torch's RNG (seeded per DataLoader worker and epoch).
+
+    ``random_offset`` (sequence mode, training): each chunk starts a random 0..L-1 steps
+    after its fixed start, drawn per example, so chunk boundaries move from epoch to
+    epoch; steps past a song's end are padding (:data:`IGNORE_LABEL`). Off, the chunks
+    are exactly :func:`song_chunks`.
     """
 
-    def __init__(self, songs: Sequence[SongSteps], seq_len: int, mode: str, augment: str = "none"):
+    def __init__(
+        self,
+        songs: Sequence[SongSteps],
+        seq_len: int,
+        mode: str,
+        augment: str = "none",
+        random_offset: bool = False,
+    ):
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if augment not in ("none", "transpose"):
             raise ValueError(f"augment must be 'none' or 'transpose', got {augment!r}")
+        if random_offset and mode != "sequence":
+            raise ValueError("random_offset applies to sequence mode only")
         self.seq_len, self.mode, self.augment = seq_len, mode, augment
+        self.random_offset = random_offset
         if mode == "window":
             # One padded stream: each song preceded by seq_len - 1 zero rows.
             parts, targets, labels, offset = [], [], [], 0
@@ -120,20 +135,34 @@ class BatchedExamples(torch.utils.data.Dataset):
             self.labels = np.concatenate(labels)
             self._window = np.arange(-seq_len + 1, 1)
         else:
-            chunks = [song_chunks(s.features, s.labels, seq_len) for s in songs]
-            self.inputs = np.concatenate([c[0] for c in chunks]).astype(np.float32)
-            self.labels = np.concatenate([c[1] for c in chunks])
+            # One stream: each song's chunks (ceil(steps / L) * L steps, padded as in
+            # song_chunks) followed by L more padding steps for a shifted last chunk.
+            parts, labels, starts, offset = [], [], [], 0
+            for s in songs:
+                x, y = song_chunks(s.features, s.labels, seq_len)
+                parts += [x.reshape(-1, 12), np.zeros((seq_len, 12), np.float32)]
+                labels += [y.reshape(-1), np.full(seq_len, IGNORE_LABEL, y.dtype)]
+                starts.append(offset + seq_len * np.arange(len(x)))
+                offset += (len(x) + 1) * seq_len
+            self.stream = np.concatenate(parts).astype(np.float32)
+            self.stream_labels = np.concatenate(labels)
+            self.targets = np.concatenate(starts)
+            self._window = np.arange(seq_len)
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.targets)
 
     def __getitem__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         indices = np.asarray(indices)
         if self.mode == "window":
             x = self.stream[self.targets[indices][:, None] + self._window]
+            y = self.labels[indices]
         else:
-            x = self.inputs[indices]
-        y = self.labels[indices]
+            starts = self.targets[indices]
+            if self.random_offset:
+                starts = starts + torch.randint(0, self.seq_len, (len(indices),)).numpy()
+            x = self.stream[starts[:, None] + self._window]
+            y = self.stream_labels[starts[:, None] + self._window]
         if self.augment == "transpose":
             shift = torch.randint(0, 12, (len(indices),)).numpy()
             x = transpose_chroma(x, shift[:, None])

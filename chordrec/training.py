@@ -250,7 +250,7 @@ def fit(
     train: BatchedExamples,
     validation: Sequence[SongSteps],
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau,
     settings: TrainerSettings,
     device: torch.device,
     checkpoint_dir: Path,
@@ -260,6 +260,10 @@ def fit(
 ) -> FitResult:
     """Train until the learning rate falls below ``min_lr`` (converged), validation
     accuracy stops improving for ``early_stopping_patience`` epochs, or ``max_epochs``.
+
+    The scheduler steps once per epoch: a ``ReduceLROnPlateau`` on the validation loss
+    (and only then does ``min_lr`` end training), any other (e.g. cosine annealing over
+    ``max_epochs``) on the epoch count.
 
     Every epoch writes ``last.pt`` (and ``best.pt`` on a new best validation accuracy)
     under ``checkpoint_dir``: model, optimizer, scheduler, scaler, epoch, RNG states,
@@ -290,7 +294,8 @@ def fit(
         best_state = torch.load(checkpoint_dir / "best.pt", weights_only=True)["model"]
     n_per_epoch = max(1, len(train) // max(1, settings.window_stride))
     stop_reason, converged, epochs_run = "max_epochs", False, start_epoch - 1
-    if _lr(optimizer) < settings.min_lr:  # resumed after the stop rule had fired
+    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    if plateau and _lr(optimizer) < settings.min_lr:  # resumed after the stop rule had fired
         stop_reason, converged = "lr_below_min", True
     for epoch in range(start_epoch, settings.max_epochs + 1):
         if converged:
@@ -304,7 +309,10 @@ def fit(
             model, validation, train.seq_len, train.mode, device, settings.eval_batch_size
         )
         lr = _lr(optimizer)
-        scheduler.step(val.loss)
+        if plateau:
+            scheduler.step(val.loss)
+        else:
+            scheduler.step()
         epoch_time = time.perf_counter() - started
         elapsed += epoch_time
         metrics = {
@@ -339,7 +347,7 @@ def fit(
         if observer is not None:
             observer(epoch, metrics, written)
         epochs_run = epoch
-        if _lr(optimizer) < settings.min_lr:
+        if plateau and _lr(optimizer) < settings.min_lr:
             stop_reason, converged = "lr_below_min", True
         elif (
             settings.early_stopping_patience
