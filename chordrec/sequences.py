@@ -98,9 +98,9 @@ class BatchedExamples(torch.utils.data.Dataset):
     drawn from torch's RNG (seeded per DataLoader worker and epoch).
 
     ``random_offset`` (sequence mode, training): each chunk starts a random 0..L-1 steps
-    after its fixed start, drawn per example, so chunk boundaries move from epoch to
-    epoch; steps past a song's end are padding (:data:`IGNORE_LABEL`). Off, the chunks
-    are exactly :func:`song_chunks`.
+    after its fixed start (at most at the song's last step), drawn per example, so chunk
+    boundaries move from epoch to epoch; steps past a song's end are padding
+    (:data:`IGNORE_LABEL`). Off, the chunks are exactly :func:`song_chunks`.
     """
 
     def __init__(
@@ -137,16 +137,19 @@ class BatchedExamples(torch.utils.data.Dataset):
         else:
             # One stream: each song's chunks (ceil(steps / L) * L steps, padded as in
             # song_chunks) followed by L more padding steps for a shifted last chunk.
-            parts, labels, starts, offset = [], [], [], 0
+            parts, labels, starts, max_offsets, offset = [], [], [], [], 0
             for s in songs:
                 x, y = song_chunks(s.features, s.labels, seq_len)
                 parts += [x.reshape(-1, 12), np.zeros((seq_len, 12), np.float32)]
                 labels += [y.reshape(-1), np.full(seq_len, IGNORE_LABEL, y.dtype)]
-                starts.append(offset + seq_len * np.arange(len(x)))
+                fixed = seq_len * np.arange(len(x))
+                starts.append(offset + fixed)
+                max_offsets.append(np.minimum(seq_len - 1, s.n_steps - 1 - fixed))
                 offset += (len(x) + 1) * seq_len
             self.stream = np.concatenate(parts).astype(np.float32)
             self.stream_labels = np.concatenate(labels)
             self.targets = np.concatenate(starts)
+            self.max_offsets = np.concatenate(max_offsets)
             self._window = np.arange(seq_len)
 
     def __len__(self) -> int:
@@ -160,7 +163,8 @@ class BatchedExamples(torch.utils.data.Dataset):
         else:
             starts = self.targets[indices]
             if self.random_offset:
-                starts = starts + torch.randint(0, self.seq_len, (len(indices),)).numpy()
+                draw = torch.rand(len(indices), dtype=torch.float64).numpy()
+                starts = starts + (draw * (self.max_offsets[indices] + 1)).astype(np.int64)
             x = self.stream[starts[:, None] + self._window]
             y = self.stream_labels[starts[:, None] + self._window]
         if self.augment == "transpose":

@@ -105,7 +105,10 @@ def test_min_input_length(name, minimum):
         model(torch.zeros(1, minimum - 1, features))
 
 
-@pytest.mark.parametrize(("name", "time"), [("crnn2", 40), ("crnn2", 128), ("crnn1", 30)])
+@pytest.mark.parametrize(
+    ("name", "time"),
+    [("crnn2", 40), ("crnn2", 128), ("crnn1", 30), ("bigru_halfrate", 256), ("bigru_halfrate", 31)],
+)
 def test_step_logits_map_input_steps_to_pooled_outputs(name, time):
     model = preset(name).eval()
     x = torch.randn(3, time, 12)

@@ -203,6 +203,40 @@ def test_transpose_augmentation_keeps_chroma_and_labels_consistent(mode):
     np.testing.assert_array_equal(y2, y1)
 
 
+def test_random_offsets_shift_each_chunk_within_its_song():
+    steps = [song_steps(s, "frame") for s in SONGS]
+    L = 8
+    examples = BatchedExamples(steps, seq_len=L, mode="sequence", random_offset=True)
+    assert len(examples) == len(BatchedExamples(steps, seq_len=L, mode="sequence"))
+    torch.manual_seed(0)
+    x, y = _all(examples)
+    offsets, i = [], 0
+    for n, s in enumerate(steps):
+        # the song followed by padding: zero chroma, ignored labels
+        pad = -(-s.n_steps // L) * L + L - s.n_steps
+        fx = np.concatenate([s.features, np.zeros((pad, 12), np.float32)])
+        fy = np.concatenate([s.labels, np.full(pad, IGNORE_LABEL)])
+        for k in range(-(-s.n_steps // L)):
+            # random chroma: exactly one offset 0..L-1 reproduces the example
+            found = [
+                r
+                for r in range(L)
+                if np.array_equal(x[i], fx[k * L + r : k * L + r + L])
+                and np.array_equal(y[i], fy[k * L + r : k * L + r + L])
+            ]
+            assert len(found) == 1, (n, k, found)
+            assert found[0] <= s.n_steps - 1 - k * L  # never a chunk of padding only
+            offsets.append(found[0])
+            i += 1
+    assert i == len(examples)
+    assert len(set(offsets)) > 3  # really drawn per example
+
+
+def test_random_offsets_are_for_sequence_mode_only():
+    with pytest.raises(ValueError, match="sequence mode only"):
+        BatchedExamples([song_steps(SONGS[0], "frame")], 4, "window", random_offset=True)
+
+
 # --------------------------------------------------------------------------- transposition
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import mlflow
 import pytest
 import torch
@@ -185,3 +187,30 @@ def test_transposition_augmentation_at_beat_level(train_config):
     r = _only_run(_client(cfg))
     assert r.info.status == "FINISHED"
     assert r.data.params["data.augment"] == "transpose"
+
+
+def test_cosine_schedule_runs_to_max_epochs_past_min_lr(train_config):
+    # The plateau stop rule (lr < min_lr) must not cut a cosine schedule short.
+    cfg = train_config(
+        "scheduler=cosine",
+        "trainer.max_epochs=3",
+        "trainer.min_lr=5e-4",
+        "model=rnn_baseline",
+        "seq_len=32",
+        "split.max_songs=1",
+        "data.random_offset=true",
+    )
+    run(cfg)
+    client = _client(cfg)
+    r = _only_run(client)
+    assert r.info.status == "FINISHED"
+    assert r.data.metrics["epochs_run"] == 3
+    assert r.data.tags["stop_reason"] == "max_epochs"
+    lrs = [
+        m.value
+        for m in sorted(client.get_metric_history(r.info.run_id, "lr"), key=lambda m: m.step)
+    ]
+    lr0, eta_min = cfg.optimizer.lr, cfg.scheduler.eta_min
+    expected = [eta_min + (lr0 - eta_min) * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)]
+    assert lrs == pytest.approx(expected)
+    assert lrs[-1] < cfg.trainer.min_lr
