@@ -129,17 +129,22 @@ def _table(args: argparse.Namespace) -> int:
     _configure_store(args)
     runs = find_runs(args.experiment, args.study)
     try:
-        text = _table_text(runs, PRESETS, args.format)
+        if args.runs:
+            from chordrec.table import build_run_table, render
+
+            text = render(build_run_table(runs), args.format)
+        else:
+            text = _table_text(runs, PRESETS, args.format)
     except IncompleteTableError as exc:
         print(f"chordrec table: incomplete table: {exc}", file=sys.stderr)
         return 1
-    artifact = f"table5.{args.format}"
+    artifact = f"{'runs' if args.runs else 'table5'}.{args.format}"
     parents = [r for r in runs if r.tags.get("kind") == "study"]
     if parents:
         log_text_to_run(parents[0].run_id, text, artifact)
         where = f"study run {parents[0].run_id}"
     else:
-        name = f"table5 {args.study or args.experiment}"
+        name = f"{'runs' if args.runs else 'table5'} {args.study or args.experiment}"
         where = "run " + create_run_with_text(
             args.experiment, name, text, artifact, {"kind": "table"}
         )
@@ -363,10 +368,16 @@ def build_parser() -> argparse.ArgumentParser:
             "Print Table 5 (one column per preset a-f: example counts, converged, validation and "
             "test accuracy, training time, epochs, best epoch, run id, the report's numbers and "
             "the difference) from the newest FINISHED run of each preset, and log it as an "
-            "artifact. Exits 1, naming the run and the metric, if any cell cannot be filled."
+            "artifact. Exits 1, naming the run and the metric, if any cell cannot be filled. "
+            "With --runs: one row per FINISHED run instead (a sweep's results: the settings "
+            "that vary between the runs, argmax and Viterbi accuracy, majmin and root WCSR, "
+            "epochs, training time), with mean and std rows when the runs differ in seed only."
         ),
     )
     table.add_argument("--study", help="only the runs of this study id")
+    table.add_argument(
+        "--runs", action="store_true", help="one row per run (a sweep or seeds), not Table 5"
+    )
     table.add_argument("--format", choices=("md", "csv", "html"), default="md")
     table.add_argument("--out", type=Path, help="also write the table to this file")
     _add_tracking_options(table, experiment=True)

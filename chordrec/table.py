@@ -223,3 +223,74 @@ def render(table: pd.DataFrame, fmt: str = "md") -> str:
     if fmt == "html":
         return shown.to_html()
     raise ValueError(f"format must be md, csv or html, got {fmt!r}")
+
+
+# --------------------------------------------------------------------------- run tables
+
+RUN_COLUMNS = {
+    "val_frame_acc_argmax": "val % (argmax)",
+    "val_frame_acc_viterbi": "val % (Viterbi)",
+    "test_frame_acc_argmax": "test % (argmax)",
+    "test_frame_acc_viterbi": "test % (Viterbi)",
+    "test_majmin": "test majmin %",
+    "test_root": "test root %",
+}
+BOOKKEEPING = ("study", "table")  # tag ``kind`` of parent and table runs: not training runs
+# Settings that differ between runs without making them different experiments.
+NOT_A_FACTOR = ("run_name", "resume", "tracking.", "trainer.num_threads", "trainer.progress")
+
+
+def run_factors(runs: Sequence[RunRecord]) -> dict[str, dict[str, str]]:
+    """What sets ``runs`` apart: for each run id, the settings whose values differ between
+    the runs. When every run comes from a Hydra sweep, these are the command-line overrides
+    (tag ``sweep_overrides``, e.g. ``data.augment=none``); otherwise the MLflow params (the
+    flattened config), bookkeeping keys left out. A missing key counts as a value ("-")."""
+    if all("sweep_overrides" in r.tags for r in runs):
+        settings = {
+            r.run_id: dict(o.partition("=")[::2] for o in r.tags["sweep_overrides"].split())
+            for r in runs
+        }
+    else:
+        settings = {
+            r.run_id: {k: v for k, v in r.params.items() if not k.startswith(NOT_A_FACTOR)}
+            for r in runs
+        }
+    keys = sorted({k for s in settings.values() for k in s})
+    varying = [k for k in keys if len({s.get(k, "-") for s in settings.values()}) > 1]
+    return {run_id: {k: s.get(k, "-") for k in varying} for run_id, s in settings.items()}
+
+
+def build_run_table(runs: Sequence[RunRecord]) -> pd.DataFrame:
+    """One row per FINISHED run of a sweep (oldest first): the settings that vary between
+    the runs (:func:`run_factors`), accuracies in %, epochs (best) and training time,
+    indexed by run id.
+
+    When the runs differ in ``seed`` only (replicates), mean and sample standard deviation
+    rows follow. Raises :class:`IncompleteTableError` for no finished run or a run
+    lacking a metric, naming it."""
+    finished = sorted(
+        (r for r in runs if r.status == "FINISHED" and r.tags.get("kind") not in BOOKKEEPING),
+        key=lambda r: r.start_time,
+    )
+    if not finished:
+        raise IncompleteTableError("no FINISHED run to tabulate")
+    factors = run_factors(finished)
+    rows: dict[str, dict[str, object]] = {}
+    values: dict[str, list[float]] = {label: [] for label in RUN_COLUMNS.values()}
+    for r in finished:
+        column = Column(r.tags.get("preset", "?"), r)
+        row: dict[str, object] = dict(factors[r.run_id])
+        for key, label in RUN_COLUMNS.items():
+            value = 100 * _metric(column, key)
+            values[label].append(value)
+            row[label] = f"{value:.2f}"
+        row["epochs (best)"] = (
+            f"{int(_metric(column, 'epochs_run'))} ({int(_metric(column, 'best_epoch'))})"
+        )
+        row["training time"] = _duration(_metric(column, "train_time_s"))
+        rows[r.run_id] = row
+    if len(finished) > 1 and list(factors[finished[0].run_id]) == ["seed"]:
+        for name, stat in (("mean", pd.Series.mean), ("std", pd.Series.std)):
+            rows[name] = {"seed": "-", "epochs (best)": "", "training time": ""}
+            rows[name].update({k: f"{stat(pd.Series(v)):.2f}" for k, v in values.items()})
+    return pd.DataFrame(rows).T.fillna("")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import statistics
 import subprocess
 import sys
 
@@ -177,6 +178,22 @@ def test_four_parallel_runs_all_finish_with_every_metric(data_root, tmp_path):
         )
         assert [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")] == [1, 2]
 
+    # the seeds' run table: one row per run, then mean and sample std over the seeds
+    store = str(tmp_path / "mlruns")
+    table = _chordrec("table", "--runs", "--store", store, "--format", "csv", cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    rows = {line.split(",")[0]: line.split(",") for line in table.stdout.splitlines()}
+    header = rows.pop("")
+    assert header[1] == "seed" and "test % (Viterbi)" in header
+    assert set(rows) == {r.info.run_id for r in runs} | {"mean", "std"}
+    column = header.index("test % (Viterbi)")
+    accs = [100 * r.data.metrics["test_frame_acc_viterbi"] for r in runs]
+    assert float(rows["mean"][column]) == pytest.approx(statistics.mean(accs), abs=0.006)
+    assert float(rows["std"][column]) == pytest.approx(statistics.stdev(accs), abs=0.006)
+    # logged too: a table run holds it, and it is not itself a row the next time
+    again = _chordrec("table", "--runs", "--store", store, "--format", "csv", cwd=tmp_path)
+    assert again.stdout == table.stdout
+
 
 def test_optuna_sweep_runs_each_trial_as_a_run(data_root, tmp_path):
     output, _, runs = _sweep(
@@ -199,3 +216,9 @@ def test_sweep_over_models_and_lengths(data_root, tmp_path):
     ]
     assert all(r.info.status == "FINISHED" for r in runs)
     assert len({r.data.tags["sweep_job"] for r in runs}) == 4
+
+    # the sweep's run table names its two factors; no mean over different configs
+    table = _chordrec("table", "--runs", "--store", str(tmp_path / "mlruns"), cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.splitlines()[0].startswith("| | model_name | seq_len | val % (argmax) |")
+    assert "mean" not in table.stdout and len(table.stdout.splitlines()) == 2 + 4
