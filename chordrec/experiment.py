@@ -79,6 +79,12 @@ def build_context(cfg: Any) -> RunContext:
         raise ValueError(
             f"model needs seq_len >= {min_len} (its conv blocks pool the time axis), got {cfg.seq_len}"
         )
+    if cfg.seq_mode == "window" and (cfg.trainer.eval_seq_len or cfg.trainer.eval_overlap):
+        raise ValueError("trainer.eval_seq_len and trainer.eval_overlap are for seq_mode=sequence")
+    if cfg.trainer.eval_seq_len is not None and cfg.trainer.eval_seq_len < max(min_len, 2):
+        raise ValueError(
+            f"trainer.eval_seq_len must be >= {max(min_len, 2)}, got {cfg.trainer.eval_seq_len}"
+        )
     if getattr(model, "in_features", 12) != 12:
         raise ValueError(
             f"model expects {model.in_features} input features but chroma has 12 "
@@ -174,10 +180,10 @@ def finish_run(
     model = context.model
     model.load_state_dict(result.best_state)
     model.to(device)
-    seq_len, mode = cfg.seq_len, cfg.seq_mode
-    batch = cfg.trainer.eval_batch_size
-    val = evaluate(model, context.validation, seq_len, mode, device, batch)
-    test = evaluate(model, context.test, seq_len, mode, device, batch)
+    seq_len, mode = cfg.trainer.eval_seq_len or cfg.seq_len, cfg.seq_mode
+    batch, overlap = cfg.trainer.eval_batch_size, cfg.trainer.eval_overlap
+    val = evaluate(model, context.validation, seq_len, mode, device, batch, overlap=overlap)
+    test = evaluate(model, context.test, seq_len, mode, device, batch, overlap=overlap)
     self_transition, _ = tune_self_transition(
         val.log_probs, [s.song.labels for s in context.validation]
     )

@@ -40,6 +40,8 @@ def _settings(cfg: DictConfig) -> TrainerSettings:
         early_stopping_patience=cfg.trainer.early_stopping_patience,
         batch_size=cfg.data.batch_size,
         eval_batch_size=cfg.trainer.eval_batch_size,
+        eval_seq_len=cfg.trainer.eval_seq_len,
+        eval_overlap=cfg.trainer.eval_overlap,
         num_workers=cfg.data.num_workers,
         window_stride=cfg.data.window_stride,
         grad_clip=cfg.trainer.grad_clip,

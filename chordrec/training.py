@@ -73,26 +73,71 @@ def predict_log_probs(
     mode: str,
     device: torch.device,
     batch_size: int = 1024,
+    overlap: bool = False,
 ) -> np.ndarray:
     """Log class posteriors for every step of one song: (steps, classes) float32.
 
     ``window`` mode predicts step t from the ``seq_len`` steps ending at t (the
     model's last output); ``sequence`` mode predicts all steps of consecutive chunks.
+    With ``overlap`` (sequence mode), chunks start every ``seq_len // 2`` steps, so every
+    step lies in two chunks, and its posterior is their average weighted by a triangle
+    that peaks mid-chunk: no step is predicted from one side of its context only.
     """
     model.eval()
     if mode == "window":
         inputs = song_windows(steps.features, seq_len)
+    elif overlap:
+        return _overlapped_log_probs(model, steps.features, seq_len, device, batch_size)
     else:
         inputs, _ = song_chunks(steps.features, steps.labels, seq_len)
+    logits = _batched_logits(model, inputs, mode, device, batch_size)
+    return torch.log_softmax(logits, dim=-1).reshape(-1, logits.shape[-1]).numpy()[: steps.n_steps]
+
+
+def _batched_logits(
+    model: nn.Module, inputs: np.ndarray, mode: str, device: torch.device, batch_size: int
+) -> torch.Tensor:
+    """The model's float32 CPU logits for ``inputs`` (examples, seq_len, features), run in
+    batches: (examples, classes) in window mode, (examples, seq_len, classes) otherwise."""
     outputs = []
     for start in range(0, len(inputs), batch_size):
-        x = torch.from_numpy(np.array(inputs[start : start + batch_size], dtype=np.float32)).to(
-            device
-        )
+        x = torch.from_numpy(np.array(inputs[start : start + batch_size], dtype=np.float32))
         with _autocast(device):
+            x = x.to(device)
             logits = model(x)[:, -1] if mode == "window" else model.step_logits(x)
-        outputs.append(torch.log_softmax(logits.float(), dim=-1).reshape(-1, logits.shape[-1]))
-    return torch.cat(outputs).cpu().numpy()[: steps.n_steps]
+        outputs.append(logits.float().cpu())
+    return torch.cat(outputs)
+
+
+def _overlapped_log_probs(
+    model: nn.Module, features: np.ndarray, seq_len: int, device: torch.device, batch_size: int
+) -> np.ndarray:
+    if seq_len < 2:
+        raise ValueError(f"overlapped chunks need seq_len >= 2, got {seq_len}")
+    hop, n = seq_len // 2, len(features)
+    # hop zero steps before the song, seq_len after: step i sits at hop + i and lies in
+    # the two chunks starting at the multiples of hop in (hop + i - seq_len, hop + i].
+    padded = np.concatenate(
+        [
+            np.zeros((hop, features.shape[1]), np.float32),
+            features,
+            np.zeros((seq_len, features.shape[1]), np.float32),
+        ]
+    )
+    starts = np.arange(0, hop + n, hop)
+    inputs = np.lib.stride_tricks.sliding_window_view(padded, seq_len, axis=0)[starts]
+    probs = torch.softmax(
+        _batched_logits(model, inputs.transpose(0, 2, 1), "sequence", device, batch_size), -1
+    ).numpy()
+    position = np.arange(seq_len)
+    weight = np.minimum(position + 1, seq_len - position).astype(np.float32)
+    total = np.zeros((len(padded), probs.shape[-1]), np.float32)
+    weights = np.zeros(len(padded), np.float32)
+    for start, chunk in zip(starts, probs, strict=True):
+        total[start : start + seq_len] += weight[:, None] * chunk
+        weights[start : start + seq_len] += weight
+    mean = total[hop : hop + n] / weights[hop : hop + n, None]
+    return np.log(np.maximum(mean, np.finfo(np.float32).tiny))
 
 
 @dataclass
@@ -114,12 +159,14 @@ def evaluate(
     device: torch.device,
     batch_size: int = 1024,
     decode: Callable[[np.ndarray], np.ndarray] | None = None,
+    overlap: bool = False,
 ) -> Evaluation:
     """Score every frame of ``songs``: beat-level predictions are spread over their
-    frames. ``decode`` maps frame log posteriors to classes (default argmax)."""
+    frames. ``decode`` maps frame log posteriors to classes (default argmax);
+    ``overlap`` as in :func:`predict_log_probs`."""
     loss_sum, n_steps, correct, n_frames, frame_log_probs = 0.0, 0, 0, 0, []
     for steps in songs:
-        log_probs = predict_log_probs(model, steps, seq_len, mode, device, batch_size)
+        log_probs = predict_log_probs(model, steps, seq_len, mode, device, batch_size, overlap)
         loss_sum += float(-log_probs[np.arange(steps.n_steps), steps.labels].sum())
         n_steps += steps.n_steps
         frame_lp = steps.to_frames(log_probs)
@@ -150,6 +197,8 @@ class TrainerSettings:
     early_stopping_patience: int | None = None
     batch_size: int = 32
     eval_batch_size: int = 1024
+    eval_seq_len: int | None = None  # steps per chunk when evaluating (None: training's)
+    eval_overlap: bool = False  # sequence mode: half-overlapping evaluation chunks
     num_workers: int = 0
     window_stride: int = 1
     grad_clip: float | None = None
@@ -306,7 +355,13 @@ def fit(
             model, train, order, optimizer, scaler, settings, device, desc=f"epoch {epoch}"
         )
         val = evaluate(
-            model, validation, train.seq_len, train.mode, device, settings.eval_batch_size
+            model,
+            validation,
+            settings.eval_seq_len or train.seq_len,
+            train.mode,
+            device,
+            settings.eval_batch_size,
+            overlap=settings.eval_overlap,
         )
         lr = _lr(optimizer)
         if plateau:

@@ -93,7 +93,10 @@ def network_model(
         spec, state = config["model"], checkpoint["model"]
         level, mode = config["data"]["level"], config["seq_mode"]
         seq_len = int(config["seq_len"])
-    except (KeyError, TypeError) as exc:
+        # evaluation chunking, as the run was scored (absent from older checkpoints)
+        seq_len = int(config["trainer"].get("eval_seq_len") or seq_len)
+        overlap = bool(config["trainer"].get("eval_overlap", False))
+    except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{source}: not a chordrec training checkpoint (lacks {exc})") from None
     method = config.get("decode", "argmax")
     if level not in LEVELS or mode not in MODES or method not in DECODE_METHODS:
@@ -111,7 +114,7 @@ def network_model(
     def scores(song: Song) -> np.ndarray:
         steps = song_steps(song, level)
         with _one_cpu_thread(device):
-            log_probs = predict_log_probs(network, steps, seq_len, mode, device)
+            log_probs = predict_log_probs(network, steps, seq_len, mode, device, overlap=overlap)
         return steps.to_frames(log_probs)
 
     return ChordModel(

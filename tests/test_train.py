@@ -190,6 +190,7 @@ def test_transposition_augmentation_at_beat_level(train_config):
 
 
 def test_cosine_schedule_runs_to_max_epochs_past_min_lr(train_config):
+    # (also: random chunk offsets and overlapped evaluation chunks run end to end)
     # The plateau stop rule (lr < min_lr) must not cut a cosine schedule short.
     cfg = train_config(
         "scheduler=cosine",
@@ -199,6 +200,8 @@ def test_cosine_schedule_runs_to_max_epochs_past_min_lr(train_config):
         "seq_len=32",
         "split.max_songs=1",
         "data.random_offset=true",
+        "trainer.eval_overlap=true",
+        "trainer.eval_seq_len=48",
     )
     run(cfg)
     client = _client(cfg)
