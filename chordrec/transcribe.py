@@ -94,8 +94,9 @@ def network_model(
         level, mode = config["data"]["level"], config["seq_mode"]
         seq_len = int(config["seq_len"])
         # evaluation chunking, as the run was scored (absent from older checkpoints)
-        seq_len = int(config["trainer"].get("eval_seq_len") or seq_len)
-        overlap = bool(config["trainer"].get("eval_overlap", False))
+        trainer = config.get("trainer") or {}
+        seq_len = int(trainer.get("eval_seq_len") or seq_len)
+        overlap = bool(trainer.get("eval_overlap", False))
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{source}: not a chordrec training checkpoint (lacks {exc})") from None
     method = config.get("decode", "argmax")

@@ -18,7 +18,7 @@ from chordrec.sequences import (
     song_windows,
 )
 from chordrec.songs import Song
-from chordrec.training import evaluate
+from chordrec.training import evaluate, predict_log_probs
 
 
 def _song(name: str, n_frames: int, seed: int, beat_every: int = 5) -> Song:
@@ -353,3 +353,65 @@ def test_per_step_model_gives_identical_predictions_in_both_modes(level):
         song, lp = SONGS[1], window.log_probs[1]
         for a, b in zip(song.beats[:-1], song.beats[1:], strict=True):
             assert (lp[a:b] == lp[a]).all()
+
+
+def _brute_force_overlap(model: CRNN, features: np.ndarray, seq_len: int) -> np.ndarray:
+    """Reference for overlapped chunks, step by step: each step's two chunks (starting
+    every seq_len // 2 steps from seq_len // 2 steps before the song, zero-padded), their
+    posteriors weighted by the step's distance from the chunk ends."""
+    hop, n = seq_len // 2, len(features)
+    padded = np.concatenate([np.zeros((hop, 12)), features, np.zeros((seq_len, 12))])
+    result = np.zeros((n, N_CLASSES))
+    with torch.no_grad():
+        for i in range(n):
+            at = hop + i
+            total, weights = np.zeros(N_CLASSES), 0.0
+            for start in range(0, at + 1, hop):
+                if start + seq_len <= at:
+                    continue
+                x = torch.tensor(padded[start : start + seq_len][None], dtype=torch.float32)
+                probs = torch.softmax(model.step_logits(x), -1)[0, at - start].numpy()
+                weight = min(at - start + 1, seq_len - (at - start))
+                total += weight * probs
+                weights += weight
+            result[i] = total / weights
+    return np.log(result)
+
+
+@pytest.mark.parametrize("model_name", ["bilstm", "pooled_conv"])
+@pytest.mark.parametrize("seq_len", [8, 9])
+def test_overlapped_chunks_match_a_brute_force_reference(model_name, seq_len):
+    model = _models()[model_name].eval()
+    steps = song_steps(SONGS[0], "frame")
+    got = predict_log_probs(
+        model, steps, seq_len, "sequence", torch.device("cpu"), batch_size=3, overlap=True
+    )
+    assert got.shape == (steps.n_steps, N_CLASSES) and got.dtype == np.float32
+    np.testing.assert_allclose(got, _brute_force_overlap(model, steps.features, seq_len), atol=1e-5)
+    # and it differs from plain chunks: edges now see both sides
+    plain = predict_log_probs(model, steps, seq_len, "sequence", torch.device("cpu"))
+    assert not np.allclose(got, plain, atol=1e-4)
+
+
+@pytest.mark.parametrize("level", ["frame", "beat"])
+def test_overlap_changes_nothing_for_a_per_step_model(level):
+    model = _models()["per_step_linear"]
+    steps = [song_steps(s, level) for s in SONGS]
+    device = torch.device("cpu")
+    plain = evaluate(model, steps, 8, "sequence", device, batch_size=2)
+    overlapped = evaluate(model, steps, 6, "sequence", device, batch_size=2, overlap=True)
+    for a, b in zip(plain.log_probs, overlapped.log_probs, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert plain.frame_accuracy == overlapped.frame_accuracy
+
+
+def test_overlap_needs_two_steps():
+    with pytest.raises(ValueError, match="seq_len >= 2"):
+        predict_log_probs(
+            _models()["bilstm"],
+            song_steps(SONGS[0], "frame"),
+            1,
+            "sequence",
+            torch.device("cpu"),
+            overlap=True,
+        )

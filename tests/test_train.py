@@ -130,6 +130,18 @@ def test_a_config_error_ends_the_run_failed_with_its_config(train_config):
     assert r.data.params["seq_len"] == "4"
 
 
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["seq_mode=window", "trainer.eval_overlap=true"], "are for seq_mode=sequence"),
+        (["model=crnn2", "seq_len=16", "trainer.eval_seq_len=8"], "eval_seq_len must be >= 12"),
+    ],
+)
+def test_bad_evaluation_chunking_is_refused(train_config, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        run(train_config(*overrides))
+
+
 def test_bad_data_ends_the_run_failed_naming_the_file(train_config, data_root, tmp_path):
     import shutil
 

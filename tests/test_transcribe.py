@@ -340,3 +340,33 @@ def test_a_model_trained_on_real_songs(data_root, reference, tmp_path) -> None:
     ref_intervals, ref_labels = reference
     score = mir_eval.chord.evaluate(ref_intervals, ref_labels, intervals, labels)["majmin"]
     assert score >= MIN_MAJMIN_TRAINED
+
+
+def test_a_network_transcribes_with_the_runs_evaluation_chunking() -> None:
+    """A checkpoint scored on overlapped chunks (trainer.eval_*) transcribes the same way."""
+    from chordrec.sequences import song_steps
+    from chordrec.songs import Song
+    from chordrec.training import predict_log_probs
+    from chordrec.transcribe import network_model
+
+    torch.manual_seed(0)
+    spec = {**LINEAR, "rnn": {"type": "gru", "hidden_size": 8, "num_layers": 1}}
+    network = build_model(spec)
+    config = {
+        "model": spec,
+        "data": {"level": "frame"},
+        "seq_len": 16,
+        "seq_mode": "sequence",
+        "decode": "argmax",
+        "trainer": {"eval_seq_len": 24, "eval_overlap": True},
+    }
+    checkpoint = {"model": network.state_dict(), "config": config}
+    rng = np.random.default_rng(0)
+    song = Song("x", rng.random((100, 12)).astype(np.float32), np.zeros(100, np.int64), None)
+    got = network_model(checkpoint, "test").scores(song)
+    steps = song_steps(song, "frame")
+    cpu = torch.device("cpu")
+    expected = predict_log_probs(network.eval(), steps, 24, "sequence", cpu, overlap=True)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    plain = predict_log_probs(network, steps, 16, "sequence", cpu)
+    assert not np.allclose(got, plain, atol=1e-4)
