@@ -144,6 +144,23 @@ def resume_state(run_id: str, store_dir: Path, checkpoint_dir: Path) -> ResumeSt
     return ResumeState(run_id, checkpoint)
 
 
+def load_initial_weights(
+    model: nn.Module, model_config: dict[str, Any], run_id: str, store_dir: Path, dest: Path
+) -> None:
+    """Load the best weights of MLflow run ``run_id`` into ``model`` (config
+    ``init_from``). Raises ValueError when that run's model config differs from
+    ``model_config`` (this run's), naming both."""
+    path = RunTracker(store_dir=store_dir).download_checkpoint(run_id, "best", dest)
+    checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+    theirs, ours = checkpoint["config"]["model"], model_config
+    if theirs != ours:
+        raise ValueError(
+            f"init_from={run_id}: that run's model {theirs} differs from this run's {ours}"
+        )
+    model.load_state_dict(checkpoint["model"])
+    log.info("starting from the best weights of run %s (epoch %d)", run_id, checkpoint["epoch"])
+
+
 def _decoded(log_probs: list[np.ndarray], method: str, self_transition: float) -> list[np.ndarray]:
     return [decode(lp, method, self_transition) for lp in log_probs]
 

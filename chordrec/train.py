@@ -24,6 +24,7 @@ from chordrec.experiment import (
     build_context,
     default_run_name,
     finish_run,
+    load_initial_weights,
     record_dataset,
     resume_state,
 )
@@ -102,6 +103,13 @@ def run(cfg: DictConfig) -> float:
         else:
             tracker.backfill_history(resume.checkpoint["history"])
         checkpoint_dir = _checkpoint_dir(cfg, tracker.run_id)
+        if cfg.init_from and resume is None:
+            tracker.set_tags({"init_from": str(cfg.init_from)})
+            model_config = OmegaConf.to_container(cfg.model, resolve=True)
+            assert isinstance(model_config, dict)
+            load_initial_weights(
+                model, model_config, str(cfg.init_from), tracking_dir, checkpoint_dir / "init"
+            )
         if any(p.requires_grad for p in model.parameters()):
             optimizer = instantiate(cfg.optimizer, params=model.parameters())
             result = fit(

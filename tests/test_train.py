@@ -229,3 +229,35 @@ def test_cosine_schedule_runs_to_max_epochs_past_min_lr(train_config):
     expected = [eta_min + (lr0 - eta_min) * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)]
     assert lrs == pytest.approx(expected)
     assert lrs[-1] < cfg.trainer.min_lr
+
+
+def test_init_from_a_run_evaluates_its_weights_under_other_settings(train_config):
+    first = train_config("model=rnn_baseline", "seq_len=32", "split.max_songs=1")
+    run(first)
+    client = _client(first)
+    source = _only_run(client)
+
+    # max_epochs=0: new runs that evaluate the source's best weights, as it was
+    # evaluated and on overlapped chunks
+    evaluate_only = [
+        "model=rnn_baseline",
+        "seq_len=32",
+        "split.max_songs=1",
+        f"init_from={source.info.run_id}",
+        "trainer.max_epochs=0",
+    ]
+    run(train_config(*evaluate_only, "scheduler=cosine"))
+    run(train_config(*evaluate_only, "trainer.eval_overlap=true"))
+    experiment = client.get_experiment_by_name("chordrec").experiment_id
+    runs = client.search_runs([experiment], f"tags.init_from = '{source.info.run_id}'")
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    plain = next(r for r in runs if r.data.params["trainer.eval_overlap"] == "False")
+    assert plain.data.metrics["epochs_run"] == 0
+    for key in ("val_frame_acc_argmax", "test_frame_acc_argmax", "test_majmin"):
+        assert plain.data.metrics[key] == source.data.metrics[key]
+
+    mismatched = train_config(
+        "model=rnn_table4", "seq_len=32", "split.max_songs=1", f"init_from={source.info.run_id}"
+    )
+    with pytest.raises(ValueError, match="differs from this run's"):
+        run(mismatched)
