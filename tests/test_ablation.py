@@ -48,12 +48,31 @@ def test_each_option_changes_one_factor_of_best(option):
 @pytest.mark.integration
 def test_ablation_sweep_logs_one_run_per_option_and_tabulates(data_root, tmp_path: Path):
     options = ",".join(OPTIONS)
-    _, _, runs = _sweep(data_root, tmp_path, "experiment=best", f"+ablation={options}")
+    # as the README runs it: its own MLflow experiment, the runs tagged with a study id
+    _, _, runs = _sweep(
+        data_root,
+        tmp_path,
+        "experiment=best",
+        f"+ablation={options}",
+        "tracking.experiment=issue4",
+        "+tracking.tags.study=best-ablation",
+        experiment="issue4",
+    )
     assert len(runs) == len(OPTIONS) and all(r.info.status == "FINISHED" for r in runs)
     assert sorted(r.data.params["seq_len"] for r in runs) == ["128", "256", "256", "512"]
 
     table = _chordrec(
-        "table", "--runs", "--store", str(tmp_path / "mlruns"), "--format", "csv", cwd=tmp_path
+        "table",
+        "--runs",
+        "--experiment",
+        "issue4",
+        "--study",
+        "best-ablation",
+        "--store",
+        str(tmp_path / "mlruns"),
+        "--format",
+        "csv",
+        cwd=tmp_path,
     )
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()

@@ -36,9 +36,9 @@ def _chordrec(*args, cwd):
     )
 
 
-def _sweep(data_root, tmp_path, *overrides):
+def _sweep(data_root, tmp_path, *overrides, experiment="chordrec"):
     """Run ``python -m chordrec.train -m <overrides>`` on a tiny budget into a store in
-    tmp_path; returns the command's output and the runs it logged."""
+    tmp_path; returns the command's output and the runs it logged in ``experiment``."""
     store = tmp_path / "mlruns"
     done = subprocess.run(
         [
@@ -60,7 +60,7 @@ def _sweep(data_root, tmp_path, *overrides):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     client = _client(store)
-    runs = client.search_runs([client.get_experiment_by_name("chordrec").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     return done.stdout + done.stderr, client, runs
 
 
