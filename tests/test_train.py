@@ -118,6 +118,10 @@ def test_a_run_logs_everything(train_config, tmp_path):
     assert state["epoch"] == 2 and state["config"]["data"]["level"] == "beat"
     models = client.search_logged_models([r.info.experiment_id])
     assert [lm.source_run_id for lm in models] == [r.info.run_id]
+    # the logged model takes any batch size, not only its input example's
+    logged = mlflow.pytorch.load_model(models[0].model_uri)
+    steps = int(r.data.params["seq_len"])
+    assert logged(torch.zeros(3, steps, 12)).shape[0] == 3
 
 
 def test_a_config_error_ends_the_run_failed_with_its_config(train_config):
