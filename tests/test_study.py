@@ -220,5 +220,5 @@ def test_sweep_over_models_and_lengths(data_root, tmp_path):
     # the sweep's run table names its two factors; no mean over different configs
     table = _chordrec("table", "--runs", "--store", str(tmp_path / "mlruns"), cwd=tmp_path)
     assert table.returncode == 0, table.stderr
-    assert table.stdout.splitlines()[0].startswith("| | model_name | seq_len | val % (argmax) |")
+    assert table.stdout.splitlines()[0].startswith("| | model | seq_len | val % (argmax) |")
     assert "mean" not in table.stdout and len(table.stdout.splitlines()) == 2 + 4
