@@ -32,7 +32,7 @@ closed_port_url = test_fetch.closed_port_url
 
 COMMANDS = ("data", "ui", "train", "table", "study", "transcribe", "register")
 MODELS = ("rnn_baseline", "rnn_table4", "crnn1", "crnn2", "crnn_tagging")
-GROUPS = ("model", "data", "split", "optimizer", "scheduler", "trainer", "tracking")
+GROUPS = ("model", "data", "split", "optimizer", "scheduler", "trainer", "tracking", "ablation")
 
 
 def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -78,6 +78,7 @@ def test_train_help_shows_config_groups_and_examples() -> None:
     footer = result.stdout.split("Examples:", 1)[1]
     assert "python -m chordrec.train resume=<mlflow run id>" in footer
     assert "model=crnn2 data.level=beat" in footer
+    assert "+ablation=none,no_transpose" in footer
 
 
 def test_chordrec_train_forwards_everything(monkeypatch: pytest.MonkeyPatch) -> None:
