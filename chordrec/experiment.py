@@ -259,8 +259,6 @@ def finish_run(
         f"timeline_{song.song.name}.png",
     )
     if cfg.tracking.log_model:
-        # two examples: torch.export (MLflow's pt2 format) fixes a batch dimension of 1
-        chunks = song_chunks(song.features, song.labels, seq_len)[0]
-        example = chunks[np.arange(2) % len(chunks)].astype(np.float32)
+        example = song_chunks(song.features, song.labels, seq_len)[0][:2].astype(np.float32)
         tracker.log_model(model.cpu().eval(), example)
     return summary

@@ -301,9 +301,13 @@ class RunTracker:
         retry_locked(lambda: mlflow.log_dict(dict(data), name))
 
     def log_model(self, model: Any, input_example: np.ndarray) -> str:
-        """Log the torch model (``mlflow.pytorch``) with an input example; returns its URI."""
+        """Log the torch model (``mlflow.pytorch``) with an input example (batch, ...);
+        returns its URI. The model takes any batch size: MLflow's pt2 format exports through
+        torch.export, which would fix a batch of 1, so such an example is repeated."""
         import torch
 
+        if len(input_example) == 1:
+            input_example = np.repeat(input_example, 2, axis=0)
         info = retry_locked(
             lambda: mlflow.pytorch.log_model(
                 model,

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from chordrec.tracking import flatten
 from tests.conftest import CONF, compose_train
 from tests.test_study import _chordrec, _sweep
 
@@ -16,20 +17,13 @@ OPTIONS = sorted(p.stem for p in (CONF / "ablation").glob("*.yaml"))
 CHANGES = {
     "none": {},
     "no_transpose": {"data.augment": ("transpose", "none")},
-    "seq_len_128": {"seq_len": (256, 128)},
-    "seq_len_512": {"seq_len": (256, 512)},
+    "seq_len_128": {"seq_len": ("256", "128")},
+    "seq_len_512": {"seq_len": ("256", "512")},
 }
 
 
-def _flat(cfg) -> dict[str, object]:
-    def walk(node, prefix):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                yield from walk(value, f"{prefix}{key}.")
-        else:
-            yield prefix[:-1], node
-
-    return dict(walk(OmegaConf.to_container(cfg, resolve=True), ""))
+def _flat(cfg) -> dict[str, str]:
+    return flatten(OmegaConf.to_container(cfg, resolve=True))
 
 
 def test_the_documented_options_are_the_group():
