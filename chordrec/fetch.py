@@ -6,6 +6,12 @@ The data set is 400 files (``chroma/``, ``chord/``, ``beat/`` ``.npy`` files and
 (the data set's own ``SHA256SUMS``), so a fetched copy is byte-identical to the
 one the experiments were run on, whichever source it came from.
 
+Below the data set's checksum lines, ``rwc_pop.sha256`` holds chordrec's own pins as
+comment lines, which ``sha256sum -c`` skips: ``# size <bytes> ./<path>`` for every data
+file and for ``README.md``, and ``# sha256 <hex> ./README.md``. A fetch stops reading a
+file one byte past its pinned size, so a bad source cannot fill the disk, and copies the
+README only if it matches its pins.
+
 Sources:
 
 * ``"github"`` (:data:`DEFAULT_SOURCE`): the public upstream repositories at pinned
@@ -37,11 +43,14 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import BinaryIO
 
 from tqdm import tqdm
+
+from chordrec.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +102,7 @@ LABS_BASE_URL = (
 _UPSTREAM_LAB_NAMES: dict[str, str] = {}
 
 
-class DataFetchError(RuntimeError):
+class DataFetchError(UserError, RuntimeError):
     """Fetching or verifying the data set failed; the message names the file and problem."""
 
 
@@ -104,33 +113,136 @@ class _Cancelled(Exception):
 # --------------------------------------------------------------------------- pinned list
 
 
+@dataclass(frozen=True)
+class PinnedFile:
+    """The pinned identity of one file: its sha256 (lowercase hex) and size in bytes."""
+
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class _Pins:
+    """``rwc_pop.sha256`` parsed: the data set's ``SHA256SUMS`` text and every pinned file."""
+
+    checksums_text: bytes
+    files: dict[str, PinnedFile]
+    readme: PinnedFile
+
+
+_PIN_KEYS = ("size", "sha256")
+
+
+def _pins() -> _Pins:
+    """Read and parse ``chordrec/rwc_pop.sha256``."""
+    text = resources.files("chordrec").joinpath(PINNED_CHECKSUMS_RESOURCE).read_bytes()
+    return _parse_pins(text)
+
+
+def _parse_pins(text: bytes) -> _Pins:
+    """Parse the pinned file: checksum lines ``<sha256>  ./<folder>/<file>`` (kept verbatim
+    as the data set's ``SHA256SUMS``) and pin lines ``# <size|sha256> <value> ./<path>``.
+
+    Raises :class:`DataFetchError` on a malformed line, a data file or README without
+    its pins, or a pin for a file that is neither.
+    """
+    checksum_lines: list[bytes] = []
+    checksums: dict[str, str] = {}
+    pins: dict[tuple[str, str], str] = {}
+    for lineno, raw in enumerate(text.splitlines(keepends=True), start=1):
+        line = raw.decode("utf-8").strip()
+        if line.startswith("#"):
+            key, rel, value = _parse_pin_line(line, lineno)
+            pins[key, rel] = value
+            continue
+        checksum_lines.append(raw)
+        if line:
+            rel, digest = _parse_checksum_line(line, lineno)
+            checksums[rel] = digest
+    files = {
+        rel: PinnedFile(digest, int(_pop_pin(pins, "size", rel)))
+        for rel, digest in checksums.items()
+    }
+    readme = PinnedFile(
+        _pop_pin(pins, "sha256", README_FILE), int(_pop_pin(pins, "size", README_FILE))
+    )
+    if pins:
+        key, rel = next(iter(pins))
+        raise DataFetchError(f"{PINNED_CHECKSUMS_RESOURCE}: {key} pinned for unknown file {rel!r}")
+    return _Pins(b"".join(checksum_lines), files, readme)
+
+
+def _malformed(lineno: int, line: str) -> DataFetchError:
+    return DataFetchError(f"{PINNED_CHECKSUMS_RESOURCE}: malformed line {lineno}: {line!r}")
+
+
+def _parse_checksum_line(line: str, lineno: int) -> tuple[str, str]:
+    """``<sha256>  ./<folder>/<file>`` -> (relative path, sha256)."""
+    digest, sep, name = line.partition(" ")
+    name = name.strip().lstrip("*")
+    if not sep or len(digest) != 64 or not name:
+        raise _malformed(lineno, line)
+    rel = _strip_dot(name)
+    parts = Path(rel).parts
+    if Path(rel).is_absolute() or ".." in parts or len(parts) != 2:
+        raise DataFetchError(f"{PINNED_CHECKSUMS_RESOURCE}: unexpected path {name!r}")
+    return rel, digest.lower()
+
+
+def _parse_pin_line(line: str, lineno: int) -> tuple[str, str, str]:
+    """``# size <bytes> ./<path>`` or ``# sha256 <hex> ./<path>`` -> (key, path, value)."""
+    fields = line[1:].split()
+    if len(fields) != 3 or fields[0] not in _PIN_KEYS:
+        raise _malformed(lineno, line)
+    key, value, name = fields
+    valid = (
+        value.isascii() and value.isdigit()
+        if key == "size"
+        else len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value)
+    )
+    if not valid:
+        raise _malformed(lineno, line)
+    return key, _strip_dot(name), value.lower()
+
+
+def _strip_dot(name: str) -> str:
+    return name[2:] if name.startswith("./") else name
+
+
+def _pop_pin(pins: dict[tuple[str, str], str], key: str, rel: str) -> str:
+    try:
+        return pins.pop((key, rel))
+    except KeyError:
+        raise DataFetchError(f"{PINNED_CHECKSUMS_RESOURCE}: no pinned {key} for {rel!r}") from None
+
+
 def pinned_checksums_text() -> bytes:
-    """Return the checksum list pinned in the package (``chordrec/rwc_pop.sha256``).
+    """Return the data set's ``SHA256SUMS`` as pinned in the package.
 
     Returns
     -------
     bytes
-        The file's exact content, lines ``<sha256>  ./<folder>/<file>``.
+        The checksum lines of ``chordrec/rwc_pop.sha256`` (``<sha256>  ./<folder>/<file>``),
+        verbatim, without chordrec's ``#`` pin lines.
     """
-    return resources.files("chordrec").joinpath(PINNED_CHECKSUMS_RESOURCE).read_bytes()
+    return _pins().checksums_text
 
 
-def _parse_checksums(text: bytes) -> dict[str, str]:
-    entries: dict[str, str] = {}
-    for lineno, raw in enumerate(text.decode("utf-8").splitlines(), start=1):
-        line = raw.strip()
-        if not line:
-            continue
-        digest, sep, name = line.partition(" ")
-        name = name.strip().lstrip("*")
-        if not sep or len(digest) != 64 or not name:
-            raise DataFetchError(f"{PINNED_CHECKSUMS_RESOURCE}: malformed line {lineno}: {raw!r}")
-        rel = name[2:] if name.startswith("./") else name
-        parts = Path(rel).parts
-        if Path(rel).is_absolute() or ".." in parts or len(parts) != 2:
-            raise DataFetchError(f"{PINNED_CHECKSUMS_RESOURCE}: unexpected path {name!r}")
-        entries[rel] = digest.lower()
-    return entries
+def pinned_files() -> dict[str, PinnedFile]:
+    """Return the pinned sha256 and size of every data file.
+
+    Returns
+    -------
+    dict of str to PinnedFile
+        ``{"beat/N001-M01-T01.npy": PinnedFile(sha256, size), ...}``, relative POSIX
+        paths in the order of the pinned list (400 entries).
+    """
+    return _pins().files
+
+
+def pinned_readme() -> PinnedFile:
+    """Return the pinned sha256 and size of the data set's ``README.md``."""
+    return _pins().readme
 
 
 def pinned_checksums() -> dict[str, str]:
@@ -142,7 +254,7 @@ def pinned_checksums() -> dict[str, str]:
         ``{"beat/N001-M01-T01.npy": "<sha256 hex>", ...}``, relative POSIX paths in
         the order of the pinned list (400 entries).
     """
-    return _parse_checksums(pinned_checksums_text())
+    return {rel: pin.sha256 for rel, pin in pinned_files().items()}
 
 
 # --------------------------------------------------------------------------- sources
@@ -269,16 +381,40 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _copy_hashed(src: BinaryIO, dst: BinaryIO, cancel: threading.Event) -> tuple[str, int]:
+def _copy_hashed(
+    src: BinaryIO, dst: BinaryIO, cancel: threading.Event, limit: int
+) -> tuple[str, int]:
+    """Copy ``src`` to ``dst`` until its end or ``limit`` bytes, whichever comes first;
+    return the sha256 (hex) and the number of bytes copied."""
     h = hashlib.sha256()
     n = 0
-    while chunk := src.read(_CHUNK):
+    while n < limit and (chunk := src.read(min(_CHUNK, limit - n))):
         if cancel.is_set():
             raise _Cancelled
         h.update(chunk)
         dst.write(chunk)
         n += len(chunk)
     return h.hexdigest(), n
+
+
+def _receive(
+    stream: BinaryIO, target: Path, rel: str, pin: PinnedFile, where: str, cancel: threading.Event
+) -> int:
+    """Write ``stream`` to ``target``, reading at most one byte past the pinned size;
+    check the size and sha256 against ``pin`` and return the size in bytes.
+
+    Raises :class:`DataFetchError` naming ``rel``, and for an oversized file ``where``
+    (the source) and the limit; ``target`` is then left for the caller to remove.
+    """
+    with open(target, "wb") as out:
+        got, size = _copy_hashed(stream, out, cancel, pin.size + 1)
+    if size > pin.size:
+        raise DataFetchError(
+            f"{rel}: larger than its pinned size of {pin.size} bytes at {where}; stopped reading"
+        )
+    if got != pin.sha256:
+        raise DataFetchError(f"{rel}: sha256 mismatch (expected {pin.sha256}, got {got})")
+    return size
 
 
 def verify_dataset(root: str | Path) -> None:
@@ -360,8 +496,13 @@ def _is_transient(exc: BaseException) -> bool:
     )
 
 
+def _where(rel: str, source: _Source) -> str:
+    """Where ``rel`` comes from: its URL, or the local mirror's directory."""
+    return source.url_for(rel) if isinstance(source, _HttpSource) else source.description
+
+
 def _describe_error(rel: str, source: _Source, exc: BaseException) -> str:
-    where = source.url_for(rel) if isinstance(source, _HttpSource) else source.description
+    where = _where(rel, source)
     if isinstance(exc, urllib.error.HTTPError):
         return f"{rel}: HTTP {exc.code} {exc.reason} from {where}"
     if isinstance(exc, urllib.error.URLError):
@@ -376,8 +517,11 @@ def _describe_error(rel: str, source: _Source, exc: BaseException) -> str:
     return f"{rel}: {type(exc).__name__}: {exc} ({where})"
 
 
-def _fetch_one(source: _Source, rel: str, expected: str, tmp: Path, cancel: threading.Event) -> int:
-    """Fetch one file into ``tmp`` and check its sha256; return its size in bytes."""
+def _fetch_one(
+    source: _Source, rel: str, pin: PinnedFile, tmp: Path, cancel: threading.Event
+) -> int:
+    """Fetch one file into ``tmp`` (retrying transient HTTP failures), check its size and
+    sha256 against ``pin``; return its size in bytes."""
     if cancel.is_set():
         raise _Cancelled
     target = tmp / rel
@@ -385,9 +529,8 @@ def _fetch_one(source: _Source, rel: str, expected: str, tmp: Path, cancel: thre
     while True:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            with source.open(rel) as stream, open(target, "wb") as out:
-                got, size = _copy_hashed(stream, out, cancel)
-            break
+            with source.open(rel) as stream:
+                return _receive(stream, target, rel, pin, _where(rel, source), cancel)
         except (DataFetchError, _Cancelled):
             raise
         except (OSError, http.client.HTTPException) as exc:
@@ -398,20 +541,17 @@ def _fetch_one(source: _Source, rel: str, expected: str, tmp: Path, cancel: thre
                 time.sleep(delay)
                 continue
             raise DataFetchError(_describe_error(rel, source, exc)) from exc
-    if got != expected:
-        raise DataFetchError(f"{rel}: sha256 mismatch (expected {expected}, got {got})")
-    return size
 
 
-def _fetch_all(source: _Source, entries: dict[str, str], tmp: Path, progress: bool) -> int:
+def _fetch_all(source: _Source, entries: dict[str, PinnedFile], tmp: Path, progress: bool) -> int:
     cancel = threading.Event()
     total = 0
     bar = tqdm(total=len(entries), unit="file", desc="rwc-pop", disable=not progress, leave=True)
     pool = ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="chordrec-fetch")
     try:
         futures = {
-            pool.submit(_fetch_one, source, rel, digest, tmp, cancel): rel
-            for rel, digest in entries.items()
+            pool.submit(_fetch_one, source, rel, pin, tmp, cancel): rel
+            for rel, pin in entries.items()
         }
         pending = set(futures)
         while pending:
@@ -441,20 +581,29 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} GiB"  # pragma: no cover
 
 
-def _copy_readme(source: _Source, tmp: Path) -> None:
+def _copy_readme(source: _Source, pin: PinnedFile, tmp: Path) -> None:
+    """Copy the source's README into ``tmp`` if it matches ``pin``.
+
+    The README is optional documentation, not data: a source without one, or with one
+    that cannot be read, is too large or does not match its pinned sha256, costs only
+    the README (skipped, with a log message naming the source and the problem), never
+    the verified data set.
+    """
     if isinstance(source, _HttpSource) and source.url_for is upstream_url:
         return  # the upstream repositories hold no README of this data set
     stream = source.open_optional(README_FILE)
     if stream is None:
         log.info("source %s has no %s; skipped", source.description, README_FILE)
         return
-    never = threading.Event()
+    target = tmp / README_FILE
     try:
-        with stream, open(tmp / README_FILE, "wb") as out:
-            _copy_hashed(stream, out, never)
-    except (OSError, http.client.HTTPException) as exc:
-        log.warning("could not copy %s from %s (%s); skipped", README_FILE, source.description, exc)
-        (tmp / README_FILE).unlink(missing_ok=True)
+        with stream:
+            _receive(
+                stream, target, README_FILE, pin, _where(README_FILE, source), threading.Event()
+            )
+    except (DataFetchError, OSError, http.client.HTTPException) as exc:
+        log.warning("%s not copied from %s: %s", README_FILE, source.description, exc)
+        target.unlink(missing_ok=True)
 
 
 def _default_dir_mode() -> int:
@@ -497,15 +646,16 @@ def fetch_dataset(
     -------
     Path
         ``dest``, holding the verified data set, ``SHA256SUMS`` and (if the mirror
-        has one) ``README.md``.
+        has one that matches its pinned sha256 and size) ``README.md``.
 
     Raises
     ------
     DataFetchError
-        On any failure (HTTP error, unreachable source, missing file, sha256
-        mismatch, I/O error), naming the file and the problem. The temporary
-        directory is removed and ``dest`` is left as it was. Also raised if
-        ``dest`` exists, does not verify and ``force`` is False.
+        On any failure (HTTP error, unreachable source, missing file, a file larger
+        than its pinned size (reading stops one byte past it), sha256 mismatch, I/O
+        error), naming the file and the problem. The temporary directory is removed
+        and ``dest`` is left as it was. Also raised if ``dest`` exists, does not
+        verify and ``force`` is False.
     """
     dest = Path(dest).expanduser().absolute()
     if dest.exists() or dest.is_symlink():
@@ -525,14 +675,14 @@ def fetch_dataset(
             return dest
 
     src = _resolve_source(source, timeout)
-    entries = pinned_checksums()
+    pins = _pins()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
-    log.info("fetching %d files from %s into %s", len(entries), src.description, dest)
+    log.info("fetching %d files from %s into %s", len(pins.files), src.description, dest)
     try:
-        nbytes = _fetch_all(src, entries, tmp, progress)
-        (tmp / CHECKSUM_FILE).write_bytes(pinned_checksums_text())
-        _copy_readme(src, tmp)
+        nbytes = _fetch_all(src, pins.files, tmp, progress)
+        (tmp / CHECKSUM_FILE).write_bytes(pins.checksums_text)
+        _copy_readme(src, pins.readme, tmp)
         os.chmod(tmp, _default_dir_mode())
         _install(tmp, dest)
     except DataFetchError:
@@ -544,7 +694,9 @@ def fetch_dataset(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("fetched and verified %d files (%s) into %s", len(entries), _human_bytes(nbytes), dest)
+    log.info(
+        "fetched and verified %d files (%s) into %s", len(pins.files), _human_bytes(nbytes), dest
+    )
     return dest
 
 

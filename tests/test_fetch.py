@@ -1,7 +1,7 @@
 """Tests of chordrec.fetch: fetching the data set from mirrors, verification, failure cleanup.
 
-They use the team's read-only copy of the data set as the mirror (``$CHORDREC_SHARED_DATA``
-or ``../shared/datasets/rwc-pop`` next to the repository) and are skipped without it.
+The tests that need the data set use the verified copy that ``make data`` fetched into
+``data/rwc-pop`` (conftest's ``data_root``) as the mirror, and are skipped without it.
 No test touches the network beyond 127.0.0.1.
 """
 
@@ -11,11 +11,13 @@ import functools
 import hashlib
 import http.server
 import logging
-import os
+import shutil
 import socket
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,22 +37,15 @@ from chordrec.fetch import (
 CORRUPT_REL = "chroma/N003-M01-T03.npy"
 
 
-def _shared_data_dir() -> Path:
-    env = os.environ.get("CHORDREC_SHARED_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).parents[1] / ".." / "shared" / "datasets" / "rwc-pop"
+FLOOD_BYTES = 256 << 20
+"""What the flooding test server sends at most: far more than any pinned size plus the
+socket buffers between it and the client."""
 
 
 @pytest.fixture(scope="module")
-def shared() -> Path:
-    path = _shared_data_dir().resolve()
-    if not (path / "SHA256SUMS").is_file():
-        pytest.skip(
-            f"shared RWC-Pop copy not found at {path} "
-            "(set CHORDREC_SHARED_DATA to the data set directory)"
-        )
-    return path
+def shared(data_root: Path) -> Path:
+    """conftest's ``data_root`` under the name that tests/test_cli.py imports from here."""
+    return data_root
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -58,14 +53,54 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _Flood:
+    """One file that a server sends as ``budget`` zero bytes; counts the bytes it sent."""
+
+    def __init__(self, rel: str, budget: int) -> None:
+        self.rel = rel
+        self.budget = budget
+        self.sent = 0
+        self.done = threading.Event()
+
+
+class _FloodHandler(_QuietHandler):
+    """Serves a directory, but ``flood.rel`` as ``flood.budget`` zero bytes with no
+    Content-Length (an HTTP/1.0 body that ends when the connection does), or until the
+    client hangs up."""
+
+    def __init__(self, *args: Any, flood: _Flood, **kwargs: Any) -> None:
+        self.flood = flood
+        super().__init__(*args, **kwargs)
+
+    def do_GET(self) -> None:
+        if self.path != f"/{self.flood.rel}":
+            super().do_GET()
+            return
+        self.send_response(200)
+        self.end_headers()
+        block = bytes(1 << 20)
+        try:
+            while self.flood.sent < self.flood.budget:
+                self.wfile.write(block)
+                self.flood.sent += len(block)
+        except OSError:
+            pass  # the client hung up
+        finally:
+            self.flood.done.set()
+
+
+Handler = Callable[..., http.server.BaseHTTPRequestHandler]
+
+
 @pytest.fixture(scope="module")
-def serve() -> Iterator[Callable[[Path], str]]:
-    """Factory: serve a directory over http://127.0.0.1:<free port>; return the base URL."""
+def serve() -> Iterator[Callable[..., str]]:
+    """Factory: serve a directory over http://127.0.0.1:<free port> (with ``_QuietHandler``
+    or the handler given); return the base URL."""
     servers: list[tuple[http.server.ThreadingHTTPServer, threading.Thread]] = []
 
-    def start(directory: Path) -> str:
-        handler = functools.partial(_QuietHandler, directory=str(directory))
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    def start(directory: Path, handler: Handler = _QuietHandler) -> str:
+        bound = functools.partial(handler, directory=str(directory))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), bound)
         server.daemon_threads = True
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
@@ -88,21 +123,25 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def _corrupt_mirror(shared: Path, root: Path, rel: str = CORRUPT_REL) -> Path:
-    """A mirror like ``shared`` but with one byte of ``rel`` changed (the rest symlinked)."""
+def _mirror_with(data: Path, root: Path, rel: str, content: bytes | None) -> Path:
+    """A mirror like ``data`` (symlinked) but with ``rel`` holding ``content`` (None: absent)."""
     root.mkdir()
-    bad_folder, bad_name = rel.split("/")
-    for entry in shared.iterdir():
-        if entry.name != bad_folder:
+    head, _, tail = rel.partition("/")
+    for entry in data.iterdir():
+        if entry.name != head:
             (root / entry.name).symlink_to(entry)
-    (root / bad_folder).mkdir()
-    for f in (shared / bad_folder).iterdir():
-        if f.name != bad_name:
-            (root / bad_folder / f.name).symlink_to(f)
-    data = bytearray((shared / rel).read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (root / rel).write_bytes(bytes(data))
+    if tail:
+        _mirror_with(data / head, root / head, tail, content)
+    elif content is not None:
+        (root / head).write_bytes(content)
     return root
+
+
+def _corrupt_mirror(data: Path, root: Path, rel: str = CORRUPT_REL) -> Path:
+    """A mirror like ``data`` but with one byte of ``rel`` changed (the rest symlinked)."""
+    content = bytearray((data / rel).read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    return _mirror_with(data, root, rel, bytes(content))
 
 
 def _leftovers(parent: Path) -> list[str]:
@@ -162,36 +201,36 @@ def test_unreachable_server(tmp_path: Path, closed_port_url: str) -> None:
     assert _leftovers(tmp_path) == []
 
 
-# ------------------------------------------------------------------ against the shared copy
+# ------------------------------------------------------------------ against the fetched data
 
 
-def test_shared_copy_verifies(shared: Path) -> None:
-    verify_dataset(shared)
+def test_fetched_data_verifies(data_root: Path) -> None:
+    verify_dataset(data_root)
     expected = hashlib.sha256(pinned_checksums_text()).hexdigest()
-    assert dataset_digest(shared) == expected
+    assert dataset_digest(data_root) == expected
 
 
-def test_fetch_from_local_directory(shared: Path, tmp_path: Path) -> None:
+def test_fetch_from_local_directory(data_root: Path, tmp_path: Path) -> None:
     dest = tmp_path / "data" / "rwc-pop"
-    assert fetch_dataset(str(shared), dest, progress=False) == dest.absolute()
+    assert fetch_dataset(str(data_root), dest, progress=False) == dest.absolute()
     verify_dataset(dest)
     assert (dest / "SHA256SUMS").read_bytes() == pinned_checksums_text()
-    assert (dest / "README.md").read_bytes() == (shared / "README.md").read_bytes()
-    assert dataset_digest(dest) == dataset_digest(shared)
+    assert (dest / "README.md").read_bytes() == (data_root / "README.md").read_bytes()
+    assert dataset_digest(dest) == dataset_digest(data_root)
     assert _leftovers(dest.parent) == []
 
 
-def test_fetch_from_file_url(shared: Path, tmp_path: Path) -> None:
+def test_fetch_from_file_url(data_root: Path, tmp_path: Path) -> None:
     dest = tmp_path / "rwc-pop"
-    fetch_dataset(shared.as_uri(), dest, progress=False)
+    fetch_dataset(data_root.as_uri(), dest, progress=False)
     verify_dataset(dest)
 
 
 def test_fetch_over_http(
-    shared: Path, tmp_path: Path, serve: Callable[[Path], str], capsys: pytest.CaptureFixture
+    data_root: Path, tmp_path: Path, serve: Callable[..., str], capsys: pytest.CaptureFixture
 ) -> None:
     dest = tmp_path / "rwc-pop"
-    base = serve(shared)
+    base = serve(data_root)
     fetch_dataset(base + "/", dest, progress=True)
     verify_dataset(dest)
     assert (dest / "README.md").is_file()
@@ -201,9 +240,9 @@ def test_fetch_over_http(
 
 @pytest.mark.parametrize("via", ["directory", "http"])
 def test_corrupted_mirror(
-    shared: Path, tmp_path: Path, serve: Callable[[Path], str], via: str
+    data_root: Path, tmp_path: Path, serve: Callable[..., str], via: str
 ) -> None:
-    mirror = _corrupt_mirror(shared, tmp_path / "mirror")
+    mirror = _corrupt_mirror(data_root, tmp_path / "mirror")
     source = str(mirror) if via == "directory" else serve(mirror)
     out = tmp_path / "out"
     out.mkdir()
@@ -216,10 +255,9 @@ def test_corrupted_mirror(
 
 @pytest.mark.parametrize("via", ["directory", "http"])
 def test_missing_file_in_mirror(
-    shared: Path, tmp_path: Path, serve: Callable[[Path], str], via: str
+    data_root: Path, tmp_path: Path, serve: Callable[..., str], via: str
 ) -> None:
-    mirror = _corrupt_mirror(shared, tmp_path / "mirror", rel="labs/N050-M04-T02.lab")
-    (mirror / "labs" / "N050-M04-T02.lab").unlink()
+    mirror = _mirror_with(data_root, tmp_path / "mirror", "labs/N050-M04-T02.lab", None)
     source = str(mirror) if via == "directory" else serve(mirror)
     out = tmp_path / "out"
     out.mkdir()
@@ -230,14 +268,14 @@ def test_missing_file_in_mirror(
 
 
 def test_existing_dest(
-    shared: Path,
+    data_root: Path,
     tmp_path: Path,
     closed_port_url: str,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     dest = tmp_path / "rwc-pop"
-    fetch_dataset(str(shared), dest, progress=False)
+    fetch_dataset(str(data_root), dest, progress=False)
 
     # Verified: returned as is; the unreachable source proves nothing is fetched.
     def no_fetch(*args: object, **kwargs: object) -> int:
@@ -254,7 +292,7 @@ def test_existing_dest(
     _flip_byte(bad)
     corrupted = bad.read_bytes()
     with pytest.raises(DataFetchError, match=r"beat/N010-M01-T10\.npy: sha256 mismatch"):
-        fetch_dataset(str(shared), dest, progress=False)
+        fetch_dataset(str(data_root), dest, progress=False)
     assert bad.read_bytes() == corrupted
 
     # A failing forced fetch leaves the old dest in place.
@@ -264,15 +302,15 @@ def test_existing_dest(
 
     # force=True replaces it.
     (dest / "stale-extra-file").write_text("x")
-    assert fetch_dataset(str(shared), dest, force=True, progress=False) == dest
+    assert fetch_dataset(str(data_root), dest, force=True, progress=False) == dest
     verify_dataset(dest)
     assert not (dest / "stale-extra-file").exists()
     assert _leftovers(tmp_path) == []
 
 
-def test_verify_and_digest_errors(shared: Path, tmp_path: Path) -> None:
+def test_verify_and_digest_errors(data_root: Path, tmp_path: Path) -> None:
     dest = tmp_path / "rwc-pop"
-    fetch_dataset(str(shared), dest, progress=False)  # a writable copy
+    fetch_dataset(str(data_root), dest, progress=False)  # a writable copy
     (dest / "labs" / "N100-M07-T10.lab").unlink()
     with pytest.raises(DataFetchError, match=r"^labs/N100-M07-T10\.lab: missing"):
         verify_dataset(dest)
@@ -282,3 +320,111 @@ def test_verify_and_digest_errors(shared: Path, tmp_path: Path) -> None:
     (dest / "SHA256SUMS").unlink()
     with pytest.raises(DataFetchError, match="^SHA256SUMS: missing"):
         dataset_digest(dest)
+
+
+# ------------------------------------------------------------------ pinned sizes and README
+
+
+def test_pinned_sizes_and_readme_match_the_data(data_root: Path) -> None:
+    checksums = pinned_checksums()
+    files = fetch.pinned_files()
+    assert list(files) == list(checksums)
+    for rel, pin in files.items():
+        assert pin == fetch.PinnedFile(checksums[rel], (data_root / rel).stat().st_size)
+    readme = (data_root / "README.md").read_bytes()
+    assert fetch.pinned_readme() == fetch.PinnedFile(
+        hashlib.sha256(readme).hexdigest(), len(readme)
+    )
+
+
+def test_pinned_file_checks_with_sha256sum(data_root: Path) -> None:
+    """The pins that chordrec adds are comment lines: ``sha256sum -c`` still checks the list."""
+    if shutil.which("sha256sum") is None:
+        pytest.skip("sha256sum (GNU coreutils) is not installed")
+    pinned = Path(fetch.__file__).with_name("rwc_pop.sha256")
+    result = subprocess.run(
+        ["sha256sum", "--strict", "--quiet", "-c", str(pinned)],
+        cwd=data_root,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_malformed_pins_are_rejected() -> None:
+    text = Path(fetch.__file__).with_name("rwc_pop.sha256").read_bytes()
+    size_line = next(
+        line
+        for line in text.splitlines(keepends=True)
+        if b"./beat/" in line and line.startswith(b"#")
+    )
+    with pytest.raises(DataFetchError, match=r"no pinned size for 'beat/N001-M01-T01\.npy'"):
+        fetch._parse_pins(text.replace(size_line, b""))
+    with pytest.raises(DataFetchError, match=r"size pinned for unknown file 'beat/N999\.npy'"):
+        fetch._parse_pins(text + b"# size 12 ./beat/N999.npy\n")
+    bad = len(text.splitlines()) + 1
+    with pytest.raises(
+        DataFetchError, match=rf"malformed line {bad}: '# size twelve \./README\.md'"
+    ):
+        fetch._parse_pins(text + b"# size twelve ./README.md\n")
+
+
+@pytest.mark.parametrize("via", ["directory", "http"])
+def test_file_over_its_pinned_size(
+    data_root: Path, tmp_path: Path, serve: Callable[..., str], via: str
+) -> None:
+    content = (data_root / CORRUPT_REL).read_bytes()
+    mirror = _mirror_with(data_root, tmp_path / "mirror", CORRUPT_REL, content + b"\0")
+    source = str(mirror) if via == "directory" else serve(mirror)
+    where = source if via == "directory" else f"{source}/{CORRUPT_REL}"
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(DataFetchError) as err:
+        fetch_dataset(source, out / "rwc-pop", progress=False)
+    assert str(err.value) == (
+        f"{CORRUPT_REL}: larger than its pinned size of {len(content)} bytes "
+        f"at {where}; stopped reading"
+    )
+    assert list(out.iterdir()) == []
+
+
+def test_flooding_server_is_cut_off_at_the_pinned_size(
+    data_root: Path, tmp_path: Path, serve: Callable[..., str]
+) -> None:
+    """A server that would send 256 MiB for one file: the fetch stops reading past the
+    pinned size and hangs up, so the server gets nowhere near sending it all."""
+    flood = _Flood(CORRUPT_REL, FLOOD_BYTES)
+    base = serve(data_root, functools.partial(_FloodHandler, flood=flood))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(DataFetchError) as err:
+        fetch_dataset(base, out / "rwc-pop", progress=False)
+    limit = (data_root / CORRUPT_REL).stat().st_size
+    assert str(err.value) == (
+        f"{CORRUPT_REL}: larger than its pinned size of {limit} bytes "
+        f"at {base}/{CORRUPT_REL}; stopped reading"
+    )
+    assert flood.done.wait(timeout=60), "the server is still sending"
+    assert flood.sent < FLOOD_BYTES
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("change", ["edited", "longer"])
+def test_readme_that_is_not_the_pinned_one_is_not_copied(
+    data_root: Path,
+    tmp_path: Path,
+    serve: Callable[..., str],
+    caplog: pytest.LogCaptureFixture,
+    change: str,
+) -> None:
+    readme = (data_root / "README.md").read_bytes()
+    content = readme.replace(b"RWC", b"CWR", 1) if change == "edited" else readme + b"more\n"
+    base = serve(_mirror_with(data_root, tmp_path / "mirror", "README.md", content))
+    dest = tmp_path / "rwc-pop"
+    with caplog.at_level(logging.WARNING, logger="chordrec.fetch"):
+        fetch_dataset(base, dest, progress=False)
+    verify_dataset(dest)
+    assert not (dest / "README.md").exists()
+    problem = "sha256 mismatch" if change == "edited" else "larger than its pinned size"
+    assert f"README.md not copied from {base}: README.md: {problem}" in caplog.text
+    assert _leftovers(tmp_path) == []
