@@ -8,17 +8,20 @@ training evaluates the best checkpoint and hands every summary to the tracker.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from chordrec import figures
+from chordrec.checkpoints import load_checkpoint, save_checkpoint
 from chordrec.chords import class_names
 from chordrec.decoding import DECODE_METHODS, decode, tune_self_transition
+from chordrec.errors import ConfigError
 from chordrec.evaluation import (
     aggregate_chord_scores,
     chord_scores,
@@ -27,8 +30,17 @@ from chordrec.evaluation import (
     read_lab,
 )
 from chordrec.fetch import DataFetchError, dataset_digest
+from chordrec.inference import InferenceRecipe
 from chordrec.models import build_model
-from chordrec.sequences import BatchedExamples, SongSteps, count_chunks, song_chunks, song_steps
+from chordrec.sequences import (
+    LEVELS,
+    MODES,
+    BatchedExamples,
+    SongSteps,
+    count_chunks,
+    song_chunks,
+    song_steps,
+)
 from chordrec.songs import load_songs, song_names, split_songs
 from chordrec.tracking import RunTracker
 from chordrec.training import FitResult, evaluate
@@ -62,8 +74,28 @@ def default_run_name(cfg: Any) -> str:
     return f"{name}-{cfg.data.level}-{cfg.seq_mode}-L{cfg.seq_len}"
 
 
+def check_settings(cfg: Any) -> None:
+    """Raise :class:`ConfigError` naming the setting when a top-level or evaluation
+    setting is out of range, before any data is loaded."""
+    if not isinstance(cfg.seq_len, int) or cfg.seq_len < 1:
+        raise ConfigError(f"seq_len must be a positive number of steps, got {cfg.seq_len!r}")
+    if cfg.seq_mode not in MODES:
+        raise ConfigError(f"seq_mode must be one of {', '.join(MODES)}, got {cfg.seq_mode!r}")
+    if cfg.data.level not in LEVELS:
+        raise ConfigError(f"data.level must be one of {', '.join(LEVELS)}, got {cfg.data.level!r}")
+    if cfg.decode not in DECODE_METHODS:
+        raise ConfigError(f"decode must be one of {', '.join(DECODE_METHODS)}, got {cfg.decode!r}")
+    if cfg.seq_mode == "window" and (cfg.trainer.eval_seq_len or cfg.trainer.eval_overlap):
+        raise ConfigError("trainer.eval_seq_len and trainer.eval_overlap are for seq_mode=sequence")
+    if not isinstance(cfg.trainer.max_epochs, int) or cfg.trainer.max_epochs < 0:
+        raise ConfigError(f"trainer.max_epochs must be >= 0, got {cfg.trainer.max_epochs!r}")
+    if not isinstance(cfg.data.batch_size, int) or cfg.data.batch_size < 1:
+        raise ConfigError(f"data.batch_size must be >= 1, got {cfg.data.batch_size!r}")
+
+
 def build_context(cfg: Any) -> RunContext:
     """Load the split's songs at the configured level, the training examples, the model."""
+    check_settings(cfg)
     root = Path(cfg.data.root)
     names = song_names(root)
     split = split_songs(
@@ -76,17 +108,15 @@ def build_context(cfg: Any) -> RunContext:
     model = build_model(cfg.model)
     min_len = getattr(model, "min_input_length", 1)
     if cfg.seq_len < min_len:
-        raise ValueError(
+        raise ConfigError(
             f"model needs seq_len >= {min_len} (its conv blocks pool the time axis), got {cfg.seq_len}"
         )
-    if cfg.seq_mode == "window" and (cfg.trainer.eval_seq_len or cfg.trainer.eval_overlap):
-        raise ValueError("trainer.eval_seq_len and trainer.eval_overlap are for seq_mode=sequence")
     if cfg.trainer.eval_seq_len is not None and cfg.trainer.eval_seq_len < max(min_len, 2):
-        raise ValueError(
+        raise ConfigError(
             f"trainer.eval_seq_len must be >= {max(min_len, 2)}, got {cfg.trainer.eval_seq_len}"
         )
     if getattr(model, "in_features", 12) != 12:
-        raise ValueError(
+        raise ConfigError(
             f"model expects {model.in_features} input features but chroma has 12 "
             "(crnn_tagging is the report's Table 1 reference, not a chroma model)"
         )
@@ -139,7 +169,7 @@ def resume_state(run_id: str, store_dir: Path, checkpoint_dir: Path) -> ResumeSt
     tracker = RunTracker(store_dir=store_dir)
     path = tracker.download_checkpoint(run_id, "last", checkpoint_dir)
     tracker.download_checkpoint(run_id, "best", checkpoint_dir)
-    checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+    checkpoint = load_checkpoint(path)
     log.info("resuming run %s after epoch %d", run_id, checkpoint["epoch"])
     return ResumeState(run_id, checkpoint)
 
@@ -151,10 +181,10 @@ def load_initial_weights(
     ``init_from``). Raises ValueError when that run's model config differs from
     ``model_config`` (this run's), naming both."""
     path = RunTracker(store_dir=store_dir).download_checkpoint(run_id, "best", dest)
-    checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+    checkpoint = load_checkpoint(path)
     theirs, ours = checkpoint["config"]["model"], model_config
     if theirs != ours:
-        raise ValueError(
+        raise ConfigError(
             f"init_from={run_id}: that run's model {theirs} differs from this run's {ours}"
         )
     model.load_state_dict(checkpoint["model"])
@@ -184,7 +214,12 @@ def _chord_scores(
 
 
 def finish_run(
-    tracker: RunTracker, context: RunContext, result: FitResult, device: torch.device, cfg: Any
+    tracker: RunTracker,
+    context: RunContext,
+    result: FitResult,
+    device: torch.device,
+    cfg: Any,
+    best_checkpoint: Path,
 ) -> dict[str, float]:
     """Evaluate the best-validation weights on validation and test and log the final
     metrics, figures and model; returns the final metrics.
@@ -193,17 +228,28 @@ def finish_run(
     tuned on validation only); ``val_frame_acc`` / ``test_frame_acc`` use ``cfg.decode``.
     MIREX chord scores (``*_majmin``, ``*_root``, ``*_seg``...) come from the
     ``cfg.decode`` predictions against the original ``labs/`` annotations.
+
+    The run's :class:`~chordrec.inference.InferenceRecipe`, with the tuned
+    self-transition, is then written into ``best_checkpoint`` (created from the
+    evaluated weights if training wrote none) and logged again as
+    ``checkpoints/best.pt``: what transcription loads decodes as the run was scored.
     """
     model = context.model
     model.load_state_dict(result.best_state)
     model.to(device)
-    seq_len, mode = cfg.trainer.eval_seq_len or cfg.seq_len, cfg.seq_mode
-    batch, overlap = cfg.trainer.eval_batch_size, cfg.trainer.eval_overlap
-    val = evaluate(model, context.validation, seq_len, mode, device, batch, overlap=overlap)
-    test = evaluate(model, context.test, seq_len, mode, device, batch, overlap=overlap)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)
+    recipe = InferenceRecipe.from_config(config)
+    seq_len, mode, overlap = recipe.seq_len, recipe.seq_mode, recipe.overlap
+    batch, amp = cfg.trainer.eval_batch_size, cfg.trainer.amp
+    val = evaluate(
+        model, context.validation, seq_len, mode, device, batch, overlap=overlap, amp=amp
+    )
+    test = evaluate(model, context.test, seq_len, mode, device, batch, overlap=overlap, amp=amp)
     self_transition, _ = tune_self_transition(
         val.log_probs, [s.song.labels for s in context.validation]
     )
+    recipe = replace(recipe, self_transition=self_transition)
     summary: dict[str, float] = {"viterbi_self_transition": self_transition}
     predictions = {}
     for part, evaluation, songs in (("val", val, context.validation), ("test", test, context.test)):
@@ -245,6 +291,11 @@ def finish_run(
         },
         "evaluation.json",
     )
+    for part, songs in (("val", context.validation), ("test", context.test)):
+        tracker.log_arrays(
+            {s.song.name: p.astype(np.int8) for p, s in zip(predictions[part], songs, strict=True)},
+            f"predictions/{part}.npz",
+        )
     tracker.log_figure(figures.confusion_matrix_figure(confusion), "confusion_test.png")
     if result.history:
         tracker.log_figure(figures.learning_curves(result.history), "learning_curves.png")
@@ -258,7 +309,22 @@ def finish_run(
         ),
         f"timeline_{song.song.name}.png",
     )
+    tracker.log_checkpoint(write_recipe(best_checkpoint, recipe, model, config))
     if cfg.tracking.log_model:
         example = song_chunks(song.features, song.labels, seq_len)[0][:2].astype(np.float32)
         tracker.log_model(model.cpu().eval(), example)
     return summary
+
+
+def write_recipe(
+    path: Path, recipe: InferenceRecipe, model: nn.Module, config: dict[str, Any]
+) -> Path:
+    """Add ``recipe`` (key ``inference``) to the checkpoint at ``path``; where training
+    wrote none (a training-free model, ``trainer.max_epochs=0``), write one holding
+    ``model``'s weights and ``config``. Returns ``path``."""
+    if path.exists():
+        state = load_checkpoint(path)
+    else:
+        state = {"epoch": 0, "model": model.state_dict(), "config": config}
+    state["inference"] = recipe.to_dict()
+    return save_checkpoint(state, path)

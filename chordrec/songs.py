@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from chordrec.chords import N_CLASSES
+from chordrec.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ FRAME_RATE = 44100 / 512
 """Chroma frames per second (44.1 kHz, hop 512): frame i starts at i * 512 / 44100 s."""
 
 
-class SongDataError(ValueError):
+class SongDataError(UserError, ValueError):
     """A song's files are missing, unreadable or inconsistent."""
 
 

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
@@ -29,10 +30,12 @@ from typing import Any, TypeVar
 
 import mlflow
 import numpy as np
+import psutil
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 import chordrec
+from chordrec.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ DEFAULT_EXPERIMENT = "chordrec"
 T = TypeVar("T")
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """The tracking store cannot be reached or holds no such run."""
 
 
@@ -98,12 +101,21 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
 
 def retry_locked(call: Callable[[], T], attempts: int = 8) -> T:
     """Run ``call``, retrying with backoff while SQLite reports the database locked
-    (several processes of a multirun writing at once)."""
+    (several processes of a multirun writing at once); the last such error is raised
+    after ``attempts`` tries, any other error at once.
+
+    MLflow's SQLite store itself waits for a lock (``PRAGMA busy_timeout``: 20 s in its
+    sessions, Python's sqlite3 default of 5 s while it creates the tables) before it
+    reports it, so only a lock held longer than that is retried here."""
+    if attempts < 1:
+        raise ValueError(f"attempts must be at least 1, got {attempts}")
     for attempt in range(attempts):
         try:
             return call()
         except Exception as exc:  # MlflowException wraps SQLAlchemy's OperationalError
-            if "locked" not in str(exc).lower() or attempt == attempts - 1:
+            # SQLite says "database is locked" (or "database table is locked"); a bare
+            # "locked" would also match other errors, e.g. "blocked"
+            if "is locked" not in str(exc).lower() or attempt == attempts - 1:
                 raise
             time.sleep(0.2 * 2**attempt)
     raise AssertionError("unreachable")
@@ -265,8 +277,12 @@ class RunTracker:
         """Upload the epoch's checkpoints, then its metrics at step ``epoch``: a run
         killed in between lacks the metrics, which :meth:`backfill_history` restores."""
         for path in checkpoints.values():
-            retry_locked(lambda p=path: mlflow.log_artifact(str(p), "checkpoints"))
+            self.log_checkpoint(path)
         self.log_metrics(metrics, step=epoch)
+
+    def log_checkpoint(self, path: Path) -> None:
+        """Upload a checkpoint file as ``checkpoints/<its name>``."""
+        retry_locked(lambda: mlflow.log_artifact(str(path), "checkpoints"))
 
     def metric_history(self, run_id: str | None = None) -> dict[str, dict[int, float]]:
         """Logged per-step values of each metric of a run: ``{metric: {step: value}}``."""
@@ -299,6 +315,15 @@ class RunTracker:
 
     def log_dict(self, data: Mapping[str, Any], name: str) -> None:
         retry_locked(lambda: mlflow.log_dict(dict(data), name))
+
+    def log_arrays(self, arrays: Mapping[str, np.ndarray], name: str) -> None:
+        """Log named arrays as one ``.npz`` artifact ``name`` (read back with
+        ``np.load(..., allow_pickle=False)``)."""
+        directory, file_name = os.path.split(name)
+        with tempfile.TemporaryDirectory(prefix="chordrec-arrays-") as tmp:
+            path = Path(tmp) / file_name
+            np.savez_compressed(path, **arrays)
+            retry_locked(lambda: mlflow.log_artifact(str(path), directory or None))
 
     def log_model(self, model: Any, input_example: np.ndarray) -> str:
         """Log the torch model (``mlflow.pytorch``) with an input example (batch, ...);
@@ -358,6 +383,53 @@ def get_run(run_id: str, client: MlflowClient | None = None):
         return retry_locked(lambda: client.get_run(run_id))
     except mlflow.exceptions.MlflowException as exc:
         raise TrackingError(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from exc
+
+
+def process_tags() -> dict[str, str]:
+    """Tags naming the process that logs a run (host, pid, start time), which
+    :func:`check_resumable` reads to tell a live run from one whose process died."""
+    return {
+        "process_host": socket.gethostname(),
+        "process_pid": str(os.getpid()),
+        "process_started": str(psutil.Process().create_time()),
+    }
+
+
+def check_resumable(run_id: str) -> None:
+    """Raise :class:`TrackingError` unless run ``run_id`` may be resumed: not FINISHED
+    (it has its final metrics and model), and not RUNNING in a process that is alive.
+    A RUNNING run whose process died (SIGKILL, a lost machine) is what resuming is for;
+    one last logged from another host cannot be checked from here and is refused."""
+    run = get_run(run_id)
+    status, tags = run.info.status, run.data.tags
+    if status == RunStatus.to_string(RunStatus.FINISHED):
+        raise TrackingError(
+            f"run {run_id} is FINISHED: resuming would log a second model; start a new run "
+            f"(init_from={run_id} starts one from its best weights)"
+        )
+    if status != RunStatus.to_string(RunStatus.RUNNING):
+        return  # KILLED (Ctrl-C, SIGTERM) or FAILED: its process has ended
+    host, pid, started = (tags.get(k) for k in ("process_host", "process_pid", "process_started"))
+    if host is None or pid is None or started is None:
+        return  # logged before runs named their process: nothing to check
+    if host != socket.gethostname():
+        raise TrackingError(
+            f"run {run_id} is RUNNING in process {pid} on host {host}, which cannot be checked "
+            f"from {socket.gethostname()}; resume it on {host}, or once that process is gone"
+        )
+    if _process_alive(int(pid), float(started)):
+        raise TrackingError(f"run {run_id} is still RUNNING in process {pid} on this host")
+
+
+def _process_alive(pid: int, started: float) -> bool:
+    """Whether process ``pid`` exists and is the one created at ``started`` (not a later
+    process that reuses its number)."""
+    try:
+        process = psutil.Process(pid)
+        same = abs(process.create_time() - started) < 0.01
+        return same and process.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
 
 
 def run_checkpoint(run_id: str, name: str = "best", dest: str | Path | None = None) -> Path:
@@ -446,10 +518,28 @@ class RunRecord:
     tags: dict[str, str]
 
 
+_STUDY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_study_id(study: str) -> str:
+    """Return ``study`` if it is a valid study id: 1-100 letters, digits, '.', '_' or
+    '-', starting with a letter or digit. It becomes a run tag, a Hydra override and an
+    MLflow filter, where a comma would start a sweep and a quote end the filter; raises
+    :class:`~chordrec.errors.ConfigError` naming the id otherwise."""
+    if not _STUDY_ID.fullmatch(study):
+        raise ConfigError(
+            f"study id {study!r}: use 1-100 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return study
+
+
 def find_runs(experiment: str | None = None, study: str | None = None) -> list[RunRecord]:
     """Runs of experiment ``experiment`` (all experiments if None), only those tagged
     ``study=<study>`` if given, newest first. Raises :class:`TrackingError` if the
-    experiment does not exist."""
+    experiment does not exist, ConfigError for an invalid study id."""
+    if study is not None:
+        check_study_id(study)
     client = MlflowClient()
     if experiment is not None:
         found = retry_locked(lambda: client.get_experiment_by_name(experiment))

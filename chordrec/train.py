@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from chordrec.errors import UserError
 from chordrec.experiment import (
     build_context,
     default_run_name,
@@ -28,7 +31,7 @@ from chordrec.experiment import (
     record_dataset,
     resume_state,
 )
-from chordrec.tracking import RunTracker, base_tags, configure
+from chordrec.tracking import RunTracker, base_tags, check_resumable, configure, process_tags
 from chordrec.training import FitResult, TrainerSettings, fit, resolve_device, seed_everything
 
 log = logging.getLogger("chordrec.train")
@@ -56,15 +59,11 @@ def run(cfg: DictConfig) -> float:
     configure(cfg.tracking.store_dir, cfg.tracking.uri)
     tracking_dir = Path(cfg.tracking.store_dir).resolve()
     resume_id = cfg.resume
-    resume = (
-        resume_state(resume_id, tracking_dir, _checkpoint_dir(cfg, resume_id))
-        if resume_id
-        else None
-    )
-    if resume is not None:
-        # The resumed run keeps its own config; only the run id comes from the command line.
-        cfg = OmegaConf.create(resume.checkpoint["config"])
-        cfg.resume = resume_id
+    resume = None
+    if resume_id:
+        check_resumable(resume_id)
+        resume = resume_state(resume_id, tracking_dir, _checkpoint_dir(cfg, resume_id))
+        cfg = resumed_config(resume.checkpoint["config"], cfg)
     seed_everything(cfg.seed)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
@@ -86,6 +85,7 @@ def run(cfg: DictConfig) -> float:
         system_metrics=cfg.tracking.system_metrics,
         system_metrics_interval_s=cfg.tracking.system_metrics_interval_s,
     ) as tracker:
+        tracker.set_tags(process_tags())
         log.info("MLflow run %s in %s", tracker.run_id, tracker.artifact_uri)
         print(
             f"MLflow run id: {tracker.run_id}  (see it with `make ui`, or "
@@ -127,7 +127,7 @@ def run(cfg: DictConfig) -> float:
             )
         else:  # a training-free model (template matching): evaluate it as it is
             result = FitResult.untrained(model)
-        summary = finish_run(tracker, context, result, device, cfg)
+        summary = finish_run(tracker, context, result, device, cfg, checkpoint_dir / "best.pt")
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # both are in the run's artifacts
     log.info(
         "test frame accuracy %.4f (validation %.4f)",
@@ -135,6 +135,29 @@ def run(cfg: DictConfig) -> float:
         summary["val_frame_acc"],
     )
     return summary["val_frame_acc"]
+
+
+MACHINE_SETTINGS = (
+    "trainer.device",
+    "trainer.num_threads",
+    "trainer.progress",
+    "data.root",
+    "data.num_workers",
+    "tracking",
+)
+"""Settings a resumed run takes from the command line that resumes it, not from its own
+config: where it runs, where its data and tracking store are. Everything that shapes
+its results stays as the run began."""
+
+
+def resumed_config(saved: dict[str, Any], command_line: DictConfig) -> DictConfig:
+    """The config a resumed run continues with: its own ``saved`` config, with
+    :data:`MACHINE_SETTINGS` and ``resume`` from ``command_line``."""
+    cfg = OmegaConf.create(saved)
+    for key in MACHINE_SETTINGS:
+        OmegaConf.update(cfg, key, OmegaConf.select(command_line, key), merge=False)
+    cfg.resume = command_line.resume
+    return cfg
 
 
 def _checkpoint_dir(cfg: DictConfig, run_id: str) -> Path:
@@ -161,7 +184,19 @@ def _hydra_job() -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    return run(cfg)
+    """Run one job. A :class:`~chordrec.errors.UserError` of a single run is printed as
+    one line and exits with status 1 (``HYDRA_FULL_ERROR=1`` keeps its traceback); a
+    multirun's launcher reports its jobs' errors itself."""
+    try:
+        return run(cfg)
+    except UserError as exc:
+        if (
+            os.environ.get("HYDRA_FULL_ERROR") == "1"
+            or _hydra_job().get("hydra_mode") == "multirun"
+        ):
+            raise
+        print(f"chordrec.train: error: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

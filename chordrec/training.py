@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from chordrec.checkpoints import load_checkpoint, save_checkpoint
 from chordrec.sequences import IGNORE_LABEL, BatchedExamples, SongSteps, song_chunks, song_windows
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def predict_log_probs(
     device: torch.device,
     batch_size: int = 1024,
     overlap: bool = False,
+    amp: bool = False,
 ) -> np.ndarray:
     """Log class posteriors for every step of one song: (steps, classes) float32.
 
@@ -82,27 +84,33 @@ def predict_log_probs(
     With ``overlap`` (sequence mode), chunks start every ``seq_len // 2`` steps, so every
     step lies in two chunks, and its posterior is their average weighted by a triangle
     that peaks mid-chunk: no step is predicted from one side of its context only.
+    ``amp``: run in float16 on CUDA (:func:`uses_mixed_precision`).
     """
     model.eval()
     if mode == "window":
         inputs = song_windows(steps.features, seq_len)
     elif overlap:
-        return _overlapped_log_probs(model, steps.features, seq_len, device, batch_size)
+        return _overlapped_log_probs(model, steps.features, seq_len, device, batch_size, amp)
     else:
         inputs, _ = song_chunks(steps.features, steps.labels, seq_len)
-    logits = _batched_logits(model, inputs, mode, device, batch_size)
+    logits = _batched_logits(model, inputs, mode, device, batch_size, amp)
     return torch.log_softmax(logits, dim=-1).reshape(-1, logits.shape[-1]).numpy()[: steps.n_steps]
 
 
 def _batched_logits(
-    model: nn.Module, inputs: np.ndarray, mode: str, device: torch.device, batch_size: int
+    model: nn.Module,
+    inputs: np.ndarray,
+    mode: str,
+    device: torch.device,
+    batch_size: int,
+    amp: bool,
 ) -> torch.Tensor:
     """The model's float32 CPU logits for ``inputs`` (examples, seq_len, features), run in
     batches: (examples, classes) in window mode, (examples, seq_len, classes) otherwise."""
     outputs = []
     for start in range(0, len(inputs), batch_size):
         x = torch.from_numpy(np.array(inputs[start : start + batch_size], dtype=np.float32))
-        with _autocast(device):
+        with torch.autocast("cuda", dtype=torch.float16, enabled=uses_mixed_precision(device, amp)):
             x = x.to(device)
             logits = model(x)[:, -1] if mode == "window" else model.step_logits(x)
         outputs.append(logits.float().cpu())
@@ -110,7 +118,12 @@ def _batched_logits(
 
 
 def _overlapped_log_probs(
-    model: nn.Module, features: np.ndarray, seq_len: int, device: torch.device, batch_size: int
+    model: nn.Module,
+    features: np.ndarray,
+    seq_len: int,
+    device: torch.device,
+    batch_size: int,
+    amp: bool,
 ) -> np.ndarray:
     if seq_len < 2:
         raise ValueError(f"overlapped chunks need seq_len >= 2, got {seq_len}")
@@ -127,7 +140,8 @@ def _overlapped_log_probs(
     starts = np.arange(0, hop + n, hop)
     inputs = np.lib.stride_tricks.sliding_window_view(padded, seq_len, axis=0)[starts]
     probs = torch.softmax(
-        _batched_logits(model, inputs.transpose(0, 2, 1), "sequence", device, batch_size), -1
+        _batched_logits(model, inputs.transpose(0, 2, 1), "sequence", device, batch_size, amp),
+        -1,
     ).numpy()
     position = np.arange(seq_len)
     weight = np.minimum(position + 1, seq_len - position).astype(np.float32)
@@ -160,13 +174,14 @@ def evaluate(
     batch_size: int = 1024,
     decode: Callable[[np.ndarray], np.ndarray] | None = None,
     overlap: bool = False,
+    amp: bool = False,
 ) -> Evaluation:
     """Score every frame of ``songs``: beat-level predictions are spread over their
     frames. ``decode`` maps frame log posteriors to classes (default argmax);
-    ``overlap`` as in :func:`predict_log_probs`."""
+    ``overlap`` and ``amp`` as in :func:`predict_log_probs`."""
     loss_sum, n_steps, correct, n_frames, frame_log_probs = 0.0, 0, 0, 0, []
     for steps in songs:
-        log_probs = predict_log_probs(model, steps, seq_len, mode, device, batch_size, overlap)
+        log_probs = predict_log_probs(model, steps, seq_len, mode, device, batch_size, overlap, amp)
         loss_sum += float(-log_probs[np.arange(steps.n_steps), steps.labels].sum())
         n_steps += steps.n_steps
         frame_lp = steps.to_frames(log_probs)
@@ -177,8 +192,10 @@ def evaluate(
     return Evaluation(loss_sum / n_steps, correct / n_frames, n_frames, frame_log_probs)
 
 
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda")
+def uses_mixed_precision(device: torch.device, amp: bool) -> bool:
+    """Whether training and evaluation run in float16 autocast: only on CUDA, and only
+    when ``amp`` (``trainer.amp``) asks for it."""
+    return amp and device.type == "cuda"
 
 
 class EpochObserver(Protocol):
@@ -322,7 +339,7 @@ def fit(
     """
     model.to(device)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    use_amp = settings.amp and device.type == "cuda"
+    use_amp = uses_mixed_precision(device, settings.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     history: dict[str, list[float]] = {}
     best = {"epoch": 0, "val_acc": -math.inf}
@@ -331,7 +348,8 @@ def fit(
         model.load_state_dict(resume_from["model"])
         optimizer.load_state_dict(resume_from["optimizer"])
         scheduler.load_state_dict(resume_from["scheduler"])
-        scaler.load_state_dict(resume_from["scaler"])
+        if resume_from["scaler"]:  # empty when the run so far trained without mixed precision
+            scaler.load_state_dict(resume_from["scaler"])
         set_rng_state(resume_from["rng"])
         history = {k: list(v) for k, v in resume_from["history"].items()}
         best = dict(resume_from["best"])
@@ -340,7 +358,7 @@ def fit(
         log.info("resuming after epoch %d", start_epoch - 1)
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if best["epoch"] and (checkpoint_dir / "best.pt").exists():
-        best_state = torch.load(checkpoint_dir / "best.pt", weights_only=True)["model"]
+        best_state = load_checkpoint(checkpoint_dir / "best.pt", device)["model"]
     n_per_epoch = max(1, len(train) // max(1, settings.window_stride))
     stop_reason, converged, epochs_run = "max_epochs", False, start_epoch - 1
     plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
@@ -362,6 +380,7 @@ def fit(
             device,
             settings.eval_batch_size,
             overlap=settings.eval_overlap,
+            amp=settings.amp,
         )
         lr = _lr(optimizer)
         if plateau:
@@ -387,8 +406,8 @@ def fit(
         state = _state(model, optimizer, scheduler, scaler, epoch, history, best)
         state.update(checkpoint_extra or {})
         if best["epoch"] == epoch:
-            written["best"] = _atomic_save(state, checkpoint_dir / "best.pt")
-        written["last"] = _atomic_save(state, checkpoint_dir / "last.pt")
+            written["best"] = save_checkpoint(state, checkpoint_dir / "best.pt")
+        written["last"] = save_checkpoint(state, checkpoint_dir / "last.pt")
         log.info(
             "epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.2e | %.1f s",
             epoch,
@@ -423,10 +442,3 @@ def fit(
 
 def _lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
-
-
-def _atomic_save(state: dict[str, Any], path: Path) -> Path:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-    return path

@@ -42,12 +42,6 @@ FLOOD_BYTES = 256 << 20
 socket buffers between it and the client."""
 
 
-@pytest.fixture(scope="module")
-def shared(data_root: Path) -> Path:
-    """conftest's ``data_root`` under the name that tests/test_cli.py imports from here."""
-    return data_root
-
-
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass

@@ -1,0 +1,255 @@
+"""What a run was scored with is what it runs with afterwards; resume refuses runs it must
+not reopen; a user's mistake in ``python -m chordrec.train`` is one line, not a traceback."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from chordrec import tracking
+from chordrec.checkpoints import load_checkpoint
+from chordrec.decoding import decode
+from chordrec.inference import InferenceRecipe
+from chordrec.songs import load_songs, song_names, split_songs
+from chordrec.train import resumed_config, run
+from chordrec.transcribe import VITERBI_SELF_TRANSITION, load_model, network_model
+from tests.conftest import REPO, subprocess_env
+
+# experiment=best's decoding and evaluation chunking, on one song per part
+SCORED_LIKE_BEST = [
+    "model=rnn_table4",
+    "seq_len=32",
+    "split.max_songs=1",
+    "decode=viterbi",
+    "trainer.eval_seq_len=64",
+    "trainer.eval_overlap=true",
+]
+
+
+def _runs(cfg) -> list:
+    mlflow.set_tracking_uri(f"sqlite:///{cfg.tracking.store_dir}/mlflow.db")
+    client = MlflowClient()
+    return client.search_runs([client.get_experiment_by_name("chordrec").experiment_id])
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("level", ["frame", "beat"])
+def test_transcription_predicts_what_the_run_scored(train_config, level):
+    """A validation song's chroma through the model as `chordrec transcribe` loads it
+    gives the run's own validation predictions, frame for frame, decoded with the
+    self-transition tuned on validation."""
+    cfg = train_config(
+        *SCORED_LIKE_BEST,
+        f"data.level={level}",
+        "trainer.max_epochs=3",
+        "optimizer.lr=0.01",
+        "data.batch_size=4",
+    )
+    run(cfg)
+    (record,) = _runs(cfg)
+    metrics = record.data.metrics
+    tracking.configure(cfg.tracking.store_dir)
+    model = load_model(record.info.run_id, "cpu")
+    assert (model.level, model.decode) == (level, "viterbi")
+    assert model.self_transition == metrics["viterbi_self_transition"]
+
+    root = cfg.data.root
+    split = split_songs(song_names(root), cfg.split.train, cfg.split.test, cfg.split.validation, 1)
+    (song,) = load_songs(root, split["validation"])
+    scores = model.scores(song)
+    if level == "frame":  # this short a run learns something at frame level only
+        assert len(np.unique(scores.argmax(axis=1))) > 1
+    predicted = decode(scores, model.decode, model.self_transition)
+    logged = mlflow.artifacts.download_artifacts(
+        run_id=record.info.run_id, artifact_path="predictions/val.npz"
+    )
+    with np.load(logged, allow_pickle=False) as scored:
+        np.testing.assert_array_equal(predicted, scored[song.name])
+    assert float((predicted == song.labels).mean()) == metrics["val_frame_acc"]
+
+
+@pytest.mark.integration
+def test_the_best_checkpoint_carries_the_runs_inference_recipe(train_config, tmp_path):
+    cfg = train_config(*SCORED_LIKE_BEST)
+    run(cfg)
+    (record,) = _runs(cfg)
+    path = tracking.run_checkpoint(record.info.run_id, "best", tmp_path / "download")
+    recipe = InferenceRecipe.from_dict(load_checkpoint(path)["inference"])
+    assert recipe == InferenceRecipe(
+        level="frame",
+        seq_mode="sequence",
+        seq_len=64,
+        overlap=True,
+        decode="viterbi",
+        self_transition=record.data.metrics["viterbi_self_transition"],
+    )
+
+
+@pytest.mark.integration
+def test_an_evaluate_only_run_is_transcribable(train_config):
+    """init_from with trainer.max_epochs=0 writes no training checkpoint; the scored
+    weights and their recipe are logged all the same."""
+    first = train_config("model=rnn_baseline", "seq_len=32", "split.max_songs=1")
+    run(first)
+    (source,) = _runs(first)
+    run(
+        train_config(
+            "model=rnn_baseline",
+            "seq_len=32",
+            "split.max_songs=1",
+            f"init_from={source.info.run_id}",
+            "trainer.max_epochs=0",
+            "decode=viterbi",
+        )
+    )
+    evaluated = next(r for r in _runs(first) if r.info.run_id != source.info.run_id)
+    model = load_model(evaluated.info.run_id, "cpu")
+    assert model.decode == "viterbi"
+    assert model.self_transition == evaluated.data.metrics["viterbi_self_transition"]
+
+
+def test_an_old_checkpoint_takes_the_runs_tuned_self_transition() -> None:
+    from chordrec.models import build_model
+
+    spec = {
+        "_target_": "chordrec.models.CRNN",
+        "in_features": 12,
+        "n_classes": 25,
+        "conv_blocks": [],
+        "rnn": None,
+        "head_dropout": 0.0,
+    }
+    config = {"model": spec, "data": {"level": "frame"}, "seq_len": 8, "seq_mode": "sequence"}
+    checkpoint = {
+        "model": build_model(spec).state_dict(),
+        "config": {**config, "decode": "viterbi"},
+    }
+    assert network_model(checkpoint, "old", self_transition=0.995).self_transition == 0.995
+    assert network_model(checkpoint, "old").self_transition == VITERBI_SELF_TRANSITION
+
+
+# ------------------------------------------------------------------ resume
+
+
+@pytest.mark.integration
+def test_resuming_a_finished_run_is_refused(train_config):
+    cfg = train_config()
+    run(cfg)
+    (record,) = _runs(cfg)
+    with pytest.raises(tracking.TrackingError, match="is FINISHED"):
+        run(train_config(f"resume={record.info.run_id}"))
+    (after,) = _runs(cfg)  # nothing reopened, nothing logged twice
+    assert after.info.status == "FINISHED" and after.info.end_time == record.info.end_time
+
+
+def test_a_run_whose_process_lives_is_not_resumed(tmp_path) -> None:
+    tracking.configure(tmp_path)
+    with tracking.RunTracker(store_dir=tmp_path, system_metrics=False) as tracker:
+        tracker.set_tags(tracking.process_tags())
+        with pytest.raises(tracking.TrackingError, match="still RUNNING in process"):
+            tracking.check_resumable(tracker.run_id)
+        tracker.set_tags({"process_host": "elsewhere.example"})
+        with pytest.raises(tracking.TrackingError, match="on host elsewhere.example"):
+            tracking.check_resumable(tracker.run_id)
+        # a process that has ended: what resume is for
+        ended = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import os, psutil; print(os.getpid(), psutil.Process().create_time())",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        tracker.set_tags(
+            {
+                "process_host": socket.gethostname(),
+                "process_pid": ended[0],
+                "process_started": ended[1],
+            }
+        )
+        tracking.check_resumable(tracker.run_id)
+
+
+def test_a_resumed_run_runs_where_it_is_resumed() -> None:
+    """A run begun on a GPU continues on the machine that resumes it; what shapes its
+    results (model, data level, seed...) stays as it began."""
+    saved = {
+        "seed": 3,
+        "seq_len": 64,
+        "resume": None,
+        "data": {"root": "/gpu-node/data", "level": "beat", "num_workers": 4},
+        "trainer": {"device": "cuda", "num_threads": None, "progress": False, "max_epochs": 9},
+        "tracking": {"store_dir": "/gpu-node/mlruns", "uri": None},
+    }
+    here = OmegaConf.create(
+        {
+            "seed": 0,
+            "seq_len": 128,
+            "resume": "abc",
+            "data": {"root": "data/rwc-pop", "level": "frame", "num_workers": 0},
+            "trainer": {"device": "cpu", "num_threads": 1, "progress": True, "max_epochs": 200},
+            "tracking": {"store_dir": "mlruns", "uri": "http://127.0.0.1:5000"},
+        }
+    )
+    cfg = resumed_config(saved, here)
+    assert (cfg.seed, cfg.seq_len, cfg.data.level, cfg.trainer.max_epochs) == (3, 64, "beat", 9)
+    assert (cfg.trainer.device, cfg.trainer.num_threads, cfg.data.root) == (
+        "cpu",
+        1,
+        "data/rwc-pop",
+    )
+    assert cfg.tracking.uri == "http://127.0.0.1:5000" and cfg.resume == "abc"
+
+
+# ------------------------------------------------------------------ user errors
+
+
+def _train_cli(tmp_path, *overrides: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chordrec.train",
+            f"tracking.store_dir={tmp_path / 'mlruns'}",
+            f"hydra.run.dir={tmp_path / 'outputs'}",
+            "tracking.system_metrics=false",
+            *overrides,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(**env),
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "env", "message"),
+    [
+        (["seq_len=-3"], {}, "seq_len must be a positive number of steps, got -3"),
+        (["data.batch_size=0"], {}, "data.batch_size must be >= 1, got 0"),
+        (["data.root=/nonexistent/rwc"], {}, "/nonexistent/rwc"),
+        ([], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, "http://127.0.0.1:9 is unreachable"),
+    ],
+)
+def test_a_users_mistake_is_one_line_without_a_traceback(tmp_path, overrides, env, message):
+    result = _train_cli(tmp_path, *overrides, **env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+
+
+def test_hydra_full_error_keeps_the_traceback(tmp_path):
+    result = _train_cli(tmp_path, "seq_len=-3", HYDRA_FULL_ERROR="1")
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "ConfigError" in result.stderr
