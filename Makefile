@@ -12,7 +12,7 @@ DATA_DIR := data/rwc-pop
 DATA_SOURCE ?= $(or $(CHORDREC_DATA_SOURCE),$(if $(wildcard $(SHARED_DATA)/SHA256SUMS),$(SHARED_DATA),github))
 ARGS ?=
 
-.PHONY: help install data train study table ui test lint bench clean-venv
+.PHONY: help install data train study table ui test lint bench gpu-check clean-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ lint: install  ## ruff
 
 bench: install data  ## training throughput benchmark (see README)
 	$(PY) -m chordrec.bench $(ARGS)
+
+gpu-check: install data  ## on a GPU machine: device tests, experiment=best on CUDA, resumed on CPU, epoch times
+	$(PY) -m chordrec.gpu_check $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

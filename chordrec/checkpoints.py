@@ -9,13 +9,12 @@ trained on a GPU is resumed, re-evaluated or transcribed on a CPU-only machine.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from chordrec.atomic_write import write_atomic
 from chordrec.errors import UserError
 
 
@@ -24,17 +23,9 @@ class CheckpointError(UserError, ValueError):
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
-    """Write ``state`` to ``path`` atomically (a temporary file beside it, then a rename):
+    """Write ``state`` to ``path`` atomically (:func:`~chordrec.atomic_write.write_atomic`):
     a reader never sees a half-written checkpoint. Returns ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        torch.save(state, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda tmp: torch.save(state, tmp), force=True)
     return path
 
 

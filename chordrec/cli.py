@@ -77,8 +77,15 @@ def _configure_store(args: argparse.Namespace) -> str:
 
 
 def _transcribe(args: argparse.Namespace) -> int:
+    from chordrec.errors import ConfigError
+    from chordrec.features import MAX_DURATION_S
     from chordrec.transcribe import FORMATS, load_model, model_kind, plan_jobs, transcribe_files
 
+    max_duration = MAX_DURATION_S if args.max_duration is None else args.max_duration
+    if not max_duration > 0:  # NaN too
+        raise ConfigError(
+            f"--max-duration must be a positive number of seconds, got {max_duration:g}"
+        )
     fmt = args.format
     if fmt is None:
         suffix = args.output.suffix.lstrip(".").lower() if args.output else ""
@@ -87,7 +94,9 @@ def _transcribe(args: argparse.Namespace) -> int:
     if model_kind(args.model) in ("registry", "run"):
         _configure_store(args)
     model = load_model(args.model, args.device)
-    outcome = transcribe_files(jobs, model, fmt, force=args.force, progress=not args.quiet)
+    outcome = transcribe_files(
+        jobs, model, fmt, force=args.force, progress=not args.quiet, max_duration=max_duration
+    )
     for path in outcome.written:
         print(path)
     if len(jobs) == 1 and outcome.failed:
@@ -149,16 +158,22 @@ def _table(args: argparse.Namespace) -> int:
             args.experiment, name, text, artifact, {"kind": "table"}
         )
     if args.out:
-        _write_atomic(args.out, text)
+        from chordrec.atomic_write import write_atomic
+
+        write_atomic(args.out, lambda tmp: tmp.write_text(text), force=True)
     print(text, end="")
     print(f"(logged as {artifact} in {where})", file=sys.stderr)
     return 0
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def _study_id(text: str) -> str:
+    """argparse type of a study id (:func:`chordrec.tracking.check_study_id`)."""
+    from chordrec.tracking import check_study_id
+
+    try:
+        return check_study_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _study(args: argparse.Namespace) -> int:
@@ -353,7 +368,18 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument(
         "--plot", type=Path, help="PNG of chromagram and chords (a single input file only)"
     )
-    transcribe.add_argument("--force", action="store_true", help="replace existing outputs")
+    transcribe.add_argument(
+        "--force", action="store_true", help="replace existing outputs (never an input file)"
+    )
+    transcribe.add_argument(
+        "--max-duration",
+        type=float,
+        metavar="SECONDS",
+        help=(
+            "refuse longer audio, read from the file header before decoding, so memory "
+            "stays bounded (default: 1800 s = 30 min; inf: no limit)"
+        ),
+    )
     transcribe.add_argument(
         "--device", default="auto", help="auto | cpu | cuda[:N] (default: %(default)s)"
     )
@@ -374,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
             "epochs, training time), with mean and std rows when the runs differ in seed only."
         ),
     )
-    table.add_argument("--study", help="only the runs of this study id")
+    table.add_argument("--study", type=_study_id, help="only the runs of this study id")
     table.add_argument(
         "--runs", action="store_true", help="one row per run (a sweep or seeds), not Table 5"
     )
@@ -396,7 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument(
         "--experiments", default="a,b,c,d,e,f", help="presets (default: %(default)s)"
     )
-    study.add_argument("--study-id", help="the study's id (default: study-<date>-<time>)")
+    study.add_argument(
+        "--study-id",
+        type=_study_id,
+        help="the study's id: letters, digits, '.', '_', '-' (default: study-<date>-<time>)",
+    )
     study.add_argument(
         "--jobs",
         type=int,

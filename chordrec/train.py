@@ -85,7 +85,7 @@ def run(cfg: DictConfig) -> float:
         system_metrics=cfg.tracking.system_metrics,
         system_metrics_interval_s=cfg.tracking.system_metrics_interval_s,
     ) as tracker:
-        tracker.set_tags(process_tags())
+        tracker.set_tags({**process_tags(), "device": str(device)})  # a resumed run's own
         log.info("MLflow run %s in %s", tracker.run_id, tracker.artifact_uri)
         print(
             f"MLflow run id: {tracker.run_id}  (see it with `make ui`, or "

@@ -17,12 +17,12 @@ link or rename) and never replace an existing file unless ``force`` is set.
 from __future__ import annotations
 
 import json
-import os
+import logging
 import re
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +32,22 @@ from tqdm.auto import tqdm
 
 import chordrec
 from chordrec import templates, tracking
-from chordrec.decoding import DECODE_METHODS, decode
+from chordrec.atomic_write import write_atomic
+from chordrec.checkpoints import load_checkpoint
+from chordrec.decoding import decode
+from chordrec.errors import ConfigError
 from chordrec.evaluation import frames_to_segments
 from chordrec.features import (
+    MAX_DURATION_S,
     SAMPLE_RATE,
     AudioError,
     beat_frames,
     chroma_features,
     load_audio,
 )
+from chordrec.inference import InferenceRecipe
 from chordrec.models import build_model
-from chordrec.sequences import LEVELS, MODES, song_steps
+from chordrec.sequences import song_steps
 from chordrec.songs import FRAME_RATE, Song
 from chordrec.training import predict_log_probs, resolve_device
 
@@ -53,7 +58,9 @@ AUDIO_EXTENSIONS = frozenset(
     {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".au", ".caf", ".w64"}
 )
 VITERBI_SELF_TRANSITION = 0.9
-"""Self-transition of Viterbi decoding for checkpoints whose config names none."""
+"""Self-transition of Viterbi decoding for checkpoints that record no tuned one."""
+
+log = logging.getLogger(__name__)
 
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -83,27 +90,38 @@ def template_model() -> ChordModel:
 
 
 def network_model(
-    checkpoint: Mapping[str, Any], source: str, device: torch.device | str = "cpu"
+    checkpoint: Mapping[str, Any],
+    source: str,
+    device: torch.device | str = "cpu",
+    self_transition: float | None = None,
 ) -> ChordModel:
     """Rebuild a trained network from a checkpoint dict (keys ``model``: state dict,
-    ``config``: the run's resolved config). Raises ValueError naming ``source`` when
-    the checkpoint lacks what transcription needs."""
+    ``config``: the run's resolved config, ``inference``: the run's
+    :class:`~chordrec.inference.InferenceRecipe`) and run it as the run was scored.
+
+    A checkpoint written before runs recorded their recipe gets it from its config,
+    with ``self_transition`` (the run's tuned value, where known) or
+    :data:`VITERBI_SELF_TRANSITION` for Viterbi. Raises ValueError naming ``source``
+    when the checkpoint lacks what transcription needs."""
     try:
-        config = checkpoint["config"]
-        spec, state = config["model"], checkpoint["model"]
-        level, mode = config["data"]["level"], config["seq_mode"]
-        seq_len = int(config["seq_len"])
-        # evaluation chunking, as the run was scored (absent from older checkpoints)
-        trainer = config.get("trainer") or {}
-        seq_len = int(trainer.get("eval_seq_len") or seq_len)
-        overlap = bool(trainer.get("eval_overlap", False))
+        config, state = checkpoint["config"], checkpoint["model"]
+        spec = config["model"]
+        if "inference" in checkpoint:
+            recipe = InferenceRecipe.from_dict(checkpoint["inference"])
+        else:
+            recipe = InferenceRecipe.from_config(config, self_transition)
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{source}: not a chordrec training checkpoint (lacks {exc})") from None
-    method = config.get("decode", "argmax")
-    if level not in LEVELS or mode not in MODES or method not in DECODE_METHODS:
-        raise ValueError(
-            f"{source}: unknown level {level!r}, sequence mode {mode!r} or decoding {method!r}"
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+    if recipe.decode == "viterbi" and recipe.self_transition is None:
+        log.warning(
+            "%s records no tuned Viterbi self-transition (written before runs recorded "
+            "their decoding); decoding with %s",
+            source,
+            VITERBI_SELF_TRANSITION,
         )
+        recipe = replace(recipe, self_transition=VITERBI_SELF_TRANSITION)
     try:
         network = build_model(spec)
         network.load_state_dict(state)
@@ -113,16 +131,18 @@ def network_model(
     network.to(device).eval()
 
     def scores(song: Song) -> np.ndarray:
-        steps = song_steps(song, level)
+        steps = song_steps(song, recipe.level)
         with _one_cpu_thread(device):
-            log_probs = predict_log_probs(network, steps, seq_len, mode, device, overlap=overlap)
+            log_probs = predict_log_probs(
+                network, steps, recipe.seq_len, recipe.seq_mode, device, overlap=recipe.overlap
+            )
         return steps.to_frames(log_probs)
 
     return ChordModel(
         source=source,
-        level=level,
-        decode=method,
-        self_transition=float(config.get("self_transition", VITERBI_SELF_TRANSITION)),
+        level=recipe.level,
+        decode=recipe.decode,
+        self_transition=float(recipe.self_transition or VITERBI_SELF_TRANSITION),
         scores=scores,
     )
 
@@ -142,14 +162,6 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file with ``weights_only=True`` (tensors and plain data only)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError... on bad files
-        raise ValueError(f"{path}: not a loadable weights-only checkpoint ({exc})") from None
 
 
 def model_kind(spec: str) -> str:
@@ -188,14 +200,15 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "auto") -> ChordModel:
     if kind == "file":
         if not Path(spec).is_file():
             raise ValueError(f"{spec}: no such checkpoint file")
-        return network_model(read_checkpoint(spec), spec, target)
+        return network_model(load_checkpoint(spec), spec, target)
     if kind == "registry":
         run_id = tracking.registered_run_id(spec)
     else:
         run_id = _run_part(spec)
     with tempfile.TemporaryDirectory(prefix="chordrec-model-") as tmp:
-        checkpoint = read_checkpoint(tracking.run_checkpoint(run_id, "best", tmp))
-    return network_model(checkpoint, f"{spec} (run {run_id})", target)
+        checkpoint = load_checkpoint(tracking.run_checkpoint(run_id, "best", tmp))
+    tuned = tracking.get_run(run_id).data.metrics.get("viterbi_self_transition")
+    return network_model(checkpoint, f"{spec} (run {run_id})", target, tuned)
 
 
 @dataclass(frozen=True)
@@ -300,38 +313,6 @@ def render(transcription: Transcription, fmt: str, title: str, source: str) -> s
 # ------------------------------------------------------------------- files
 
 
-def write_atomic(path: Path, write: Callable[[Path], None], force: bool = False) -> None:
-    """Create ``path`` through ``write(tmp)`` on a temporary file beside it, then link it
-    into place (FileExistsError if ``path`` exists) or, with ``force``, rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        if force:
-            os.replace(tmp, path)
-        else:
-            _link_new(tmp, path)
-    except FileExistsError:
-        raise FileExistsError(f"{path} exists (--force replaces it)") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _link_new(tmp: Path, path: Path) -> None:
-    """Give ``tmp`` the name ``path`` unless that exists: a hard link fails atomically if
-    it does; file systems without hard links get a check, then a rename."""
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise
-    except OSError:
-        if path.exists():
-            raise FileExistsError(path) from None
-        os.replace(tmp, path)
-
-
 @dataclass(frozen=True)
 class Job:
     """One input file and where its results go (``plot`` may be None)."""
@@ -344,10 +325,11 @@ class Job:
 def find_audio(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
     """Expand files and directories into ``(audio file, relative name)`` pairs.
 
-    A file is taken as given (relative name: its file name); a directory is searched
-    recursively for files with an :data:`AUDIO_EXTENSIONS` suffix (hidden files
-    skipped), each named by its path below the directory. Raises ValueError for a
-    missing path or a directory without audio.
+    A file is taken as given, whatever its suffix (libsndfile reads by content;
+    relative name: its file name); a directory is searched recursively for files with
+    an :data:`AUDIO_EXTENSIONS` suffix (hidden files skipped), each named by its path
+    below the directory. Raises ValueError for a missing path or a directory without
+    audio.
     """
     found: list[tuple[Path, Path]] = []
     for item in map(Path, inputs):
@@ -381,6 +363,8 @@ def plan_jobs(
     ``output`` (one input file only) names the result file; else ``out_dir`` receives
     ``<relative name>.<fmt>`` (subdirectories of an input directory mirrored); else
     the result goes beside its audio file. ``plot`` (one input file only) is the PNG.
+    Raises :class:`~chordrec.errors.ConfigError` naming the files when an output or
+    plot would replace an input file (see :func:`_refuse_replacing_inputs`).
     """
     found = find_audio(inputs)
     single = len(found) == 1 and not any(Path(i).is_dir() for i in inputs)
@@ -389,12 +373,52 @@ def plan_jobs(
     if (output is not None or plot is not None) and not single:
         raise ValueError("-o/--output and --plot take a single input file; use --out-dir")
     if output is not None:
-        return [Job(found[0][0], output, plot)]
-    jobs = []
-    for audio, relative in found:
-        target = (out_dir / relative if out_dir is not None else audio).with_suffix(f".{fmt}")
-        jobs.append(Job(audio, target, plot))
+        jobs = [Job(found[0][0], output, plot)]
+    else:
+        jobs = []
+        for audio, relative in found:
+            target = (out_dir / relative if out_dir is not None else audio).with_suffix(f".{fmt}")
+            jobs.append(Job(audio, target, plot))
+    _refuse_replacing_inputs(jobs)
     return jobs
+
+
+def _refuse_replacing_inputs(jobs: Sequence[Job]) -> None:
+    """Raise ConfigError when an output or plot path is an input file of ``jobs`` (the
+    same path once resolved: ``./``, ``..``, symbolic links; or the same file: hard
+    links), e.g. ``song.lab`` in with ``--format lab``, or when a plot is its output.
+    Even with ``force``, an output never replaces an input."""
+    inputs: dict[Path | tuple[int, int], Path] = {}
+    for job in jobs:
+        inputs[job.audio.resolve()] = job.audio
+        inputs[_file_id(job.audio)] = job.audio
+    for job in jobs:
+        if job.plot is not None and job.plot.resolve() == job.output.resolve():
+            raise ConfigError(
+                f"{job.audio}: its plot {job.plot} is also its output; choose another --plot"
+            )
+        for role, path, option in (
+            ("output", job.output, "-o/--output, --out-dir or --format"),
+            ("plot", job.plot, "--plot"),
+        ):
+            if path is None:
+                continue
+            other = inputs.get(path.resolve()) or inputs.get(_file_id(path))
+            if other is not None:
+                which = "itself" if other == job.audio else str(other)
+                raise ConfigError(
+                    f"{job.audio}: its {role} {path} is the input file {which}; "
+                    f"choose another with {option}"
+                )
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """``(device, inode)`` of an existing file (links followed), else None."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 @dataclass
@@ -406,13 +430,20 @@ class Outcome:
     failed: list[tuple[Path, str]]
 
 
-def transcribe_file(job: Job, model: ChordModel, fmt: str, force: bool = False) -> None:
-    """Transcribe one file and write its outputs; raises AudioError, FileExistsError
-    or OSError naming the file."""
+def transcribe_file(
+    job: Job,
+    model: ChordModel,
+    fmt: str,
+    force: bool = False,
+    max_duration: float = MAX_DURATION_S,
+) -> None:
+    """Transcribe one file and write its outputs; raises AudioError (also for audio
+    longer than ``max_duration`` seconds, see :func:`~chordrec.features.load_audio`),
+    FileExistsError or OSError naming the file."""
     for path in (job.output, job.plot):
         if path is not None and path.exists() and not force:
             raise FileExistsError(f"{path} exists (--force replaces it)")
-    result = transcribe_audio(load_audio(job.audio), model)
+    result = transcribe_audio(load_audio(job.audio, max_duration=max_duration), model)
     text = render(result, fmt, job.audio.stem, model.source)
     write_atomic(job.output, lambda tmp: tmp.write_text(text, encoding="utf-8"), force)
     if job.plot is not None:
@@ -423,9 +454,15 @@ def transcribe_file(job: Job, model: ChordModel, fmt: str, force: bool = False) 
 
 
 def transcribe_files(
-    jobs: Sequence[Job], model: ChordModel, fmt: str, force: bool = False, progress: bool = True
+    jobs: Sequence[Job],
+    model: ChordModel,
+    fmt: str,
+    force: bool = False,
+    progress: bool = True,
+    max_duration: float = MAX_DURATION_S,
 ) -> Outcome:
-    """Run every job; a failing file is recorded and the others still finish."""
+    """Run every job; a failing file is recorded and the others still finish. Audio
+    longer than ``max_duration`` seconds is refused (a failure)."""
     outcome = Outcome([], [])
     seen: dict[Path, Path] = {}
     bar = tqdm(jobs, unit="file", disable=not progress or len(jobs) < 2, dynamic_ncols=True)
@@ -437,7 +474,7 @@ def transcribe_files(
             continue
         seen[key] = job.audio
         try:
-            transcribe_file(job, model, fmt, force)
+            transcribe_file(job, model, fmt, force, max_duration)
         except (AudioError, OSError, ValueError) as exc:
             message = str(exc).removeprefix(f"{job.audio}: ")
             outcome.failed.append((job.audio, message))

@@ -26,8 +26,7 @@ from tests import test_fetch
 from tests.conftest import REPO, subprocess_env
 from tests.test_fetch import CORRUPT_REL, _flip_byte
 
-# fixtures of test_fetch, reused: the team's shared copy of the data set, a closed port
-shared = test_fetch.shared
+# a fixture of test_fetch, reused: a closed port on 127.0.0.1
 closed_port_url = test_fetch.closed_port_url
 
 COMMANDS = ("data", "ui", "train", "table", "study", "transcribe", "register")
@@ -113,10 +112,18 @@ def test_tracking_options(command: str) -> None:
 
 
 @pytest.mark.integration
-def test_data_fetch_then_verify(shared: Path, tmp_path: Path) -> None:
+def test_data_fetch_then_verify(data_root: Path, tmp_path: Path) -> None:
     dest = tmp_path / "rwc-pop"
     fetched = _run(
-        "-m", "chordrec", "data", "fetch", "--source", str(shared), "--dest", str(dest), "--quiet"
+        "-m",
+        "chordrec",
+        "data",
+        "fetch",
+        "--source",
+        str(data_root),
+        "--dest",
+        str(dest),
+        "--quiet",
     )
     assert fetched.returncode == 0, fetched.stderr
     assert f"ready and verified in {dest}" in fetched.stdout
@@ -124,7 +131,7 @@ def test_data_fetch_then_verify(shared: Path, tmp_path: Path) -> None:
     assert verified.returncode == 0, verified.stderr
     assert "all files match the pinned checksums" in verified.stdout
 
-    _flip_byte(dest / CORRUPT_REL)  # the fetched copy, not the shared one
+    _flip_byte(dest / CORRUPT_REL)  # the fetched copy, not its source
     stderr = _clean_error(_run("-m", "chordrec", "data", "verify", "--root", str(dest)))
     assert CORRUPT_REL in stderr
     assert stderr.startswith("chordrec: error:")
@@ -192,6 +199,19 @@ def test_ui_serves_this_machine_only_and_stops_with_its_command(tmp_path: Path) 
             ui.wait(timeout=10)
 
 
+@pytest.mark.parametrize("study", ["a,b", "x' OR '1'='1", "-rf", "", "ü"])
+@pytest.mark.parametrize("command", ["study", "table"])
+def test_a_study_id_that_would_sweep_or_break_a_filter_is_refused(
+    command: str, study: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    option = "--study-id" if command == "study" else "--study"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--store", str(tmp_path / "mlruns"), f"{option}={study}"])
+    assert exit_info.value.code == 2
+    assert "letters, digits" in capsys.readouterr().err
+    assert not (tmp_path / "mlruns").exists()  # refused before any run or sweep began
+
+
 def test_table_with_unreachable_server(closed_port_url: str, tmp_path: Path) -> None:
     result = _run(
         "-m", "chordrec", "table", "--tracking-uri", closed_port_url, "--store", str(tmp_path)
@@ -223,6 +243,28 @@ def test_transcription_benchmark_on_ten_seconds() -> None:
     assert result.stdout.count("end to end") == 3
 
 
+@pytest.mark.integration
+def test_gpu_check_runs_its_cpu_part(data_root: Path, tmp_path: Path) -> None:
+    """`make gpu-check` where no GPU is lent: experiment=best killed after epoch 1,
+    resumed on the CPU, both epoch times printed (step 1, the device tests, is the
+    suite's own `-m device` selection and skipped here)."""
+    result = _run(
+        "-m",
+        "chordrec.gpu_check",
+        "--no-tests",
+        "--store",
+        str(tmp_path / "mlruns"),
+        f"data.root={data_root}",
+        "split.max_songs=1",
+        "trainer.num_threads=1",
+        "tracking.log_model=false",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert re.search(r"^epoch 1 on .*: [\d.]+ s$", result.stdout, re.M), result.stdout
+    assert re.search(r"^epoch 2 on CPU .*: [\d.]+ s$", result.stdout, re.M), result.stdout
+
+
 # ------------------------------------------------------------------------ make
 
 
@@ -238,8 +280,8 @@ def _make(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_makefile_has_the_documented_targets() -> None:
     readme = (REPO / "README.md").read_text()
-    targets = set(re.findall(r"(?:^|`|or: )make (\w+)", readme, re.M))
-    assert {"train", "test", "ui", "help", "study", "bench", "lint"} <= targets
+    targets = set(re.findall(r"(?:^|`|or: )make ([\w-]+)", readme, re.M))
+    assert {"train", "test", "ui", "help", "study", "bench", "lint", "gpu-check"} <= targets
     listed = _make("help")
     assert listed.returncode == 0, listed.stderr
     for target in targets:
@@ -253,6 +295,7 @@ def test_makefile_has_the_documented_targets() -> None:
         "table": "chordrec table",
         "bench": "-m chordrec.bench",
         "lint": "ruff check",
+        "gpu-check": "-m chordrec.gpu_check",
     }
     for target, command in commands.items():
         dry = _make("-n", target)

@@ -7,6 +7,8 @@ start and end times, silence for ``N``.
 
 from __future__ import annotations
 
+import math
+import tracemalloc
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from chordrec.chords import PITCH_CLASSES
 from chordrec.features import (
     FALLBACK_BEAT_FRAMES,
     HOP_LENGTH,
+    MAX_DURATION_S,
     SAMPLE_RATE,
     AudioError,
     beat_frames,
@@ -167,6 +170,39 @@ def test_load_audio_refuses_bad_files_naming_them(tmp_path, make, name, message)
 def test_load_audio_missing_file(tmp_path: Path) -> None:
     with pytest.raises(AudioError, match="no such file"):
         load_audio(tmp_path / "absent.wav")
+
+
+def test_load_audio_refuses_audio_over_the_duration_limit(tmp_path: Path) -> None:
+    path = tmp_path / "ten-seconds.wav"
+    sf.write(path, np.zeros(10 * 8000, np.int16), 8000)  # silence, 8 kHz
+    with pytest.raises(AudioError) as info:
+        load_audio(path, max_duration=5)
+    message = str(info.value)
+    assert message == (
+        f"{path}: too long (10.0 s; the limit is 5 s, --max-duration SECONDS raises it)"
+    )
+    assert len(load_audio(path, max_duration=10)) == 10 * SR  # at the limit: read
+    assert len(load_audio(path, max_duration=math.inf)) == 10 * SR  # no limit
+    for bad in (0, -1, math.nan):
+        with pytest.raises(ValueError, match="max_duration must be a positive"):
+            load_audio(path, max_duration=bad)
+
+
+def test_a_three_hour_file_is_refused_from_its_header(tmp_path: Path) -> None:
+    """The default limit (:data:`MAX_DURATION_S`) is checked before decoding: refusing
+    3 hours allocates almost nothing, where decoding them would take 4.3 MB at the
+    file's 100 Hz and 1.9 GB resampled to 44.1 kHz."""
+    assert 10 * 60 <= MAX_DURATION_S < 3 * 3600
+    path = tmp_path / "three-hours.wav"
+    sf.write(path, np.zeros(3 * 3600 * 100, np.int16), 100)  # a 2.2 MB file
+    tracemalloc.start()
+    try:
+        with pytest.raises(AudioError, match=r"too long \(10800\.0 s; the limit is"):
+            load_audio(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 500_000
 
 
 # ------------------------------------------------------------------------ chroma

@@ -45,6 +45,7 @@ def _train(data_root, store, *extra):
     )
 
 
+@pytest.mark.device
 def test_sigkill_then_resume_gives_one_continuous_run(data_root, tmp_path):
     store = tmp_path / "mlruns"
     mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")

@@ -76,6 +76,7 @@ def test_window_mode_run(train_config):
     assert run_info.data.metrics["size_train_examples"] == run_info.data.metrics["size_train_steps"]
 
 
+@pytest.mark.device
 def test_a_run_logs_everything(train_config, tmp_path):
     cfg = train_config(
         "model=rnn_table4",

@@ -10,6 +10,8 @@ data set). Transcriptions are scored against the synthesised chords with mir_eva
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +22,17 @@ import soundfile as sf
 import torch
 
 from chordrec import templates, tracking
-from chordrec.cli import main
+from chordrec.atomic_write import write_atomic
+from chordrec.cli import build_parser, main
+from chordrec.errors import ConfigError
 from chordrec.evaluation import read_lab
+from chordrec.features import MAX_DURATION_S
+from chordrec.inference import InferenceRecipe
 from chordrec.models import build_model
 from chordrec.sequences import BatchedExamples, song_steps
 from chordrec.songs import FRAME_RATE, load_songs, song_names
 from chordrec.training import TrainerSettings, fit, seed_everything
-from chordrec.transcribe import Transcription, load_model, transcribe_audio
+from chordrec.transcribe import Transcription, load_model, plan_jobs, transcribe_audio
 from tests.test_features import SONG, SR, render_song, write_song
 
 # Measured: templates 0.98, template network 0.98 (frame level) and 0.99 (beat level,
@@ -80,9 +86,14 @@ def template_checkpoint(level: str = "frame") -> dict[str, Any]:
         "seq_len": 64,
         "seq_mode": "sequence",
         "decode": "viterbi",
-        "self_transition": templates.DEFAULT_SELF_TRANSITION,
     }
-    return {"model": network.state_dict(), "config": config, "epoch": 1}
+    recipe = InferenceRecipe.from_config(config, templates.DEFAULT_SELF_TRANSITION)
+    return {
+        "model": network.state_dict(),
+        "config": config,
+        "inference": recipe.to_dict(),
+        "epoch": 1,
+    }
 
 
 def transcribe(*args: str | Path) -> int:
@@ -370,3 +381,121 @@ def test_a_network_transcribes_with_the_runs_evaluation_chunking() -> None:
     np.testing.assert_allclose(got, expected, atol=1e-6)
     plain = predict_log_probs(network, steps, 16, "sequence", cpu)
     assert not np.allclose(got, plain, atol=1e-4)
+
+
+# --------------------------------------------------------------- output files (issue 9)
+
+
+def with_umask(mask: int, action):
+    """Run ``action()`` with the process umask set to ``mask``, then restore it."""
+    previous = os.umask(mask)
+    try:
+        return action()
+    finally:
+        os.umask(previous)
+
+
+@pytest.mark.parametrize("force", [False, True])
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_outputs_get_the_users_umask_permissions(tmp_path, mask, force) -> None:
+    """An output is created like any file the user writes, mode 0o666 less the umask,
+    not with the 0o600 of a private temporary file (new file and --force alike)."""
+    path = tmp_path / "labs" / "song.lab"
+    if force:
+        path.parent.mkdir()
+        path.write_text("old\n")
+    with_umask(mask, lambda: write_atomic(path, lambda tmp: tmp.write_text("new\n"), force))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+    assert path.read_text() == "new\n"
+    assert [p.name for p in path.parent.iterdir()] == ["song.lab"]
+
+
+def test_transcription_outputs_are_readable_as_the_umask_says(song_wav, tmp_path) -> None:
+    out, png = tmp_path / "song.lab", tmp_path / "song.png"
+    args = (song_wav, "-m", "templates", "-o", out, "--plot", png)
+    assert with_umask(0o022, lambda: transcribe(*args)) == 0
+    assert stat.S_IMODE(out.stat().st_mode) == stat.S_IMODE(png.stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize(
+    ("inputs", "options", "output"),
+    [
+        (["song.lab"], {}, "song.lab"),  # lab in, lab out, beside it
+        (["dir/song.lab"], {"out_dir": "dir"}, "dir/song.lab"),
+        (["song.lab"], {"output": "song.lab"}, "song.lab"),
+        (["song.wav"], {"output": "./song.wav"}, "song.wav"),
+        (["song.wav"], {"output": "new/../song.wav"}, "new/../song.wav"),
+        (["song.wav"], {"output": "symlink.lab"}, "symlink.lab"),
+        (["song.wav"], {"output": "hardlink.lab"}, "hardlink.lab"),
+        (["song.wav"], {"plot": "song.wav"}, "song.wav"),
+        (["song.wav"], {"plot": "symlink.lab"}, "symlink.lab"),
+        (["song.wav"], {"output": "x.lab", "plot": "x.lab"}, "x.lab"),
+    ],
+)
+def test_planning_refuses_an_output_that_would_replace_an_input(
+    tmp_path, monkeypatch, inputs, options, output
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dir").mkdir()
+    for name in ("song.wav", "song.lab", "dir/song.lab"):
+        (tmp_path / name).write_bytes(b"audio, whatever the name")
+    (tmp_path / "symlink.lab").symlink_to("song.wav")
+    (tmp_path / "hardlink.lab").hardlink_to("song.wav")
+    options = {key: Path(value) for key, value in options.items()}
+    with pytest.raises(ConfigError) as info:
+        plan_jobs(inputs, "lab", **options)
+    message = str(info.value)
+    assert message.startswith(f"{inputs[0]}: ") and str(Path(output)) in message
+    why = "is also its output" if "plot" in options and "output" in options else "is the input file"
+    assert why in message and "\n" not in message
+
+
+def test_planning_allows_outputs_beside_their_inputs(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("song.wav", "song.lab"):
+        (tmp_path / name).write_bytes(b"audio, whatever the name")
+    assert [job.output for job in plan_jobs(["song.lab"], "jams")] == [Path("song.jams")]
+    (job,) = plan_jobs(["song.wav"], "lab", Path("song.lab"), plot=Path("song.png"))
+    assert (job.output, job.plot) == (Path("song.lab"), Path("song.png"))
+
+
+def test_an_input_is_never_replaced_by_its_own_output(song_wav, tmp_path, capsys) -> None:
+    """Audio named ``song.lab`` (libsndfile reads it by content) would be its own lab
+    output: refused before any work, --force or not, and left as it was."""
+    audio = tmp_path / "song.lab"
+    audio.write_bytes(song_wav.read_bytes())
+    for extra in ([], ["--force"], ["--force", "-o", f"{tmp_path}/new/../song.lab"]):
+        assert transcribe(audio, "-m", "templates", *extra) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"chordrec: error: {audio}: ") and err.count("\n") == 1
+        assert "is the input file itself" in err
+    assert audio.read_bytes() == song_wav.read_bytes()
+    assert [p.name for p in tmp_path.iterdir()] == ["song.lab"]
+
+
+# --------------------------------------------------------------- long audio (issue 9)
+
+
+def test_a_file_over_the_duration_limit_is_refused_in_one_line(tmp_path, capsys) -> None:
+    audio = tmp_path / "long.wav"
+    sf.write(audio, np.zeros(10 * 8000, np.int16), 8000)  # 10 s of silence at 8 kHz
+    assert transcribe(audio, "-m", "templates", "--max-duration", "5", "--force") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"chordrec: error: {audio}: too long (10.0 s") and err.count("\n") == 1
+    assert "limit is 5 s" in err and "--max-duration" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["long.wav"]  # nothing written
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan"])
+def test_max_duration_must_be_positive(song_wav, tmp_path, capsys, value) -> None:
+    out = tmp_path / "x.lab"
+    assert transcribe(song_wav, "-m", "templates", "-o", out, "--max-duration", value) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("chordrec: error: --max-duration") and value in err
+    assert not out.exists()
+
+
+def test_max_duration_help_gives_the_default() -> None:
+    commands = next(a for a in build_parser()._actions if a.dest == "command")
+    help_text = commands.choices["transcribe"].format_help()
+    assert f"default: {MAX_DURATION_S:g} s" in " ".join(help_text.split())
