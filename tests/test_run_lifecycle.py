@@ -21,6 +21,7 @@ from chordrec.songs import load_songs, song_names, split_songs
 from chordrec.train import resumed_config, run
 from chordrec.transcribe import VITERBI_SELF_TRANSITION, load_model, network_model
 from tests.conftest import REPO, subprocess_env
+from tests.test_transcribe import LINEAR
 
 # experiment=best's decoding and evaluation chunking, on one song per part
 SCORED_LIKE_BEST = [
@@ -118,14 +119,7 @@ def test_an_evaluate_only_run_is_transcribable(train_config):
 def test_an_old_checkpoint_takes_the_runs_tuned_self_transition() -> None:
     from chordrec.models import build_model
 
-    spec = {
-        "_target_": "chordrec.models.CRNN",
-        "in_features": 12,
-        "n_classes": 25,
-        "conv_blocks": [],
-        "rnn": None,
-        "head_dropout": 0.0,
-    }
+    spec = LINEAR
     config = {"model": spec, "data": {"level": "frame"}, "seq_len": 8, "seq_mode": "sequence"}
     checkpoint = {
         "model": build_model(spec).state_dict(),
