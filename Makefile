@@ -51,10 +51,10 @@ lint: install  ## ruff
 	$(VENV)/bin/ruff format --check chordrec tests
 
 bench: install data  ## training throughput benchmark (see README)
-	$(PY) -m chordrec.bench $(ARGS)
+	$(PY) -m chordrec.bench.training $(ARGS)
 
 gpu-check: install data  ## on a GPU machine: device tests, experiment=best on CUDA, resumed on CPU, epoch times
-	$(PY) -m chordrec.gpu_check $(ARGS)
+	$(PY) -m chordrec.bench.gpu_check $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

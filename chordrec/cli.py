@@ -22,7 +22,7 @@ DEFAULT_DATA_DIR = Path("data/rwc-pop")
 
 
 def _data_fetch(args: argparse.Namespace) -> int:
-    from chordrec.fetch import default_source, fetch_dataset
+    from chordrec.data.fetch import default_source, fetch_dataset
 
     source = args.source or default_source()
     dest = fetch_dataset(source, args.dest, force=args.force, progress=not args.quiet)
@@ -31,7 +31,7 @@ def _data_fetch(args: argparse.Namespace) -> int:
 
 
 def _data_verify(args: argparse.Namespace) -> int:
-    from chordrec.fetch import verify_dataset
+    from chordrec.data.fetch import verify_dataset
 
     verify_dataset(args.root)
     print(f"{args.root}: all files match the pinned checksums")
@@ -77,8 +77,8 @@ def _configure_store(args: argparse.Namespace) -> str:
 
 
 def _transcribe(args: argparse.Namespace) -> int:
+    from chordrec.audio.features import MAX_DURATION_S
     from chordrec.errors import ConfigError
-    from chordrec.features import MAX_DURATION_S
     from chordrec.transcribe import FORMATS, load_model, model_kind, plan_jobs, transcribe_files
 
     max_duration = MAX_DURATION_S if args.max_duration is None else args.max_duration
@@ -126,20 +126,20 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _table_text(runs, presets, fmt: str) -> str:
-    from chordrec.table import build_table, render, select_runs
+    from chordrec.report.tables import build_table, render, select_runs
 
     return render(build_table(select_runs(runs, presets)), fmt)
 
 
 def _table(args: argparse.Namespace) -> int:
-    from chordrec.table import PRESETS, IncompleteTableError
+    from chordrec.report.tables import PRESETS, IncompleteTableError
     from chordrec.tracking import create_run_with_text, find_runs, log_text_to_run
 
     _configure_store(args)
     runs = find_runs(args.experiment, args.study)
     try:
         if args.runs:
-            from chordrec.table import build_run_table, render
+            from chordrec.report.tables import build_run_table, render
 
             text = render(build_run_table(runs), args.format)
         else:
@@ -158,7 +158,7 @@ def _table(args: argparse.Namespace) -> int:
             args.experiment, name, text, artifact, {"kind": "table"}
         )
     if args.out:
-        from chordrec.atomic_write import write_atomic
+        from chordrec.io.atomic_write import write_atomic
 
         write_atomic(args.out, lambda tmp: tmp.write_text(text), force=True)
     print(text, end="")
@@ -177,7 +177,7 @@ def _study_id(text: str) -> str:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from chordrec.table import IncompleteTableError
+    from chordrec.report.tables import IncompleteTableError
     from chordrec.tracking import end_parent_run, find_runs, log_text_to_run, start_parent_run
 
     store = args.store.resolve()

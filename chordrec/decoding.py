@@ -2,7 +2,7 @@
 
 All functions take per-frame log scores shaped (frames, classes), i.e. one row per
 chroma frame, as produced by a classifier's ``log_softmax`` or by
-:func:`chordrec.templates.template_scores`, and return class indices shaped
+:func:`chordrec.models.templates.template_scores`, and return class indices shaped
 (frames,), dtype int64.
 
 The HMM used by :func:`viterbi_decode` has a single parameter, the self-transition

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from chordrec.data.sequences import LEVELS, MODES
 from chordrec.decoding import DECODE_METHODS
-from chordrec.sequences import LEVELS, MODES
 
 
 @dataclass(frozen=True)

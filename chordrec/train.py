@@ -23,7 +23,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from chordrec.errors import UserError
-from chordrec.experiment import (
+from chordrec.fit import FitResult, TrainerSettings, fit, resolve_device, seed_everything
+from chordrec.run import (
     build_context,
     default_run_name,
     finish_run,
@@ -32,7 +33,6 @@ from chordrec.experiment import (
     resume_state,
 )
 from chordrec.tracking import RunTracker, base_tags, check_resumable, configure, process_tags
-from chordrec.training import FitResult, TrainerSettings, fit, resolve_device, seed_everything
 
 log = logging.getLogger("chordrec.train")
 
@@ -143,6 +143,7 @@ MACHINE_SETTINGS = (
     "trainer.progress",
     "data.root",
     "data.num_workers",
+    "paths",
     "tracking",
 )
 """Settings a resumed run takes from the command line that resumes it, not from its own

@@ -3,7 +3,7 @@
 A model is named by a registry URI (``models:/chordrec@champion``, the default;
 ``models:/<name>/<version>``), a run (``runs:/<run id>/model`` or the bare run id),
 a local checkpoint file (``.pt``), or ``templates`` for the training-free template
-matcher of :mod:`chordrec.templates`. Loading never unpickles: a run's
+matcher of :mod:`chordrec.models.templates`. Loading never unpickles: a run's
 ``checkpoints/best.pt`` is read with ``torch.load(..., weights_only=True)`` and the
 network rebuilt from the config inside it (``build_model(config["model"])``), which
 also says how to run it: level (frame or beat), sequence length and mode, decoding.
@@ -31,13 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 import chordrec
-from chordrec import templates, tracking
-from chordrec.atomic_write import write_atomic
-from chordrec.checkpoints import load_checkpoint
-from chordrec.decoding import decode
-from chordrec.errors import ConfigError
-from chordrec.evaluation import frames_to_segments
-from chordrec.features import (
+from chordrec import tracking
+from chordrec.audio.features import (
     MAX_DURATION_S,
     SAMPLE_RATE,
     AudioError,
@@ -45,11 +40,16 @@ from chordrec.features import (
     chroma_features,
     load_audio,
 )
+from chordrec.data.sequences import song_steps
+from chordrec.data.songs import FRAME_RATE, Song
+from chordrec.decoding import decode
+from chordrec.errors import ConfigError
+from chordrec.fit import predict_log_probs, resolve_device
 from chordrec.inference import InferenceRecipe
-from chordrec.models import build_model
-from chordrec.sequences import song_steps
-from chordrec.songs import FRAME_RATE, Song
-from chordrec.training import predict_log_probs, resolve_device
+from chordrec.io.atomic_write import write_atomic
+from chordrec.io.checkpoints import load_checkpoint
+from chordrec.metrics import frames_to_segments
+from chordrec.models import build_model, templates
 
 DEFAULT_MODEL = "models:/chordrec@champion"
 TEMPLATES = "templates"
@@ -438,7 +438,7 @@ def transcribe_file(
     max_duration: float = MAX_DURATION_S,
 ) -> None:
     """Transcribe one file and write its outputs; raises AudioError (also for audio
-    longer than ``max_duration`` seconds, see :func:`~chordrec.features.load_audio`),
+    longer than ``max_duration`` seconds, see :func:`~chordrec.audio.features.load_audio`),
     FileExistsError or OSError naming the file."""
     for path in (job.output, job.plot):
         if path is not None and path.exists() and not force:
@@ -447,7 +447,7 @@ def transcribe_file(
     text = render(result, fmt, job.audio.stem, model.source)
     write_atomic(job.output, lambda tmp: tmp.write_text(text, encoding="utf-8"), force)
     if job.plot is not None:
-        from chordrec.figures import transcription_figure
+        from chordrec.report.figures import transcription_figure
 
         figure = transcription_figure(result.chroma, result.classes, title=job.audio.name)
         write_atomic(job.plot, lambda tmp: figure.savefig(tmp, format="png", dpi=100), force)

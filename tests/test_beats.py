@@ -1,11 +1,11 @@
-"""Tests of chordrec.beats: beat-synchronous chroma and labels, and back to frames."""
+"""Tests of chordrec.data.beats: beat-synchronous chroma and labels, and back to frames."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from chordrec.beats import beat_sync, beat_sync_labels, expand_beats_to_frames
+from chordrec.data.beats import beat_sync, beat_sync_labels, expand_beats_to_frames
 
 # 12 frames, beats at 2, 5 and 9: span 0 = frames 2..4, span 1 = frames 5..8; frames
 # 0-1 (before the first beat) and 9-11 (from the last beat on) belong to no span.

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from chordrec.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from chordrec.io.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def test_a_checkpoint_gets_the_users_permissions(tmp_path: Path) -> None:

@@ -227,7 +227,7 @@ def test_table_with_unreachable_server(closed_port_url: str, tmp_path: Path) -> 
 @pytest.mark.integration
 def test_training_benchmark(data_root: Path) -> None:
     result = _run(
-        "-m", "chordrec.bench", "--data", str(data_root), "--songs", "2", "--seconds", "1"
+        "-m", "chordrec.bench.training", "--data", str(data_root), "--songs", "2", "--seconds", "1"
     )
     assert result.returncode == 0, result.stderr
     for mode in ("window", "sequence"):
@@ -235,7 +235,7 @@ def test_training_benchmark(data_root: Path) -> None:
 
 
 def test_transcription_benchmark_on_ten_seconds() -> None:
-    result = _run("-m", "chordrec.bench_transcribe", "--minutes", "0.17", "--repeats", "1")
+    result = _run("-m", "chordrec.bench.transcription", "--minutes", "0.17", "--repeats", "1")
     assert result.returncode == 0, result.stderr
     assert "audio: 10 s" in result.stdout
     for stage in ("read + mix down", "chroma_features", "beat_frames", "model templates"):
@@ -250,7 +250,7 @@ def test_gpu_check_runs_its_cpu_part(data_root: Path, tmp_path: Path) -> None:
     suite's own `-m device` selection and skipped here)."""
     result = _run(
         "-m",
-        "chordrec.gpu_check",
+        "chordrec.bench.gpu_check",
         "--no-tests",
         "--store",
         str(tmp_path / "mlruns"),
@@ -293,9 +293,9 @@ def test_makefile_has_the_documented_targets() -> None:
         "ui": "chordrec ui",
         "study": "chordrec study",
         "table": "chordrec table",
-        "bench": "-m chordrec.bench",
+        "bench": "-m chordrec.bench.training",
         "lint": "ruff check",
-        "gpu-check": "-m chordrec.gpu_check",
+        "gpu-check": "-m chordrec.bench.gpu_check",
     }
     for target, command in commands.items():
         dry = _make("-n", target)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from chordrec.checkpoints import load_checkpoint, save_checkpoint
+from chordrec.data.sequences import song_steps
+from chordrec.data.songs import Song
+from chordrec.fit import evaluate, uses_mixed_precision
+from chordrec.io.checkpoints import load_checkpoint, save_checkpoint
 from chordrec.models import build_model
-from chordrec.sequences import song_steps
-from chordrec.songs import Song
-from chordrec.training import evaluate, uses_mixed_precision
 
 pytestmark = pytest.mark.device
 

@@ -1,4 +1,4 @@
-"""Tests of chordrec.evaluation: hand-computed cases and one real song."""
+"""Tests of chordrec.metrics: hand-computed cases and one real song."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chordrec.evaluation import (
+from chordrec.metrics import (
     FRAME_RATE,
     SCORE_KEYS,
     aggregate_chord_scores,

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from chordrec.chords import PITCH_CLASSES
-from chordrec.features import (
+from chordrec.audio.features import (
     FALLBACK_BEAT_FRAMES,
     HOP_LENGTH,
     MAX_DURATION_S,
@@ -28,6 +27,7 @@ from chordrec.features import (
     fill_beat_gaps,
     load_audio,
 )
+from chordrec.data.chords import PITCH_CLASSES
 
 SR = SAMPLE_RATE
 # Silence, a I-vi-IV-V-I progression in C, silence, the same kind of song a whole

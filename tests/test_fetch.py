@@ -1,4 +1,4 @@
-"""Tests of chordrec.fetch: fetching the data set from mirrors, verification, failure cleanup.
+"""Tests of chordrec.data.fetch: fetching the data set from mirrors, verification, failure cleanup.
 
 The tests that need the data set use the verified copy that ``make data`` fetched into
 ``data/rwc-pop`` (conftest's ``data_root``) as the mirror, and are skipped without it.
@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from chordrec import fetch
-from chordrec.fetch import (
+from chordrec.data import fetch
+from chordrec.data.fetch import (
     DEFAULT_SOURCE,
     DataFetchError,
     dataset_digest,
@@ -277,7 +277,7 @@ def test_existing_dest(
 
     with monkeypatch.context() as m:
         m.setattr(fetch, "_fetch_all", no_fetch)
-        with caplog.at_level(logging.INFO, logger="chordrec.fetch"):
+        with caplog.at_level(logging.INFO, logger="chordrec.data.fetch"):
             assert fetch_dataset(closed_port_url, dest, progress=False) == dest
     assert "already present and verified" in caplog.text
 
@@ -415,7 +415,7 @@ def test_readme_that_is_not_the_pinned_one_is_not_copied(
     content = readme.replace(b"RWC", b"CWR", 1) if change == "edited" else readme + b"more\n"
     base = serve(_mirror_with(data_root, tmp_path / "mirror", "README.md", content))
     dest = tmp_path / "rwc-pop"
-    with caplog.at_level(logging.WARNING, logger="chordrec.fetch"):
+    with caplog.at_level(logging.WARNING, logger="chordrec.data.fetch"):
         fetch_dataset(base, dest, progress=False)
     verify_dataset(dest)
     assert not (dest / "README.md").exists()

@@ -1,4 +1,4 @@
-"""Tests of chordrec.figures on small generated data (no display, Agg only)."""
+"""Tests of chordrec.report.figures on small generated data (no display, Agg only)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 
-from chordrec.chords import class_names
-from chordrec.figures import (
+from chordrec.data.chords import class_names
+from chordrec.report.figures import (
     chord_timeline,
     confusion_matrix_figure,
     learning_curves,

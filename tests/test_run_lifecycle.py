@@ -14,10 +14,10 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from chordrec import tracking
-from chordrec.checkpoints import load_checkpoint
+from chordrec.data.songs import load_songs, song_names, split_songs
 from chordrec.decoding import decode
 from chordrec.inference import InferenceRecipe
-from chordrec.songs import load_songs, song_names, split_songs
+from chordrec.io.checkpoints import load_checkpoint
 from chordrec.train import resumed_config, run
 from chordrec.transcribe import VITERBI_SELF_TRANSITION, load_model, network_model
 from tests.conftest import REPO, subprocess_env

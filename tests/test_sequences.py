@@ -1,4 +1,4 @@
-"""Tests of chordrec.sequences (windows, chunks, training examples) and chord transposition,
+"""Tests of chordrec.data.sequences (windows, chunks, training examples) and chord transposition,
 and the promise that window and sequence mode score exactly the same frames."""
 
 from __future__ import annotations
@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from chordrec.chords import N_CLASSES, transpose_chroma, transpose_labels
-from chordrec.models import CRNN
-from chordrec.sequences import (
+from chordrec.data.chords import N_CLASSES, transpose_chroma, transpose_labels
+from chordrec.data.sequences import (
     IGNORE_LABEL,
     BatchedExamples,
     count_chunks,
@@ -17,8 +16,9 @@ from chordrec.sequences import (
     song_steps,
     song_windows,
 )
-from chordrec.songs import Song
-from chordrec.training import evaluate, predict_log_probs
+from chordrec.data.songs import Song
+from chordrec.fit import evaluate, predict_log_probs
+from chordrec.models import CRNN
 
 
 def _song(name: str, n_frames: int, seed: int, beat_every: int = 5) -> Song:

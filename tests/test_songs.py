@@ -1,4 +1,4 @@
-"""Tests of chordrec.songs: loading, validating and splitting RWC-Pop songs.
+"""Tests of chordrec.data.songs: loading, validating and splitting RWC-Pop songs.
 
 Every bad-input test builds a tiny data set with the real layout (``chroma/``,
 ``chord/``, ``beat/`` .npy files named like ``N001-M01-T01``) in ``tmp_path``, breaks
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chordrec.sequences import count_chunks, song_steps
-from chordrec.songs import (
+from chordrec.data.sequences import count_chunks, song_steps
+from chordrec.data.songs import (
     Song,
     SongDataError,
     load_song,

@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from chordrec.table import IncompleteTableError, build_run_table, run_factors
+from chordrec.report.tables import IncompleteTableError, build_run_table, run_factors
 from chordrec.tracking import RunRecord
 
 METRICS = {

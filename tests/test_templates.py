@@ -1,12 +1,12 @@
-"""Tests of chordrec.templates on small synthetic chroma."""
+"""Tests of chordrec.models.templates on small synthetic chroma."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from chordrec.chords import transpose_chroma, transpose_labels
-from chordrec.templates import chord_templates, template_predict, template_scores
+from chordrec.data.chords import transpose_chroma, transpose_labels
+from chordrec.models.templates import chord_templates, template_predict, template_scores
 
 C, E, G, A = 0, 4, 7, 9
 

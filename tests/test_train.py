@@ -10,13 +10,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from chordrec.checkpoints import load_checkpoint
+from chordrec.data.sequences import song_steps
+from chordrec.data.songs import load_songs, song_names, split_songs
 from chordrec.decoding import DEFAULT_SELF_TRANSITIONS, decode
+from chordrec.fit import evaluate, resolve_device
+from chordrec.io.checkpoints import load_checkpoint
 from chordrec.models import build_model
-from chordrec.sequences import song_steps
-from chordrec.songs import load_songs, song_names, split_songs
 from chordrec.train import run
-from chordrec.training import evaluate, resolve_device
 
 pytestmark = pytest.mark.integration
 
@@ -248,8 +248,8 @@ def test_template_anchor_runs_without_training(train_config):
     assert r.data.tags["stop_reason"] == "training_free"
     assert m["test_frame_acc"] == m["test_frame_acc_viterbi"]
     # the run scores exactly what template matching itself predicts on the test songs
-    from chordrec.songs import load_songs, song_names
-    from chordrec.templates import template_predict
+    from chordrec.data.songs import load_songs, song_names
+    from chordrec.models.templates import template_predict
 
     songs = load_songs(cfg.data.root, song_names(cfg.data.root)[60:62])
     correct = sum(int((template_predict(s.chroma) == s.labels).sum()) for s in songs)

@@ -21,17 +21,17 @@ import pytest
 import soundfile as sf
 import torch
 
-from chordrec import templates, tracking
-from chordrec.atomic_write import write_atomic
+from chordrec import tracking
+from chordrec.audio.features import MAX_DURATION_S
 from chordrec.cli import build_parser, main
+from chordrec.data.sequences import BatchedExamples, song_steps
+from chordrec.data.songs import FRAME_RATE, load_songs, song_names
 from chordrec.errors import ConfigError
-from chordrec.evaluation import read_lab
-from chordrec.features import MAX_DURATION_S
+from chordrec.fit import TrainerSettings, fit, seed_everything
 from chordrec.inference import InferenceRecipe
-from chordrec.models import build_model
-from chordrec.sequences import BatchedExamples, song_steps
-from chordrec.songs import FRAME_RATE, load_songs, song_names
-from chordrec.training import TrainerSettings, fit, seed_everything
+from chordrec.io.atomic_write import write_atomic
+from chordrec.metrics import read_lab
+from chordrec.models import build_model, templates
 from chordrec.transcribe import Transcription, load_model, plan_jobs, transcribe_audio
 from tests.test_features import SONG, SR, render_song, write_song
 
@@ -70,7 +70,7 @@ def majmin(path: Path, reference) -> float:
 
 
 def template_checkpoint(level: str = "frame") -> dict[str, Any]:
-    """A linear CRNN computing :func:`chordrec.templates.template_scores` on unit chroma,
+    """A linear CRNN computing :func:`chordrec.models.templates.template_scores` on unit chroma,
     as a training checkpoint (state dict and config)."""
     network = build_model(LINEAR)
     weights = templates.chord_templates()
@@ -355,9 +355,9 @@ def test_a_model_trained_on_real_songs(data_root, reference, tmp_path) -> None:
 
 def test_a_network_transcribes_with_the_runs_evaluation_chunking() -> None:
     """A checkpoint scored on overlapped chunks (trainer.eval_*) transcribes the same way."""
-    from chordrec.sequences import song_steps
-    from chordrec.songs import Song
-    from chordrec.training import predict_log_probs
+    from chordrec.data.sequences import song_steps
+    from chordrec.data.songs import Song
+    from chordrec.fit import predict_log_probs
     from chordrec.transcribe import network_model
 
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
 """Scoring of frame-wise chord predictions: frame accuracy, MIREX-style chord metrics.
 
-Frame-level functions take class indices of :mod:`chordrec.chords` shaped
+Frame-level functions take class indices of :mod:`chordrec.data.chords` shaped
 (frames,). Segment-level functions work in seconds: frame ``i`` spans
 ``[i / frame_rate, (i + 1) / frame_rate)`` with ``frame_rate = 44100 / 512`` by
 default (the data set's hop), and labels are Harte strings as mir_eval reads them.
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import mir_eval
 import numpy as np
 
-from chordrec.chords import N_CLASSES, class_to_harte
+from chordrec.data.chords import N_CLASSES, class_to_harte
 
 __all__ = [
     "FRAME_RATE",

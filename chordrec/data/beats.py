@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from chordrec.chords import N_CLASSES
+from chordrec.data.chords import N_CLASSES
 
 
 def _check_beats(beats: np.ndarray, n_frames: int) -> np.ndarray:

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from chordrec.atomic_write import write_atomic
 from chordrec.errors import UserError
+from chordrec.io.atomic_write import write_atomic
 
 
 class CheckpointError(UserError, ValueError):
@@ -23,7 +23,7 @@ class CheckpointError(UserError, ValueError):
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
-    """Write ``state`` to ``path`` atomically (:func:`~chordrec.atomic_write.write_atomic`):
+    """Write ``state`` to ``path`` atomically (:func:`~chordrec.io.atomic_write.write_atomic`):
     a reader never sees a half-written checkpoint. Returns ``path``."""
     write_atomic(path, lambda tmp: torch.save(state, tmp), force=True)
     return path

@@ -135,7 +135,7 @@ _PIN_KEYS = ("size", "sha256")
 
 def _pins() -> _Pins:
     """Read and parse ``chordrec/rwc_pop.sha256``."""
-    text = resources.files("chordrec").joinpath(PINNED_CHECKSUMS_RESOURCE).read_bytes()
+    text = resources.files("chordrec.data").joinpath(PINNED_CHECKSUMS_RESOURCE).read_bytes()
     return _parse_pins(text)
 
 

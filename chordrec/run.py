@@ -17,22 +17,9 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from chordrec import figures
-from chordrec.checkpoints import load_checkpoint, save_checkpoint
-from chordrec.chords import class_names
-from chordrec.decoding import DECODE_METHODS, decode, tune_self_transition
-from chordrec.errors import ConfigError
-from chordrec.evaluation import (
-    aggregate_chord_scores,
-    chord_scores,
-    confusion_matrix,
-    per_class_recall,
-    read_lab,
-)
-from chordrec.fetch import DataFetchError, dataset_digest
-from chordrec.inference import InferenceRecipe
-from chordrec.models import build_model
-from chordrec.sequences import (
+from chordrec.data.chords import class_names
+from chordrec.data.fetch import DataFetchError, dataset_digest
+from chordrec.data.sequences import (
     LEVELS,
     MODES,
     BatchedExamples,
@@ -41,9 +28,22 @@ from chordrec.sequences import (
     song_chunks,
     song_steps,
 )
-from chordrec.songs import load_songs, song_names, split_songs
+from chordrec.data.songs import load_songs, song_names, split_songs
+from chordrec.decoding import DECODE_METHODS, decode, tune_self_transition
+from chordrec.errors import ConfigError
+from chordrec.fit import FitResult, evaluate
+from chordrec.inference import InferenceRecipe
+from chordrec.io.checkpoints import load_checkpoint, save_checkpoint
+from chordrec.metrics import (
+    aggregate_chord_scores,
+    chord_scores,
+    confusion_matrix,
+    per_class_recall,
+    read_lab,
+)
+from chordrec.models import build_model
+from chordrec.report import figures
 from chordrec.tracking import RunTracker
-from chordrec.training import FitResult, evaluate
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from chordrec.beats import beat_sync, beat_sync_labels, expand_beats_to_frames
-from chordrec.chords import transpose_chroma, transpose_labels
-from chordrec.songs import Song
+from chordrec.data.beats import beat_sync, beat_sync_labels, expand_beats_to_frames
+from chordrec.data.chords import transpose_chroma, transpose_labels
+from chordrec.data.songs import Song
 
 IGNORE_LABEL = -100
 LEVELS = ("frame", "beat")

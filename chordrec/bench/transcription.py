@@ -1,6 +1,6 @@
 """Transcription speed benchmark: multiples of real time on this machine.
 
-    python -m chordrec.bench_transcribe [--minutes 4] [--repeats 3] [--model SPEC]
+    python -m chordrec.bench.training.transcription [--minutes 4] [--repeats 3] [--model SPEC]
 
 Synthesises a stereo 44.1 kHz WAV song of random major/minor triads struck at
 120 BPM, then times each stage of ``chordrec transcribe`` separately, the best of
@@ -26,10 +26,10 @@ import numpy as np
 import soundfile as sf
 from omegaconf import OmegaConf
 
+from chordrec.audio.features import SAMPLE_RATE, beat_frames, chroma_features, load_audio
+from chordrec.data.songs import Song
 from chordrec.decoding import decode
-from chordrec.features import SAMPLE_RATE, beat_frames, chroma_features, load_audio
 from chordrec.models import build_model
-from chordrec.songs import Song
 from chordrec.tracking import configure
 from chordrec.transcribe import (
     ChordModel,

@@ -20,8 +20,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from chordrec.checkpoints import load_checkpoint, save_checkpoint
-from chordrec.sequences import IGNORE_LABEL, BatchedExamples, SongSteps, song_chunks, song_windows
+from chordrec.data.sequences import (
+    IGNORE_LABEL,
+    BatchedExamples,
+    SongSteps,
+    song_chunks,
+    song_windows,
+)
+from chordrec.io.checkpoints import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chordrec.chords import N_CLASSES
+from chordrec.data.chords import N_CLASSES
 from chordrec.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -204,7 +204,7 @@ class CRNN(nn.Module):
 
 class ChromaTemplates(nn.Module):
     """The training-free anchor: binary major/minor triad templates matched against each
-    step's chroma (:func:`chordrec.templates.template_scores`), with a no-chord rule.
+    step's chroma (:func:`chordrec.models.templates.template_scores`), with a no-chord rule.
 
     Input (batch, time, 12) → logits (batch, time, 25). It has no parameters, so a
     run with it skips training and goes straight to evaluation (argmax or Viterbi).
@@ -219,7 +219,7 @@ class ChromaTemplates(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, time, 12) → (batch, time, 25); impossible classes get logit -30."""
-        from chordrec.templates import template_scores
+        from chordrec.models.templates import template_scores
 
         chroma = x.detach().float().cpu().numpy().reshape(-1, x.shape[-1])
         scores = template_scores(

@@ -6,7 +6,7 @@ This is the only module of the package that uses matplotlib. It never touches
 saved), so it is safe in threads and worker processes and needs no display. The
 functions return the figure; callers save it, e.g. ``fig.savefig("curves.png")``.
 
-Chord classes follow :mod:`chordrec.chords`: 0 = ``N``, 1-12 = major C..B,
+Chord classes follow :mod:`chordrec.data.chords`: 0 = ``N``, 1-12 = major C..B,
 13-24 = minor C..B.
 """
 
@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from chordrec.chords import N_CLASSES, PITCH_CLASSES, class_names
+from chordrec.data.chords import N_CLASSES, PITCH_CLASSES, class_names
 
 __all__ = [
     "chord_timeline",
@@ -383,7 +383,7 @@ def confusion_matrix_figure(confusion: np.ndarray) -> Figure:
 
     ``confusion``: shape (25, 25), non-negative frame counts; row ``r``, column
     ``c`` counts frames of reference class ``r`` predicted as class ``c`` (classes
-    as in :func:`chordrec.chords.class_names`). Each row is divided by its total,
+    as in :func:`chordrec.data.chords.class_names`). Each row is divided by its total,
     so a cell shows the fraction of the reference class's frames (rows without
     frames stay empty); cells of at least 5 % are written as whole percentages.
     The title gives the overall frame accuracy (trace / total).

@@ -1,6 +1,6 @@
 """Training throughput benchmark: frames per second on this machine.
 
-    python -m chordrec.bench [--songs 60] [--seconds 60] [--seq-len 128] [--model rnn_table4]
+    python -m chordrec.bench.training.training [--songs 60] [--seconds 60] [--seq-len 128] [--model rnn_table4]
 
 Trains the model preset (default: the report's Table 4 BiLSTM 16) on the training
 songs at frame level, in window mode (one example per frame: the L frames ending
@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from chordrec.data.sequences import BatchedExamples, song_steps
+from chordrec.data.songs import load_songs, song_names
+from chordrec.fit import TrainerSettings, resolve_device, seed_everything, train_epoch
 from chordrec.models import build_model
-from chordrec.sequences import BatchedExamples, song_steps
-from chordrec.songs import load_songs, song_names
-from chordrec.training import TrainerSettings, resolve_device, seed_everything, train_epoch
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -1,6 +1,6 @@
 """Check chordrec on this machine's accelerator (``make gpu-check``); installs nothing.
 
-    python -m chordrec.gpu_check [--store DIR] [hydra overrides ...]
+    python -m chordrec.bench.training.gpu_check [--store DIR] [hydra overrides ...]
 
 1. the test suite's device-dependent tests (``pytest -m device``);
 2. ``experiment=best`` on CUDA (on the CPU where there is none: the CPU part) until

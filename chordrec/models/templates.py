@@ -2,7 +2,7 @@
 
 Each chroma frame is compared with the 24 binary major/minor triad templates by
 cosine similarity; a softmax with a temperature turns the similarities into
-per-frame log-probabilities over the 25 classes of :mod:`chordrec.chords`, which
+per-frame log-probabilities over the 25 classes of :mod:`chordrec.data.chords`, which
 :func:`chordrec.decoding.decode` then decodes by argmax or by Viterbi smoothing.
 
 The no-chord class N has no template. It is handled by a rule instead:
@@ -18,7 +18,7 @@ Measured on the RWC-Pop split of the README (test N061-N080, validation
 N081-N100; the training songs are not used), frame accuracy against ``chord/``,
 with the defaults below tuned on validation only by (about 4 minutes on 2 CPUs)::
 
-    .venv/bin/python -m chordrec.templates /work/shared/datasets/rwc-pop
+    .venv/bin/python -m chordrec.models.templates /work/shared/datasets/rwc-pop
 
     decoding                                    validation   test
     argmax   no_chord_threshold=0.3             35.59 %      47.01 %
@@ -41,7 +41,7 @@ from __future__ import annotations
 import numpy as np
 
 from chordrec import decoding
-from chordrec.chords import N_CLASSES, NO_CHORD
+from chordrec.data.chords import N_CLASSES, NO_CHORD
 
 __all__ = [
     "DEFAULT_NO_CHORD_THRESHOLD",
@@ -63,7 +63,7 @@ DEFAULT_SELF_TRANSITION = 0.9995
 def chord_templates() -> np.ndarray:
     """Binary triad templates of the 25 classes, shape (25, 12), float64.
 
-    Row ``c`` is the template of class ``c`` of :mod:`chordrec.chords`, columns
+    Row ``c`` is the template of class ``c`` of :mod:`chordrec.data.chords`, columns
     are the pitch classes C, C#, ..., B. Row ``1 + r`` (major, root ``r``) has ones
     at ``r, r + 4, r + 7`` (mod 12); row ``13 + r`` (minor) at ``r, r + 3, r + 7``.
     Row 0 (N) is all zero: no-chord is decided by a rule in
@@ -163,7 +163,7 @@ def template_predict(
 def _main(argv: list[str] | None = None) -> None:
     """Tune on validation songs N081-N100, then report validation and test accuracy.
 
-    Usage: ``python -m chordrec.templates DATA_DIR`` with DATA_DIR the RWC-Pop copy
+    Usage: ``python -m chordrec.models.templates DATA_DIR`` with DATA_DIR the RWC-Pop copy
     (folders ``chroma/`` and ``chord/``). Takes a few minutes (Viterbi grid search).
     """
     import argparse

@@ -237,7 +237,14 @@ RUN_COLUMNS = {
 }
 BOOKKEEPING = ("study", "table")  # tag ``kind`` of parent and table runs: not training runs
 # Settings that differ between runs without making them different experiments.
-NOT_A_FACTOR = ("run_name", "resume", "tracking.", "trainer.num_threads", "trainer.progress")
+NOT_A_FACTOR = (
+    "run_name",
+    "resume",
+    "tracking.",
+    "paths.",
+    "trainer.num_threads",
+    "trainer.progress",
+)
 
 
 def run_factors(runs: Sequence[RunRecord]) -> dict[str, dict[str, str]]:

@@ -1,0 +1,2 @@
+"""Audio in: reading files and computing the data set's chroma and beats (the only
+librosa user)."""

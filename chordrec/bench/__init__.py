@@ -1,0 +1,1 @@
+"""Benchmarks and machine checks: training throughput, transcription speed, the GPU check."""

@@ -1,0 +1,35 @@
+"""chordrec's fixed quantities and default names, each defined once.
+
+The data set's signal parameters (its chroma is 44.1 kHz audio at a hop of 512
+samples, about 86.1 frames per second) and the defaults that command-line options
+share with ``conf/`` (``conf/paths/default.yaml`` and ``conf/tracking/default.yaml``
+hold the same values for training runs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SAMPLE_RATE = 44100
+"""Hz: the audio rate the data set's chroma was computed at."""
+
+HOP_LENGTH = 512
+"""Samples between chroma frames."""
+
+FRAME_RATE = SAMPLE_RATE / HOP_LENGTH
+"""Chroma frames per second (about 86.13)."""
+
+DATA_DIR = Path("data/rwc-pop")
+"""Where ``chordrec data fetch`` puts the data set, relative to the working directory."""
+
+STORE_DIR = Path("mlruns")
+"""The default tracking store: SQLite database and artifacts."""
+
+EXPERIMENT = "chordrec"
+"""The default MLflow experiment of training runs."""
+
+REGISTERED_MODEL = "chordrec"
+"""The registered model that ``chordrec register`` adds versions to."""
+
+CHAMPION = f"models:/{REGISTERED_MODEL}@champion"
+"""The model ``chordrec transcribe`` uses by default."""

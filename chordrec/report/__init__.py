@@ -1,0 +1,1 @@
+"""Result reports: figures (the only matplotlib user) and tables (the only pandas user)."""
