@@ -1,24 +1,31 @@
 """The ``chordrec`` command: data, training, tracking UI and result tables.
 
 Training itself is the Hydra entry point ``python -m chordrec.train`` (``chordrec
-train`` forwards to it); everything else is an argparse subcommand here.
+train`` forwards to it); everything else is an argparse subcommand here. Each command
+is one small function: parse, call the module that does the work, print.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from chordrec import __version__
+from chordrec.constants import (
+    CHAMPION,
+    DATA_DIR,
+    EXPERIMENT,
+    PRESETS,
+    REGISTERED_MODEL,
+    STORE_DIR,
+)
 
-DEFAULT_DATA_DIR = Path("data/rwc-pop")
+# ------------------------------------------------------------------------ commands
 
 
 def _data_fetch(args: argparse.Namespace) -> int:
@@ -39,17 +46,22 @@ def _data_verify(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from chordrec.tracking import server_command
+    from chordrec import tracking
 
-    command = server_command(args.store, args.host, args.port, ui_only=True)
+    command = tracking.server_command(args.store, args.host, args.port, ui_only=True)
     print(
         f"MLflow UI over {Path(args.store).resolve()} at http://{args.host}:{args.port} (Ctrl-C stops it)"
     )
+    return _serve(command)
+
+
+def _serve(command: list[str]) -> int:
+    """Run a server until it exits; Ctrl-C or SIGTERM stops it with us (no orphan)."""
     server = subprocess.Popen(command)
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         return server.wait()
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the server with us, not orphan it
+    except KeyboardInterrupt:
         server.terminate()
         try:
             server.wait(timeout=30)
@@ -65,58 +77,76 @@ def _raise_keyboard_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _train(overrides: Sequence[str]) -> int:
-    return subprocess.call([sys.executable, "-m", "chordrec.train", *overrides])
+FORWARDED = {"train": "chordrec.train", "evaluate": "chordrec.evaluate"}
+"""Commands whose every argument belongs to another entry point (``--help`` included)."""
 
 
-def _configure_store(args: argparse.Namespace) -> str:
+def _forward(command: str, arguments: Sequence[str]) -> int:
+    return subprocess.call([sys.executable, "-m", FORWARDED[command], *arguments])
+
+
+def _configure_tracking(args: argparse.Namespace) -> str:
     """Point MLflow at ``--tracking-uri``, else $MLFLOW_TRACKING_URI, else ``--store``."""
-    from chordrec.tracking import configure
+    from chordrec import tracking
 
-    return configure(args.store, args.tracking_uri)
+    return tracking.configure(args.store, args.tracking_uri)
 
 
 def _transcribe(args: argparse.Namespace) -> int:
-    from chordrec.audio.features import MAX_DURATION_S
-    from chordrec.errors import ConfigError
-    from chordrec.transcribe import FORMATS, load_model, model_kind, plan_jobs, transcribe_files
+    from chordrec.transcribe import load_model, model_kind, plan_jobs, transcribe_files
 
-    max_duration = MAX_DURATION_S if args.max_duration is None else args.max_duration
-    if not max_duration > 0:  # NaN too
-        raise ConfigError(
-            f"--max-duration must be a positive number of seconds, got {max_duration:g}"
-        )
-    fmt = args.format
-    if fmt is None:
-        suffix = args.output.suffix.lstrip(".").lower() if args.output else ""
-        fmt = suffix if suffix in FORMATS else "lab"
+    max_duration = _max_duration(args.max_duration)
+    fmt = args.format or _format_from_suffix(args.output)
     jobs = plan_jobs(args.inputs, fmt, args.output, args.out_dir, args.plot)
     if model_kind(args.model) in ("registry", "run"):
-        _configure_store(args)
+        _configure_tracking(args)
     model = load_model(args.model, args.device)
     outcome = transcribe_files(
         jobs, model, fmt, force=args.force, progress=not args.quiet, max_duration=max_duration
     )
     for path in outcome.written:
         print(path)
-    if len(jobs) == 1 and outcome.failed:
-        audio, message = outcome.failed[0]
-        print(f"chordrec: error: {audio}: {message}", file=sys.stderr)
-    elif outcome.failed:
-        print(
-            f"chordrec: error: {len(outcome.failed)} of {len(jobs)} files failed:",
-            file=sys.stderr,
-        )
-        for audio, message in outcome.failed:
-            print(f"  {audio}: {message}", file=sys.stderr)
+    _print_failures(outcome.failed, len(jobs))
     return 1 if outcome.failed else 0
 
 
-def _register(args: argparse.Namespace) -> int:
-    from chordrec.tracking import register_run_model
+def _print_failures(failed: Sequence[tuple[Path, str]], total: int) -> None:
+    """The files a transcription could not do: one error line, or a list of them."""
+    if total == 1 and failed:
+        audio, message = failed[0]
+        print(f"chordrec: error: {audio}: {message}", file=sys.stderr)
+    elif failed:
+        print(f"chordrec: error: {len(failed)} of {total} files failed:", file=sys.stderr)
+        for audio, message in failed:
+            print(f"  {audio}: {message}", file=sys.stderr)
 
-    _configure_store(args)
-    version = register_run_model(args.run_id, args.name, args.alias)
+
+def _max_duration(seconds: float | None) -> float:
+    """``--max-duration``, else the default limit; refuses a non-positive value."""
+    from chordrec.audio.features import MAX_DURATION_S
+    from chordrec.errors import ConfigError
+
+    max_duration = MAX_DURATION_S if seconds is None else seconds
+    if not max_duration > 0:  # NaN too
+        raise ConfigError(
+            f"--max-duration must be a positive number of seconds, got {max_duration:g}"
+        )
+    return max_duration
+
+
+def _format_from_suffix(output: Path | None) -> str:
+    """The transcription format that ``-o``'s suffix names, else lab."""
+    from chordrec.transcribe import FORMATS
+
+    suffix = output.suffix.lstrip(".").lower() if output else ""
+    return suffix if suffix in FORMATS else "lab"
+
+
+def _register(args: argparse.Namespace) -> int:
+    from chordrec import tracking
+
+    _configure_tracking(args)
+    version = tracking.register_run_model(args.run_id, args.name, args.alias)
     alias = f", alias {args.alias!r}" if args.alias else ""
     print(
         f"registered run {args.run_id} as {args.name} version {version}{alias}: "
@@ -125,110 +155,57 @@ def _register(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table_text(runs, presets, fmt: str) -> str:
-    from chordrec.report.tables import build_table, render, select_runs
-
-    return render(build_table(select_runs(runs, presets)), fmt)
-
-
 def _table(args: argparse.Namespace) -> int:
-    from chordrec.report.tables import PRESETS, IncompleteTableError
-    from chordrec.tracking import create_run_with_text, find_runs, log_text_to_run
+    from chordrec import study
+    from chordrec.report.tables import IncompleteTableError
 
-    _configure_store(args)
-    runs = find_runs(args.experiment, args.study)
     try:
-        if args.runs:
-            from chordrec.report.tables import build_run_table, render
-
-            text = render(build_run_table(runs), args.format)
-        else:
-            text = _table_text(runs, PRESETS, args.format)
+        table = study.publish_table(
+            experiment=args.experiment,
+            study_id=args.study,
+            per_run=args.runs,
+            fmt=args.format,
+            out=args.out,
+            store=args.store,
+            tracking_uri=args.tracking_uri,
+        )
     except IncompleteTableError as exc:
         print(f"chordrec table: incomplete table: {exc}", file=sys.stderr)
         return 1
-    artifact = f"{'runs' if args.runs else 'table5'}.{args.format}"
-    parents = [r for r in runs if r.tags.get("kind") == "study"]
-    if parents:
-        log_text_to_run(parents[0].run_id, text, artifact)
-        where = f"study run {parents[0].run_id}"
-    else:
-        name = f"{'runs' if args.runs else 'table5'} {args.study or args.experiment}"
-        where = "run " + create_run_with_text(
-            args.experiment, name, text, artifact, {"kind": "table"}
-        )
-    if args.out:
-        from chordrec.io.atomic_write import write_atomic
-
-        write_atomic(args.out, lambda tmp: tmp.write_text(text), force=True)
-    print(text, end="")
-    print(f"(logged as {artifact} in {where})", file=sys.stderr)
+    print(table.text, end="")
+    print(table.note, file=sys.stderr)
     return 0
+
+
+def _study(args: argparse.Namespace) -> int:
+    from chordrec import study
+
+    started = study.start_study(
+        args.presets.split(","),
+        args.study_id,
+        experiment=args.experiment,
+        store=args.store,
+        tracking_uri=args.tracking_uri,
+    )
+    print(started.headline, flush=True)
+    outcome = study.run_study(started, args.jobs, args.overrides)
+    for line in outcome.problems:
+        print(line, file=sys.stderr)
+    print(outcome.table, end="")
+    return 0 if outcome.succeeded else 1
+
+
+# ------------------------------------------------------------------------ parser
 
 
 def _study_id(text: str) -> str:
     """argparse type of a study id (:func:`chordrec.tracking.check_study_id`)."""
-    from chordrec.tracking import check_study_id
+    from chordrec import tracking
 
     try:
-        return check_study_id(text)
+        return tracking.check_study_id(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _study(args: argparse.Namespace) -> int:
-    from chordrec.report.tables import IncompleteTableError
-    from chordrec.tracking import end_parent_run, find_runs, log_text_to_run, start_parent_run
-
-    store = args.store.resolve()
-    uri = _configure_store(args)
-    study_id = args.study_id or time.strftime("study-%Y%m%d-%H%M%S")
-    presets = args.experiments.split(",")
-    parent = start_parent_run(
-        args.experiment, study_id, {"study": study_id, "kind": "study"}, store
-    )
-    print(f"study {study_id}: presets {', '.join(presets)}; parent MLflow run {parent}", flush=True)
-    overrides = [
-        "-m",
-        f"experiment={','.join(presets)}",
-        f"tracking.experiment={args.experiment}",
-        f"tracking.store_dir={store}",
-        f"+tracking.tags.study={study_id}",
-        f"tracking.parent_run_id={parent}",
-        f"hydra.sweep.dir=multirun/{study_id}",
-    ]
-    if args.jobs > 1:
-        overrides += [
-            "hydra/launcher=parallel",
-            f"hydra.launcher.n_jobs={args.jobs}",
-            "trainer.num_threads=1",  # one torch thread per job
-            "trainer.progress=false",  # per-epoch log lines, not interleaved progress bars
-        ]
-    started = time.monotonic()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    code = subprocess.call(
-        [sys.executable, "-m", "chordrec.train", *overrides, *args.overrides], env=env
-    )
-    wall = time.monotonic() - started
-    runs = [r for r in find_runs(args.experiment, study_id) if r.tags.get("kind") != "study"]
-    failed = [r for r in runs if r.status != "FINISHED"]
-    for r in failed:
-        print(
-            f"study {study_id}: run {r.run_id} (preset {r.tags.get('preset')}) ended {r.status}: "
-            f"{r.tags.get('error', 'no error recorded')}",
-            file=sys.stderr,
-        )
-    try:
-        text = _table_text(runs, presets, "md")
-    except IncompleteTableError as exc:
-        print(f"study {study_id}: incomplete table: {exc}", file=sys.stderr)
-        end_parent_run(parent, succeeded=False)
-        return 1
-    text += f"\nStudy {study_id}: wall time {wall / 60:.1f} min.\n"
-    log_text_to_run(parent, text, "table5.md")
-    end_parent_run(parent, succeeded=not failed and code == 0)
-    print(text, end="")
-    return 0 if not failed and code == 0 else 1
 
 
 def _add_tracking_options(
@@ -239,12 +216,12 @@ def _add_tracking_options(
     precedence), and with ``experiment`` the ``--experiment`` to read and write."""
     if experiment:
         parser.add_argument(
-            "--experiment", default="chordrec", help="MLflow experiment (default: %(default)s)"
+            "--experiment", default=EXPERIMENT, help="MLflow experiment (default: %(default)s)"
         )
     parser.add_argument(
         "--store",
         type=Path,
-        default=Path("mlruns"),
+        default=STORE_DIR,
         help=(
             "local tracking store directory, unless --tracking-uri or $MLFLOW_TRACKING_URI "
             "names another store (default: %(default)s)"
@@ -259,25 +236,10 @@ def _add_tracking_options(
         )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="chordrec",
-        description=(
-            "Chord-recognition experiments on RWC-Pop chroma, tracked in MLflow.\n\n"
-            "Typical session:\n"
-            "  chordrec data fetch                      # data set into data/rwc-pop, verified\n"
-            "  chordrec train model=crnn2 data.level=beat seq_len=32\n"
-            "  chordrec ui                              # browse runs at http://127.0.0.1:5000"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"chordrec {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_data_parser(commands: argparse._SubParsersAction) -> None:
     data = commands.add_parser("data", help="fetch or verify the RWC-Pop data set")
-    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    fetch = data_commands.add_parser(
+    actions = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    fetch = actions.add_parser(
         "fetch",
         help="download (or copy) the data set and verify every file's checksum",
         description=(
@@ -295,24 +257,21 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     fetch.add_argument(
-        "--dest",
-        type=Path,
-        default=DEFAULT_DATA_DIR,
-        help="target directory (default: %(default)s)",
+        "--dest", type=Path, default=DATA_DIR, help="target directory (default: %(default)s)"
     )
     fetch.add_argument(
         "--force", action="store_true", help="replace an existing copy that fails verification"
     )
     fetch.add_argument("--quiet", action="store_true", help="no progress bar")
     fetch.set_defaults(func=_data_fetch)
-    verify = data_commands.add_parser(
-        "verify", help="check a local copy against the pinned checksums"
-    )
+    verify = actions.add_parser("verify", help="check a local copy against the pinned checksums")
     verify.add_argument(
-        "--root", type=Path, default=DEFAULT_DATA_DIR, help="data directory (default: %(default)s)"
+        "--root", type=Path, default=DATA_DIR, help="data directory (default: %(default)s)"
     )
     verify.set_defaults(func=_data_verify)
 
+
+def _add_ui_parser(commands: argparse._SubParsersAction) -> None:
     ui = commands.add_parser("ui", help="open the MLflow UI over the tracking store")
     _add_tracking_options(ui, tracking_uri=False)
     ui.add_argument(
@@ -323,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000, help="port (default: %(default)s)")
     ui.set_defaults(func=_ui)
 
+
+def _add_train_parser(commands: argparse._SubParsersAction) -> None:
+    """Listed for --help only: :func:`main` forwards ``chordrec train ...`` before parsing."""
     train = commands.add_parser(
         "train",
         help="train one model (Hydra overrides; same as python -m chordrec.train)",
@@ -331,6 +293,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("overrides", nargs=argparse.REMAINDER)
 
+
+def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
+    """Listed for --help only: :func:`main` forwards ``chordrec evaluate ...``."""
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="re-score a run's best weights as a new run (RUN_ID [key=value ...])",
+        description="Forwards every argument to `python -m chordrec.evaluate`; try `chordrec evaluate --help`.",
+        add_help=False,
+    )
+    evaluate.add_argument("arguments", nargs=argparse.REMAINDER)
+
+
+def _add_transcribe_parser(commands: argparse._SubParsersAction) -> None:
     transcribe = commands.add_parser(
         "transcribe",
         help="turn audio files into chord labels with a trained model",
@@ -347,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument(
         "-m",
         "--model",
-        default="models:/chordrec@champion",
+        default=CHAMPION,
         help=(
             "models:/<name>@<alias>, models:/<name>/<version>, runs:/<run id>/model, a run "
             "id, a checkpoint .pt file, or 'templates' (training-free template matching) "
@@ -387,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument("--quiet", action="store_true", help="no progress bar")
     transcribe.set_defaults(func=_transcribe)
 
+
+def _add_table_parser(commands: argparse._SubParsersAction) -> None:
     table = commands.add_parser(
         "table",
         help="rebuild the report's Table 5 from MLflow (no N/A: exits 1 if a cell is missing)",
@@ -409,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking_options(table, experiment=True)
     table.set_defaults(func=_table)
 
+
+def _add_study_parser(commands: argparse._SubParsersAction) -> None:
     study = commands.add_parser(
         "study",
         help="run the report's experiments a-f as one study, then print Table 5",
@@ -420,7 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     study.add_argument(
-        "--experiments", default="a,b,c,d,e,f", help="presets (default: %(default)s)"
+        "--presets",
+        default=",".join(PRESETS),
+        help="experiment presets, comma-separated (default: %(default)s)",
     )
     study.add_argument(
         "--study-id",
@@ -437,31 +418,57 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     study.set_defaults(func=_study)
 
+
+def _add_register_parser(commands: argparse._SubParsersAction) -> None:
     register = commands.add_parser(
         "register",
         help="put a run's model in the MLflow model registry",
         description=(
             "Register the model that a training run logged as a new version of a "
             "registered model, optionally pointing an alias at it (`chordrec transcribe` "
-            "uses models:/chordrec@champion by default)."
+            f"uses {CHAMPION} by default)."
         ),
     )
     register.add_argument("run_id", help="MLflow run id of a training run")
     register.add_argument(
-        "--name", default="chordrec", help="registered model (default: %(default)s)"
+        "--name", default=REGISTERED_MODEL, help="registered model (default: %(default)s)"
     )
     register.add_argument("--alias", help="alias to point at the new version, e.g. champion")
     _add_tracking_options(register)
     register.set_defaults(func=_register)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chordrec",
+        description=(
+            "Chord-recognition experiments on RWC-Pop chroma, tracked in MLflow.\n\n"
+            "Typical session:\n"
+            f"  chordrec data fetch                      # data set into {DATA_DIR}, verified\n"
+            "  chordrec train model=crnn2 data.level=beat seq_len=32\n"
+            "  chordrec ui                              # browse runs at http://127.0.0.1:5000"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"chordrec {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_data_parser(commands)
+    _add_ui_parser(commands)
+    _add_train_parser(commands)
+    _add_evaluate_parser(commands)
+    _add_transcribe_parser(commands)
+    _add_table_parser(commands)
+    _add_study_parser(commands)
+    _add_register_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["train"]:  # everything after `train` belongs to Hydra, --help included
-        return _train(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv[:1] and argv[0] in FORWARDED:
+        return _forward(argv[0], argv[1:])
+    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -33,3 +33,6 @@ REGISTERED_MODEL = "chordrec"
 
 CHAMPION = f"models:/{REGISTERED_MODEL}@champion"
 """The model ``chordrec transcribe`` uses by default."""
+
+PRESETS = ("a", "b", "c", "d", "e", "f")
+"""The report's experiments, one per column of its Table 5 (``experiments/a.yaml``...)."""

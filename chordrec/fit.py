@@ -6,11 +6,12 @@ files and hands the epoch's metrics and checkpoint paths to an observer.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,9 +25,9 @@ from chordrec.data.sequences import (
     IGNORE_LABEL,
     BatchedExamples,
     SongSteps,
-    song_chunks,
-    song_windows,
 )
+from chordrec.errors import ConfigError
+from chordrec.inference import Predictor, uses_mixed_precision
 from chordrec.io.checkpoints import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -72,138 +73,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-@torch.no_grad()
-def predict_log_probs(
-    model: nn.Module,
-    steps: SongSteps,
-    seq_len: int,
-    mode: str,
-    device: torch.device,
-    batch_size: int = 1024,
-    overlap: bool = False,
-    amp: bool = False,
-) -> np.ndarray:
-    """Log class posteriors for every step of one song: (steps, classes) float32.
-
-    ``window`` mode predicts step t from the ``seq_len`` steps ending at t (the
-    model's last output); ``sequence`` mode predicts all steps of consecutive chunks.
-    With ``overlap`` (sequence mode), chunks start every ``seq_len // 2`` steps, so every
-    step lies in two chunks, and its posterior is their average weighted by a triangle
-    that peaks mid-chunk: no step is predicted from one side of its context only.
-    ``amp``: run in float16 on CUDA (:func:`uses_mixed_precision`).
-    """
-    model.eval()
-    if mode == "window":
-        inputs = song_windows(steps.features, seq_len)
-    elif overlap:
-        return _overlapped_log_probs(model, steps.features, seq_len, device, batch_size, amp)
-    else:
-        inputs, _ = song_chunks(steps.features, steps.labels, seq_len)
-    logits = _batched_logits(model, inputs, mode, device, batch_size, amp)
-    return torch.log_softmax(logits, dim=-1).reshape(-1, logits.shape[-1]).numpy()[: steps.n_steps]
-
-
-def _batched_logits(
-    model: nn.Module,
-    inputs: np.ndarray,
-    mode: str,
-    device: torch.device,
-    batch_size: int,
-    amp: bool,
-) -> torch.Tensor:
-    """The model's float32 CPU logits for ``inputs`` (examples, seq_len, features), run in
-    batches: (examples, classes) in window mode, (examples, seq_len, classes) otherwise."""
-    outputs = []
-    for start in range(0, len(inputs), batch_size):
-        x = torch.from_numpy(np.array(inputs[start : start + batch_size], dtype=np.float32))
-        with torch.autocast("cuda", dtype=torch.float16, enabled=uses_mixed_precision(device, amp)):
-            x = x.to(device)
-            logits = model(x)[:, -1] if mode == "window" else model.step_logits(x)
-        outputs.append(logits.float().cpu())
-    return torch.cat(outputs)
-
-
-def _overlapped_log_probs(
-    model: nn.Module,
-    features: np.ndarray,
-    seq_len: int,
-    device: torch.device,
-    batch_size: int,
-    amp: bool,
-) -> np.ndarray:
-    if seq_len < 2:
-        raise ValueError(f"overlapped chunks need seq_len >= 2, got {seq_len}")
-    hop, n = seq_len // 2, len(features)
-    # hop zero steps before the song, seq_len after: step i sits at hop + i and lies in
-    # the two chunks starting at the multiples of hop in (hop + i - seq_len, hop + i].
-    padded = np.concatenate(
-        [
-            np.zeros((hop, features.shape[1]), np.float32),
-            features,
-            np.zeros((seq_len, features.shape[1]), np.float32),
-        ]
-    )
-    starts = np.arange(0, hop + n, hop)
-    inputs = np.lib.stride_tricks.sliding_window_view(padded, seq_len, axis=0)[starts]
-    probs = torch.softmax(
-        _batched_logits(model, inputs.transpose(0, 2, 1), "sequence", device, batch_size, amp),
-        -1,
-    ).numpy()
-    position = np.arange(seq_len)
-    weight = np.minimum(position + 1, seq_len - position).astype(np.float32)
-    total = np.zeros((len(padded), probs.shape[-1]), np.float32)
-    weights = np.zeros(len(padded), np.float32)
-    for start, chunk in zip(starts, probs, strict=True):
-        total[start : start + seq_len] += weight[:, None] * chunk
-        weights[start : start + seq_len] += weight
-    mean = total[hop : hop + n] / weights[hop : hop + n, None]
-    return np.log(np.maximum(mean, np.finfo(np.float32).tiny))
-
-
-@dataclass
-class Evaluation:
-    """Step-level loss and frame-level accuracy over songs, and each song's
-    frame-level log posteriors (frames, classes)."""
-
-    loss: float
-    frame_accuracy: float
-    n_frames: int
-    log_probs: list[np.ndarray]
-
-
-def evaluate(
-    model: nn.Module,
-    songs: Sequence[SongSteps],
-    seq_len: int,
-    mode: str,
-    device: torch.device,
-    batch_size: int = 1024,
-    decode: Callable[[np.ndarray], np.ndarray] | None = None,
-    overlap: bool = False,
-    amp: bool = False,
-) -> Evaluation:
-    """Score every frame of ``songs``: beat-level predictions are spread over their
-    frames. ``decode`` maps frame log posteriors to classes (default argmax);
-    ``overlap`` and ``amp`` as in :func:`predict_log_probs`."""
-    loss_sum, n_steps, correct, n_frames, frame_log_probs = 0.0, 0, 0, 0, []
-    for steps in songs:
-        log_probs = predict_log_probs(model, steps, seq_len, mode, device, batch_size, overlap, amp)
-        loss_sum += float(-log_probs[np.arange(steps.n_steps), steps.labels].sum())
-        n_steps += steps.n_steps
-        frame_lp = steps.to_frames(log_probs)
-        predicted = decode(frame_lp) if decode else frame_lp.argmax(axis=1)
-        correct += int((predicted == steps.song.labels).sum())
-        n_frames += steps.song.n_frames
-        frame_log_probs.append(frame_lp)
-    return Evaluation(loss_sum / n_steps, correct / n_frames, n_frames, frame_log_probs)
-
-
-def uses_mixed_precision(device: torch.device, amp: bool) -> bool:
-    """Whether training and evaluation run in float16 autocast: only on CUDA, and only
-    when ``amp`` (``trainer.amp``) asks for it."""
-    return amp and device.type == "cuda"
-
-
 class EpochObserver(Protocol):
     """Receives each finished epoch: its metrics and the checkpoint files written for it
     (``last`` always, ``best`` when validation accuracy improved)."""
@@ -219,9 +88,6 @@ class TrainerSettings:
     min_lr: float = 1e-5
     early_stopping_patience: int | None = None
     batch_size: int = 32
-    eval_batch_size: int = 1024
-    eval_seq_len: int | None = None  # steps per chunk when evaluating (None: training's)
-    eval_overlap: bool = False  # sequence mode: half-overlapping evaluation chunks
     num_workers: int = 0
     window_stride: int = 1
     grad_clip: float | None = None
@@ -326,12 +192,15 @@ def fit(
     settings: TrainerSettings,
     device: torch.device,
     checkpoint_dir: Path,
+    predictor: Predictor,
     observer: EpochObserver | None = None,
     resume_from: dict[str, Any] | None = None,
     checkpoint_extra: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train until the learning rate falls below ``min_lr`` (converged), validation
     accuracy stops improving for ``early_stopping_patience`` epochs, or ``max_epochs``.
+    Each epoch is validated by ``predictor`` (which runs ``model``), as the run's final
+    evaluation and transcription run it.
 
     The scheduler steps once per epoch: a ``ReduceLROnPlateau`` on the validation loss
     (and only then does ``min_lr`` end training), any other (e.g. cosine annealing over
@@ -378,16 +247,7 @@ def fit(
         train_loss, train_acc = train_epoch(
             model, train, order, optimizer, scaler, settings, device, desc=f"epoch {epoch}"
         )
-        val = evaluate(
-            model,
-            validation,
-            settings.eval_seq_len or train.seq_len,
-            train.mode,
-            device,
-            settings.eval_batch_size,
-            overlap=settings.eval_overlap,
-            amp=settings.amp,
-        )
+        val = predictor.evaluate(validation)
         lr = _lr(optimizer)
         if plateau:
             scheduler.step(val.loss)
@@ -444,6 +304,38 @@ def fit(
         train_time_s=elapsed,
         best_state=best_state,
     )
+
+
+OPTIMIZERS = ("Adam", "AdamW", "SGD", "RMSprop")
+SCHEDULERS = ("CosineAnnealingLR", "ReduceLROnPlateau")
+
+
+def build_optimizer(spec: Mapping[str, Any], params: Any) -> torch.optim.Optimizer:
+    """A ``torch.optim`` optimizer from its config (``_target_`` plus keyword arguments).
+    Only the :data:`OPTIMIZERS` are built: a config read from a checkpoint (resume)
+    never names arbitrary code. Raises ConfigError for another target."""
+    return _torch_class(spec, "torch.optim", OPTIMIZERS)(params, **_arguments(spec))
+
+
+def build_scheduler(
+    spec: Mapping[str, Any], optimizer: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """A ``torch.optim.lr_scheduler`` scheduler from its config, like
+    :func:`build_optimizer` (only the :data:`SCHEDULERS`)."""
+    return _torch_class(spec, "torch.optim.lr_scheduler", SCHEDULERS)(optimizer, **_arguments(spec))
+
+
+def _torch_class(spec: Mapping[str, Any], module: str, names: Sequence[str]) -> Any:
+    target = str(spec.get("_target_", ""))
+    prefix, _, name = target.rpartition(".")
+    if prefix != module or name not in names:
+        known = ", ".join(f"{module}.{n}" for n in names)
+        raise ConfigError(f"_target_ {target!r} is not one of {known}")
+    return getattr(importlib.import_module(module), name)
+
+
+def _arguments(spec: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k != "_target_"}
 
 
 def _lr(optimizer: torch.optim.Optimizer) -> float:

@@ -1,20 +1,28 @@
-"""How a trained model turns one song into chord classes, exactly as its run was scored.
+"""How a model turns songs into chord classes: the one path from chroma to labels.
 
 An :class:`InferenceRecipe` holds every setting between a model's weights and its frame
 labels: the level it reads (frames or beats), its sequence mode, the evaluation chunk
 length and overlap, the decoding method and Viterbi's self-transition as tuned on
-validation. A run writes its recipe into its best checkpoint once it is scored, so
-transcription decodes a new song the way the run's own evaluation decoded its songs.
+validation. :func:`build_predictor` turns a run's config into a :class:`Predictor`,
+and every caller runs models through one: training's per-epoch validation, a run's
+final evaluation and ``chordrec transcribe``. A run writes its recipe into its best
+checkpoint once it is scored, so a transcription decodes a new song the way the run's
+own evaluation decoded its songs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from chordrec.data.sequences import LEVELS, MODES
-from chordrec.decoding import DECODE_METHODS
+import numpy as np
+import torch
+from torch import nn
+
+from chordrec.data.sequences import LEVELS, MODES, SongSteps, song_chunks, song_steps, song_windows
+from chordrec.data.songs import Song
+from chordrec.decoding import DECODE_METHODS, decode
 
 
 @dataclass(frozen=True)
@@ -76,3 +84,202 @@ class InferenceRecipe:
     def to_dict(self) -> dict[str, Any]:
         """Plain data, storable in a weights-only checkpoint."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """``model`` run as ``recipe`` says on ``device`` (``amp``: float16 on CUDA), in
+    batches of ``batch_size`` chunks."""
+
+    model: nn.Module
+    recipe: InferenceRecipe
+    device: torch.device
+    amp: bool = False
+    batch_size: int = 1024
+
+    def step_log_probs(self, steps: SongSteps) -> np.ndarray:
+        """Log posteriors of every step of one song: (steps, classes) float32."""
+        r = self.recipe
+        return predict_log_probs(
+            self.model,
+            steps,
+            r.seq_len,
+            r.seq_mode,
+            self.device,
+            self.batch_size,
+            r.overlap,
+            self.amp,
+        )
+
+    def frame_log_probs(self, song: Song) -> np.ndarray:
+        """Log posteriors of every frame of ``song`` (its ``chroma`` and, at beat level,
+        ``beats``): (frames, classes) float32."""
+        steps = song_steps(song, self.recipe.level)
+        return steps.to_frames(self.step_log_probs(steps))
+
+    def evaluate(self, songs: Sequence[SongSteps]) -> Evaluation:
+        """Loss, argmax frame accuracy and frame log posteriors of ``songs``."""
+        r = self.recipe
+        return evaluate(
+            self.model,
+            songs,
+            r.seq_len,
+            r.seq_mode,
+            self.device,
+            self.batch_size,
+            overlap=r.overlap,
+            amp=self.amp,
+        )
+
+    def classes(self, frame_log_probs: np.ndarray) -> np.ndarray:
+        """Decode (frames, classes) log posteriors into (frames,) int64 classes with the
+        recipe's method and self-transition."""
+        r = self.recipe
+        if r.decode == "viterbi" and r.self_transition is None:
+            raise ValueError("Viterbi decoding needs the recipe's tuned self-transition")
+        return decode(frame_log_probs, r.decode, r.self_transition or 0.5)
+
+
+def build_predictor(
+    model: nn.Module,
+    config: Mapping[str, Any],
+    device: torch.device,
+    amp: bool = False,
+    batch_size: int = 1024,
+    self_transition: float | None = None,
+) -> Predictor:
+    """The predictor a run's resolved ``config`` sets for ``model`` (see
+    :meth:`InferenceRecipe.from_config`)."""
+    return Predictor(
+        model, InferenceRecipe.from_config(config, self_transition), device, amp, batch_size
+    )
+
+
+@torch.no_grad()
+def predict_log_probs(
+    model: nn.Module,
+    steps: SongSteps,
+    seq_len: int,
+    mode: str,
+    device: torch.device,
+    batch_size: int = 1024,
+    overlap: bool = False,
+    amp: bool = False,
+) -> np.ndarray:
+    """Log class posteriors for every step of one song: (steps, classes) float32.
+
+    ``window`` mode predicts step t from the ``seq_len`` steps ending at t (the
+    model's last output); ``sequence`` mode predicts all steps of consecutive chunks.
+    With ``overlap`` (sequence mode), chunks start every ``seq_len // 2`` steps, so every
+    step lies in two chunks, and its posterior is their average weighted by a triangle
+    that peaks mid-chunk: no step is predicted from one side of its context only.
+    ``amp``: run in float16 on CUDA (:func:`uses_mixed_precision`).
+    """
+    model.eval()
+    if mode == "window":
+        inputs = song_windows(steps.features, seq_len)
+    elif overlap:
+        return _overlapped_log_probs(model, steps.features, seq_len, device, batch_size, amp)
+    else:
+        inputs, _ = song_chunks(steps.features, steps.labels, seq_len)
+    logits = _batched_logits(model, inputs, mode, device, batch_size, amp)
+    return torch.log_softmax(logits, dim=-1).reshape(-1, logits.shape[-1]).numpy()[: steps.n_steps]
+
+
+def _batched_logits(
+    model: nn.Module,
+    inputs: np.ndarray,
+    mode: str,
+    device: torch.device,
+    batch_size: int,
+    amp: bool,
+) -> torch.Tensor:
+    """The model's float32 CPU logits for ``inputs`` (examples, seq_len, features), run in
+    batches: (examples, classes) in window mode, (examples, seq_len, classes) otherwise."""
+    outputs = []
+    for start in range(0, len(inputs), batch_size):
+        x = torch.from_numpy(np.array(inputs[start : start + batch_size], dtype=np.float32))
+        with torch.autocast("cuda", dtype=torch.float16, enabled=uses_mixed_precision(device, amp)):
+            x = x.to(device)
+            logits = model(x)[:, -1] if mode == "window" else model.step_logits(x)
+        outputs.append(logits.float().cpu())
+    return torch.cat(outputs)
+
+
+def _overlapped_log_probs(
+    model: nn.Module,
+    features: np.ndarray,
+    seq_len: int,
+    device: torch.device,
+    batch_size: int,
+    amp: bool,
+) -> np.ndarray:
+    if seq_len < 2:
+        raise ValueError(f"overlapped chunks need seq_len >= 2, got {seq_len}")
+    hop, n = seq_len // 2, len(features)
+    # hop zero steps before the song, seq_len after: step i sits at hop + i and lies in
+    # the two chunks starting at the multiples of hop in (hop + i - seq_len, hop + i].
+    padded = np.concatenate(
+        [
+            np.zeros((hop, features.shape[1]), np.float32),
+            features,
+            np.zeros((seq_len, features.shape[1]), np.float32),
+        ]
+    )
+    starts = np.arange(0, hop + n, hop)
+    inputs = np.lib.stride_tricks.sliding_window_view(padded, seq_len, axis=0)[starts]
+    probs = torch.softmax(
+        _batched_logits(model, inputs.transpose(0, 2, 1), "sequence", device, batch_size, amp),
+        -1,
+    ).numpy()
+    position = np.arange(seq_len)
+    weight = np.minimum(position + 1, seq_len - position).astype(np.float32)
+    total = np.zeros((len(padded), probs.shape[-1]), np.float32)
+    weights = np.zeros(len(padded), np.float32)
+    for start, chunk in zip(starts, probs, strict=True):
+        total[start : start + seq_len] += weight[:, None] * chunk
+        weights[start : start + seq_len] += weight
+    mean = total[hop : hop + n] / weights[hop : hop + n, None]
+    return np.log(np.maximum(mean, np.finfo(np.float32).tiny))
+
+
+@dataclass
+class Evaluation:
+    """Step-level loss and frame-level accuracy over songs, and each song's
+    frame-level log posteriors (frames, classes)."""
+
+    loss: float
+    frame_accuracy: float
+    n_frames: int
+    log_probs: list[np.ndarray]
+
+
+def evaluate(
+    model: nn.Module,
+    songs: Sequence[SongSteps],
+    seq_len: int,
+    mode: str,
+    device: torch.device,
+    batch_size: int = 1024,
+    overlap: bool = False,
+    amp: bool = False,
+) -> Evaluation:
+    """Score every frame of ``songs`` with argmax: beat-level predictions are spread over
+    their frames; ``overlap`` and ``amp`` as in :func:`predict_log_probs`."""
+    loss_sum, n_steps, correct, n_frames, frame_log_probs = 0.0, 0, 0, 0, []
+    for steps in songs:
+        log_probs = predict_log_probs(model, steps, seq_len, mode, device, batch_size, overlap, amp)
+        loss_sum += float(-log_probs[np.arange(steps.n_steps), steps.labels].sum())
+        n_steps += steps.n_steps
+        frame_lp = steps.to_frames(log_probs)
+        predicted = frame_lp.argmax(axis=1)
+        correct += int((predicted == steps.song.labels).sum())
+        n_frames += steps.song.n_frames
+        frame_log_probs.append(frame_lp)
+    return Evaluation(loss_sum / n_steps, correct / n_frames, n_frames, frame_log_probs)
+
+
+def uses_mixed_precision(device: torch.device, amp: bool) -> bool:
+    """Whether training and evaluation run in float16 autocast: only on CUDA, and only
+    when ``amp`` (``trainer.amp``) asks for it."""
+    return amp and device.type == "cuda"

@@ -10,28 +10,24 @@ only the metrics reported here.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import mir_eval
 import numpy as np
 
+from chordrec.constants import FRAME_RATE
 from chordrec.data.chords import N_CLASSES, class_to_harte
 
 __all__ = [
-    "FRAME_RATE",
     "SCORE_KEYS",
     "frame_accuracy",
     "frames_to_segments",
-    "read_lab",
     "chord_scores",
     "aggregate_chord_scores",
     "confusion_matrix",
     "per_class_recall",
 ]
 
-#: Chroma frames per second of the data set (sample rate 44100 Hz, hop 512).
-FRAME_RATE = 44100 / 512
 #: Keys of the dictionaries returned by :func:`chord_scores`.
 SCORE_KEYS: tuple[str, ...] = ("majmin", "root", "seg", "overseg", "underseg")
 
@@ -117,54 +113,6 @@ def frames_to_segments(
     return intervals, class_to_harte(cls[starts])
 
 
-def read_lab(path: str | os.PathLike[str]) -> tuple[np.ndarray, list[str]]:
-    """Read a MIREX chord annotation (``.lab``): one ``start end label`` per line.
-
-    Fields are separated by whitespace (spaces or tabs); times are in seconds. Blank
-    lines and lines starting with ``#`` are skipped. The label is the rest of the
-    line after the two times.
-
-    Returns
-    -------
-    intervals : np.ndarray, shape (n, 2), float64
-    labels : list[str], length n
-
-    Raises
-    ------
-    ValueError
-        For a malformed line (too few fields, a time that is not a finite number, an
-        end before its start), as ``"<path>:<line number>: <problem>: '<line>'"``;
-        or when the file holds no intervals.
-    """
-    intervals: list[tuple[float, float]] = []
-    labels: list[str] = []
-    with open(path, encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            fields = line.split(None, 2)
-
-            def fail(problem: str, number: int = number, line: str = line) -> ValueError:
-                return ValueError(f"{os.fspath(path)}:{number}: {problem}: {line!r}")
-
-            if len(fields) < 3:
-                raise fail(f"expected 'start end label', got {len(fields)} field(s)")
-            try:
-                start, end = float(fields[0]), float(fields[1])
-            except ValueError:
-                raise fail("start and end must be numbers (seconds)") from None
-            if not (np.isfinite(start) and np.isfinite(end)):
-                raise fail("start and end must be finite")
-            if end < start:
-                raise fail(f"end {end} is before start {start}")
-            intervals.append((start, end))
-            labels.append(fields[2])
-    if not intervals:
-        raise ValueError(f"{os.fspath(path)}: no intervals found")
-    return np.asarray(intervals, dtype=np.float64), labels
-
-
 def chord_scores(
     predicted_classes: np.ndarray,
     reference_intervals: np.ndarray,
@@ -182,7 +130,7 @@ def chord_scores(
     ----------
     predicted_classes : np.ndarray, shape (frames,), int in [0, 24]
     reference_intervals : np.ndarray, shape (n, 2)
-        Reference segments in seconds (e.g. from :func:`read_lab`).
+        Reference segments in seconds (e.g. from :func:`chordrec.io.chord_files.read_lab`).
     reference_labels : sequence of str, length n
         Harte labels of the reference segments (any vocabulary mir_eval parses).
     frame_rate : float

@@ -1,22 +1,29 @@
-"""What one run is made of (data, model, examples) and what it records at the end.
+"""One run's lifecycle: build, fit, score, log (``chordrec train`` and ``chordrec evaluate``).
 
-Sits between the Hydra entry point and the pieces: it takes a resolved config,
-loads and validates the songs, builds the model and the examples, and after
-training evaluates the best checkpoint and hands every summary to the tracker.
+:func:`train` takes a resolved training config and runs it end to end: it opens the
+MLflow run (or reopens it to resume), loads and validates the songs, builds the model
+and its examples, fits it (:mod:`chordrec.fit`), scores the best weights on validation
+and test (:func:`score_run`, pure) and logs the scores, figures, checkpoints and model
+(:func:`log_scores`). :func:`evaluate` re-scores a finished run's best weights as a new
+run. Every model is run through one :class:`~chordrec.inference.Predictor`.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from chordrec import tracking
 from chordrec.data.chords import class_names
 from chordrec.data.fetch import DataFetchError, dataset_digest
 from chordrec.data.sequences import (
@@ -31,19 +38,27 @@ from chordrec.data.sequences import (
 from chordrec.data.songs import load_songs, song_names, split_songs
 from chordrec.decoding import DECODE_METHODS, decode, tune_self_transition
 from chordrec.errors import ConfigError
-from chordrec.fit import FitResult, evaluate
-from chordrec.inference import InferenceRecipe
+from chordrec.fit import (
+    FitResult,
+    TrainerSettings,
+    build_optimizer,
+    build_scheduler,
+    fit,
+    resolve_device,
+    seed_everything,
+)
+from chordrec.inference import InferenceRecipe, Predictor, build_predictor
 from chordrec.io.checkpoints import load_checkpoint, save_checkpoint
+from chordrec.io.chord_files import read_lab
 from chordrec.metrics import (
     aggregate_chord_scores,
     chord_scores,
     confusion_matrix,
+    frame_accuracy,
     per_class_recall,
-    read_lab,
 )
 from chordrec.models import build_model
 from chordrec.report import figures
-from chordrec.tracking import RunTracker
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +161,7 @@ def dataset_summary(context: RunContext) -> dict[str, int]:
     return sizes
 
 
-def record_dataset(tracker: RunTracker, context: RunContext) -> None:
+def record_dataset(tracker: tracking.RunTracker, context: RunContext) -> None:
     """Log the data set's identity (tag) and the split sizes (metrics ``size_*``)."""
     root = Path(context.config.data.root)
     try:
@@ -157,32 +172,44 @@ def record_dataset(tracker: RunTracker, context: RunContext) -> None:
     tracker.log_metrics({f"size_{k}": v for k, v in dataset_summary(context).items()})
 
 
-@dataclass
-class ResumeState:
-    run_id: str
-    checkpoint: dict[str, Any]
+MACHINE_SETTINGS = (
+    "trainer.device",
+    "trainer.num_threads",
+    "trainer.progress",
+    "data.root",
+    "data.num_workers",
+    "paths",
+    "tracking",
+)
+"""Settings a resumed or re-evaluated run takes from the command line, not from the
+run's own config: where it runs, where its data and tracking store are. Everything
+that shapes its results stays as the run began."""
 
 
-def resume_state(run_id: str, store_dir: Path, checkpoint_dir: Path) -> ResumeState:
-    """The last checkpoint of MLflow run ``run_id`` (model, optimizer, RNG, history, config);
-    its last and best checkpoints are downloaded into ``checkpoint_dir``."""
-    tracker = RunTracker(store_dir=store_dir)
-    path = tracker.download_checkpoint(run_id, "last", checkpoint_dir)
-    tracker.download_checkpoint(run_id, "best", checkpoint_dir)
-    checkpoint = load_checkpoint(path)
-    log.info("resuming run %s after epoch %d", run_id, checkpoint["epoch"])
-    return ResumeState(run_id, checkpoint)
+def resumed_config(saved: Mapping[str, Any], command_line: DictConfig) -> DictConfig:
+    """The config a resumed run continues with: its own ``saved`` config, with
+    :data:`MACHINE_SETTINGS` and ``resume`` from ``command_line``."""
+    cfg = OmegaConf.create(dict(saved))
+    for key in MACHINE_SETTINGS:
+        OmegaConf.update(cfg, key, OmegaConf.select(command_line, key), merge=False)
+    cfg.resume = command_line.resume
+    return cfg
+
+
+def download_checkpoint(run_id: str, name: str, dest: Path) -> dict[str, Any]:
+    """Checkpoint ``name`` ('best' or 'last') of MLflow run ``run_id``, downloaded into
+    ``dest`` and loaded onto the CPU."""
+    return load_checkpoint(tracking.run_checkpoint(run_id, name, dest))
 
 
 def load_initial_weights(
-    model: nn.Module, model_config: dict[str, Any], run_id: str, store_dir: Path, dest: Path
+    model: nn.Module, model_config: Mapping[str, Any], run_id: str, dest: Path
 ) -> None:
     """Load the best weights of MLflow run ``run_id`` into ``model`` (config
-    ``init_from``). Raises ValueError when that run's model config differs from
+    ``init_from``). Raises ConfigError when that run's model config differs from
     ``model_config`` (this run's), naming both."""
-    path = RunTracker(store_dir=store_dir).download_checkpoint(run_id, "best", dest)
-    checkpoint = load_checkpoint(path)
-    theirs, ours = checkpoint["config"]["model"], model_config
+    checkpoint = download_checkpoint(run_id, "best", dest)
+    theirs, ours = checkpoint["config"]["model"], dict(model_config)
     if theirs != ours:
         raise ConfigError(
             f"init_from={run_id}: that run's model {theirs} differs from this run's {ours}"
@@ -191,13 +218,198 @@ def load_initial_weights(
     log.info("starting from the best weights of run %s (epoch %d)", run_id, checkpoint["epoch"])
 
 
-def _decoded(log_probs: list[np.ndarray], method: str, self_transition: float) -> list[np.ndarray]:
-    return [decode(lp, method, self_transition) for lp in log_probs]
+def trainer_settings(cfg: Any) -> TrainerSettings:
+    """The training loop's settings from a run's config."""
+    return TrainerSettings(
+        max_epochs=cfg.trainer.max_epochs,
+        min_lr=cfg.trainer.min_lr,
+        early_stopping_patience=cfg.trainer.early_stopping_patience,
+        batch_size=cfg.data.batch_size,
+        num_workers=cfg.data.num_workers,
+        window_stride=cfg.data.window_stride,
+        grad_clip=cfg.trainer.grad_clip,
+        amp=cfg.trainer.amp,
+        progress=cfg.trainer.progress,
+    )
 
 
-def _accuracy(predicted: list[np.ndarray], songs: list[SongSteps]) -> float:
-    correct = sum(int((p == s.song.labels).sum()) for p, s in zip(predicted, songs, strict=True))
-    return correct / sum(s.song.n_frames for s in songs)
+def run_predictor(
+    model: nn.Module, cfg: Any, device: torch.device, self_transition: float | None = None
+) -> Predictor:
+    """The predictor a run validates, scores and is transcribed with."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)
+    return build_predictor(
+        model, config, device, cfg.trainer.amp, cfg.trainer.eval_batch_size, self_transition
+    )
+
+
+def train(cfg: DictConfig, extra_tags: Mapping[str, str] | None = None) -> dict[str, float]:
+    """Train, score and log one run (or resume ``cfg.resume``); returns its final metrics.
+
+    The run ends FINISHED, FAILED (an exception, logged as its ``error`` tag) or KILLED
+    (Ctrl-C, SIGTERM). ``extra_tags`` (e.g. the Hydra sweep) are added to a new run."""
+    tracking.configure(cfg.tracking.store_dir, cfg.tracking.uri)
+    resume = None
+    if cfg.resume:
+        tracking.check_resumable(cfg.resume)
+        resume = download_checkpoint(cfg.resume, "last", _checkpoint_dir(cfg, cfg.resume))
+        tracking.run_checkpoint(cfg.resume, "best", _checkpoint_dir(cfg, cfg.resume))
+        log.info("resuming run %s after epoch %d", cfg.resume, resume["epoch"])
+        cfg = resumed_config(resume["config"], cfg)
+    seed_everything(cfg.seed)
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    device = resolve_device(cfg.trainer.device)
+    tags = {**tracking.base_tags(str(device)), **{k: str(v) for k, v in cfg.tracking.tags.items()}}
+    if cfg.preset:
+        tags["preset"] = str(cfg.preset)
+    if cfg.tracking.parent_run_id:
+        tags["mlflow.parentRunId"] = str(cfg.tracking.parent_run_id)
+    tags.update(extra_tags or {})
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)
+    with tracking.RunTracker(
+        experiment=cfg.tracking.experiment,
+        store_dir=Path(cfg.tracking.store_dir).resolve(),
+        run_name=cfg.run_name or default_run_name(cfg),
+        tags=tags,
+        resume_run_id=cfg.resume,
+        system_metrics=cfg.tracking.system_metrics,
+        system_metrics_interval_s=cfg.tracking.system_metrics_interval_s,
+    ) as tracker:
+        tracker.set_tags({**tracking.process_tags(), "device": str(device)})  # a resumed run's own
+        log.info("MLflow run %s in %s", tracker.run_id, tracker.artifact_uri)
+        print(
+            f"MLflow run id: {tracker.run_id}  (see it with `make ui`, or "
+            f"`chordrec ui` then http://127.0.0.1:5000)",
+            flush=True,
+        )
+        if resume is None:
+            tracker.log_config(config, OmegaConf.to_yaml(cfg, resolve=True))
+        # Bad data or a model that does not fit the data fail here: the run ends FAILED
+        # with the error as a tag, its config logged.
+        context = build_context(cfg)
+        model = context.model
+        if resume is None:
+            record_dataset(tracker, context)
+        else:
+            tracker.backfill_history(resume["history"])
+        checkpoint_dir = _checkpoint_dir(cfg, tracker.run_id)
+        if cfg.init_from and resume is None:
+            tracker.set_tags({"init_from": str(cfg.init_from)})
+            load_initial_weights(
+                model, config["model"], str(cfg.init_from), checkpoint_dir / "init"
+            )
+        if any(p.requires_grad for p in model.parameters()):
+            optimizer = build_optimizer(config["optimizer"], model.parameters())
+            result = fit(
+                model,
+                context.train_examples,
+                context.validation,
+                optimizer,
+                build_scheduler(config["scheduler"], optimizer),
+                trainer_settings(cfg),
+                device,
+                checkpoint_dir,
+                run_predictor(model, cfg, device),
+                observer=tracker.log_epoch,
+                resume_from=resume,
+                checkpoint_extra={"config": config},
+            )
+        else:  # a training-free model (template matching): evaluate it as it is
+            result = FitResult.untrained(model)
+        model.load_state_dict(result.best_state)
+        model.to(device)
+        scores = score_run(context, run_predictor(model, cfg, device), result)
+        log_scores(tracker, context, scores, result, checkpoint_dir / "best.pt", config)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # both are in the run's artifacts
+    log.info(
+        "test frame accuracy %.4f (validation %.4f)",
+        scores.metrics["test_frame_acc"],
+        scores.metrics["val_frame_acc"],
+    )
+    return scores.metrics
+
+
+def evaluate(run_id: str, command_line: DictConfig, overrides: Sequence[str]) -> dict[str, float]:
+    """Score the best weights of MLflow run ``run_id`` as a new run (tag
+    ``evaluated_run``), under the run's own config changed by ``overrides``
+    (``key=value``, e.g. ``trainer.eval_overlap=false`` or ``decode=argmax``);
+    :data:`MACHINE_SETTINGS` come from ``command_line``. Returns the final metrics."""
+    tracking.configure(command_line.tracking.store_dir, command_line.tracking.uri)
+    with tempfile.TemporaryDirectory(prefix="chordrec-evaluate-") as tmp:
+        saved = download_checkpoint(run_id, "best", Path(tmp))["config"]
+    cfg = resumed_config(saved, command_line)
+    changes = OmegaConf.from_dotlist([o.removeprefix("+") for o in overrides])
+    cfg = OmegaConf.merge(cfg, changes)
+    assert isinstance(cfg, DictConfig)
+    cfg.resume, cfg.init_from = None, run_id
+    cfg.trainer.max_epochs = 0
+    cfg.run_name = cfg.run_name or f"evaluate-{run_id[:8]}"
+    return train(cfg, {"evaluated_run": run_id})
+
+
+def _checkpoint_dir(cfg: Any, run_id: str) -> Path:
+    """Where a run's checkpoints are written before they are logged."""
+    return Path(cfg.tracking.store_dir).resolve() / "checkpoints-in-progress" / run_id
+
+
+# ------------------------------------------------------------------ final scores
+
+
+@dataclass(frozen=True)
+class RunScores:
+    """A run's final scores: ``metrics`` (MLflow names), the ``recipe`` it was scored
+    with (self-transition tuned on validation), each part's decoded frame classes
+    (``predictions['val'|'test']``, one array per song) and the test confusion matrix."""
+
+    metrics: dict[str, float]
+    recipe: InferenceRecipe
+    predictions: dict[str, list[np.ndarray]]
+    confusion: np.ndarray
+
+
+def score_run(context: RunContext, predictor: Predictor, result: FitResult) -> RunScores:
+    """Score ``predictor`` (the best-validation weights) on validation and test.
+
+    Frame accuracy is reported for argmax and for Viterbi decoding (self-transition
+    tuned on validation only); ``val_frame_acc`` / ``test_frame_acc`` use the recipe's
+    decoding. MIREX chord scores (``*_majmin``, ``*_root``, ``*_seg``...) come from those
+    predictions against the original ``labs/`` annotations."""
+    val = predictor.evaluate(context.validation)
+    test = predictor.evaluate(context.test)
+    self_transition, _ = tune_self_transition(
+        val.log_probs, [s.song.labels for s in context.validation]
+    )
+    tuned = replace(predictor, recipe=replace(predictor.recipe, self_transition=self_transition))
+    method = tuned.recipe.decode
+    metrics: dict[str, float] = {"viterbi_self_transition": self_transition}
+    predictions = {}
+    for part, evaluation, songs in (("val", val, context.validation), ("test", test, context.test)):
+        labels = np.concatenate([s.song.labels for s in songs])
+        for candidate in DECODE_METHODS:
+            decoded = [decode(lp, candidate, self_transition) for lp in evaluation.log_probs]
+            metrics[f"{part}_frame_acc_{candidate}"] = frame_accuracy(
+                np.concatenate(decoded), labels
+            )
+        predictions[part] = [tuned.classes(lp) for lp in evaluation.log_probs]
+        metrics[f"{part}_frame_acc"] = metrics[f"{part}_frame_acc_{method}"]
+        scores = _chord_scores(predictions[part], songs, Path(context.config.data.root))
+        metrics.update({f"{part}_{key}": value for key, value in scores.items()})
+    metrics.update(
+        {
+            "val_loss_best": val.loss,
+            "test_loss": test.loss,
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "converged": float(result.converged),
+            "train_time_s": result.train_time_s,
+        }
+    )
+    reference = np.concatenate([s.song.labels for s in context.test])
+    confusion = confusion_matrix(np.concatenate(predictions["test"]), reference)
+    return RunScores(metrics, tuned.recipe, predictions, confusion)
 
 
 def _chord_scores(
@@ -213,71 +425,22 @@ def _chord_scores(
     return aggregate_chord_scores(per_song, durations)
 
 
-def finish_run(
-    tracker: RunTracker,
+def log_scores(
+    tracker: tracking.RunTracker,
     context: RunContext,
+    scores: RunScores,
     result: FitResult,
-    device: torch.device,
-    cfg: Any,
     best_checkpoint: Path,
-) -> dict[str, float]:
-    """Evaluate the best-validation weights on validation and test and log the final
-    metrics, figures and model; returns the final metrics.
-
-    Frame accuracy is reported for argmax and for Viterbi decoding (self-transition
-    tuned on validation only); ``val_frame_acc`` / ``test_frame_acc`` use ``cfg.decode``.
-    MIREX chord scores (``*_majmin``, ``*_root``, ``*_seg``...) come from the
-    ``cfg.decode`` predictions against the original ``labs/`` annotations.
-
-    The run's :class:`~chordrec.inference.InferenceRecipe`, with the tuned
-    self-transition, is then written into ``best_checkpoint`` (created from the
-    evaluated weights if training wrote none) and logged again as
-    ``checkpoints/best.pt``: what transcription loads decodes as the run was scored.
-    """
-    model = context.model
-    model.load_state_dict(result.best_state)
-    model.to(device)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(config, dict)
-    recipe = InferenceRecipe.from_config(config)
-    seq_len, mode, overlap = recipe.seq_len, recipe.seq_mode, recipe.overlap
-    batch, amp = cfg.trainer.eval_batch_size, cfg.trainer.amp
-    val = evaluate(
-        model, context.validation, seq_len, mode, device, batch, overlap=overlap, amp=amp
-    )
-    test = evaluate(model, context.test, seq_len, mode, device, batch, overlap=overlap, amp=amp)
-    self_transition, _ = tune_self_transition(
-        val.log_probs, [s.song.labels for s in context.validation]
-    )
-    recipe = replace(recipe, self_transition=self_transition)
-    summary: dict[str, float] = {"viterbi_self_transition": self_transition}
-    predictions = {}
-    for part, evaluation, songs in (("val", val, context.validation), ("test", test, context.test)):
-        for method in DECODE_METHODS:
-            predicted = _decoded(evaluation.log_probs, method, self_transition)
-            summary[f"{part}_frame_acc_{method}"] = _accuracy(predicted, songs)
-            if method == cfg.decode:
-                predictions[part] = predicted
-        summary[f"{part}_frame_acc"] = summary[f"{part}_frame_acc_{cfg.decode}"]
-        scores = _chord_scores(predictions[part], songs, Path(cfg.data.root))
-        summary.update({f"{part}_{key}": value for key, value in scores.items()})
-    summary.update(
-        {
-            "val_loss_best": val.loss,
-            "test_loss": test.loss,
-            "epochs_run": result.epochs_run,
-            "best_epoch": result.best_epoch,
-            "converged": float(result.converged),
-            "train_time_s": result.train_time_s,
-        }
-    )
-    tracker.log_metrics(summary)
+    config: dict[str, Any],
+) -> None:
+    """Log a run's final metrics and tags, ``evaluation.json``, the predictions, the
+    figures, the best checkpoint with the scored recipe and (``tracking.log_model``)
+    the model."""
+    tracker.log_metrics(scores.metrics)
     tracker.set_tags(
         {"converged": "yes" if result.converged else "no", "stop_reason": result.stop_reason}
     )
-    reference = np.concatenate([s.song.labels for s in context.test])
-    confusion = confusion_matrix(np.concatenate(predictions["test"]), reference)
-    recall = per_class_recall(confusion)
+    recall = per_class_recall(scores.confusion)
     tracker.log_dict(
         {
             "test_per_class_recall": {
@@ -286,17 +449,20 @@ def finish_run(
             },
             "test_per_song_frame_acc": {
                 s.song.name: float((p == s.song.labels).mean())
-                for p, s in zip(predictions["test"], context.test, strict=True)
+                for p, s in zip(scores.predictions["test"], context.test, strict=True)
             },
         },
         "evaluation.json",
     )
     for part, songs in (("val", context.validation), ("test", context.test)):
         tracker.log_arrays(
-            {s.song.name: p.astype(np.int8) for p, s in zip(predictions[part], songs, strict=True)},
+            {
+                s.song.name: p.astype(np.int8)
+                for p, s in zip(scores.predictions[part], songs, strict=True)
+            },
             f"predictions/{part}.npz",
         )
-    tracker.log_figure(figures.confusion_matrix_figure(confusion), "confusion_test.png")
+    tracker.log_figure(figures.confusion_matrix_figure(scores.confusion), "confusion_test.png")
     if result.history:
         tracker.log_figure(figures.learning_curves(result.history), "learning_curves.png")
     song = context.test[0]
@@ -304,16 +470,16 @@ def finish_run(
         figures.chord_timeline(
             song.song.chroma,
             song.song.labels,
-            predictions["test"][0],
+            scores.predictions["test"][0],
             title=f"{song.song.name} (test)",
         ),
         f"timeline_{song.song.name}.png",
     )
-    tracker.log_checkpoint(write_recipe(best_checkpoint, recipe, model, config))
-    if cfg.tracking.log_model:
-        example = song_chunks(song.features, song.labels, seq_len)[0][:2].astype(np.float32)
-        tracker.log_model(model.cpu().eval(), example)
-    return summary
+    model = context.model
+    tracker.log_checkpoint(write_recipe(best_checkpoint, scores.recipe, model, config))
+    if context.config.tracking.log_model:
+        example = song_chunks(song.features, song.labels, scores.recipe.seq_len)[0][:2]
+        tracker.log_model(model.cpu().eval(), example.astype(np.float32))
 
 
 def write_recipe(

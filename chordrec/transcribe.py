@@ -16,7 +16,6 @@ link or rename) and never replace an existing file unless ``force`` is set.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import tempfile
@@ -30,24 +29,23 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-import chordrec
 from chordrec import tracking
 from chordrec.audio.features import (
     MAX_DURATION_S,
-    SAMPLE_RATE,
     AudioError,
     beat_frames,
     chroma_features,
     load_audio,
 )
-from chordrec.data.sequences import song_steps
-from chordrec.data.songs import FRAME_RATE, Song
+from chordrec.constants import FRAME_RATE, SAMPLE_RATE
+from chordrec.data.songs import Song
 from chordrec.decoding import decode
 from chordrec.errors import ConfigError
-from chordrec.fit import predict_log_probs, resolve_device
-from chordrec.inference import InferenceRecipe
+from chordrec.fit import resolve_device
+from chordrec.inference import InferenceRecipe, Predictor
 from chordrec.io.atomic_write import write_atomic
 from chordrec.io.checkpoints import load_checkpoint
+from chordrec.io.chord_files import format_csv, format_jams, format_lab
 from chordrec.metrics import frames_to_segments
 from chordrec.models import build_model, templates
 
@@ -128,15 +126,11 @@ def network_model(
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ValueError(f"{source}: the weights do not fit the model config ({exc})") from None
     device = torch.device(device)
-    network.to(device).eval()
+    predictor = Predictor(network.to(device).eval(), recipe, device)
 
     def scores(song: Song) -> np.ndarray:
-        steps = song_steps(song, recipe.level)
         with _one_cpu_thread(device):
-            log_probs = predict_log_probs(
-                network, steps, recipe.seq_len, recipe.seq_mode, device, overlap=recipe.overlap
-            )
-        return steps.to_frames(log_probs)
+            return predictor.frame_log_probs(song)
 
     return ChordModel(
         source=source,
@@ -242,60 +236,6 @@ def transcribe_audio(y: np.ndarray, model: ChordModel, sr: int = SAMPLE_RATE) ->
 
 
 # ------------------------------------------------------------------------ formats
-
-
-def format_lab(intervals: np.ndarray, labels: Sequence[str]) -> str:
-    """MIREX chord lab: one ``start end label`` line per segment, seconds, tab-separated."""
-    return "".join(
-        f"{s:.6f}\t{e:.6f}\t{lab}\n" for (s, e), lab in zip(intervals, labels, strict=True)
-    )
-
-
-def format_csv(intervals: np.ndarray, labels: Sequence[str]) -> str:
-    """CSV with a header ``start,end,chord``, seconds."""
-    rows = [f"{s:.6f},{e:.6f},{lab}\n" for (s, e), lab in zip(intervals, labels, strict=True)]
-    return "start,end,chord\n" + "".join(rows)
-
-
-def format_jams(
-    intervals: np.ndarray, labels: Sequence[str], duration: float, title: str, source: str
-) -> str:
-    """A JAMS document (JSON) holding one ``chord`` annotation of the segments."""
-    data = [
-        {"time": float(s), "duration": float(e - s), "value": lab, "confidence": None}
-        for (s, e), lab in zip(intervals, labels, strict=True)
-    ]
-    document = {
-        "file_metadata": {
-            "title": title,
-            "artist": "",
-            "release": "",
-            "duration": float(duration),
-            "identifiers": {},
-            "jams_version": "0.3.4",
-        },
-        "annotations": [
-            {
-                "annotation_metadata": {
-                    "curator": {"name": "", "email": ""},
-                    "annotator": {},
-                    "version": "",
-                    "corpus": "",
-                    "annotation_tools": f"chordrec {chordrec.__version__}",
-                    "annotation_rules": "",
-                    "validation": "",
-                    "data_source": f"automatic transcription, model {source}",
-                },
-                "namespace": "chord",
-                "data": data,
-                "sandbox": {},
-                "time": 0.0,
-                "duration": float(duration),
-            }
-        ],
-        "sandbox": {},
-    }
-    return json.dumps(document, indent=2) + "\n"
 
 
 def render(transcription: Transcription, fmt: str, title: str, source: str) -> str:

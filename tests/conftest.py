@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
+
+from chordrec.train import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -38,18 +37,7 @@ def data_root() -> Path:
 
 def compose_train(overrides: Sequence[str]) -> DictConfig:
     """The training config as `python -m chordrec.train <overrides>` composes it."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            # resolve the ${hydra:...} interpolations before dropping hydra
-            cfg.model_name = cfg.model_name
-            cfg.preset = cfg.preset
-            del cfg["hydra"]
-    HydraConfig.instance().cfg = None
-    GlobalHydra.instance().clear()
-    return cfg
+    return compose_config(overrides)
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from tests.test_fetch import CORRUPT_REL, _flip_byte
 # a fixture of test_fetch, reused: a closed port on 127.0.0.1
 closed_port_url = test_fetch.closed_port_url
 
-COMMANDS = ("data", "ui", "train", "table", "study", "transcribe", "register")
+COMMANDS = ("data", "ui", "train", "evaluate", "table", "study", "transcribe", "register")
 MODELS = ("rnn_baseline", "rnn_table4", "crnn1", "crnn2", "crnn_tagging")
 GROUPS = ("model", "data", "split", "optimizer", "scheduler", "trainer", "tracking", "ablation")
 
@@ -106,6 +106,9 @@ def test_tracking_options(command: str) -> None:
     assert (args.store, args.tracking_uri) == (Path("s"), "http://h:1")
     if command in ("table", "study"):
         assert args.experiment == "chordrec"
+    if command == "study":  # presets, not to be confused with the MLflow experiment
+        assert args.presets == "a,b,c,d,e,f"
+        assert parser.parse_args(["study", "--presets", "a,d"]).presets == "a,d"
 
 
 # ------------------------------------------------------------------------ data

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from chordrec.constants import FRAME_RATE
+from chordrec.io.chord_files import read_lab
 from chordrec.metrics import (
-    FRAME_RATE,
     SCORE_KEYS,
     aggregate_chord_scores,
     chord_scores,
@@ -16,7 +17,6 @@ from chordrec.metrics import (
     frame_accuracy,
     frames_to_segments,
     per_class_recall,
-    read_lab,
 )
 
 REPO = Path(__file__).resolve().parents[1]

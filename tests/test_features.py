@@ -18,15 +18,15 @@ import soundfile as sf
 
 from chordrec.audio.features import (
     FALLBACK_BEAT_FRAMES,
-    HOP_LENGTH,
     MAX_DURATION_S,
-    SAMPLE_RATE,
     AudioError,
     beat_frames,
     chroma_features,
     fill_beat_gaps,
     load_audio,
+    write_wav,
 )
+from chordrec.constants import HOP_LENGTH, SAMPLE_RATE
 from chordrec.data.chords import PITCH_CLASSES
 
 SR = SAMPLE_RATE
@@ -99,7 +99,7 @@ def render_song(
 def write_song(path: Path, segments: Sequence[tuple[str, float]] = SONG, **kwargs) -> Path:
     """Render ``segments`` and write them as a 44.1 kHz mono WAV file at ``path``."""
     y, _, _ = render_song(segments, **kwargs)
-    sf.write(path, y, SR)
+    write_wav(path, y, SR)
     return path
 
 
@@ -131,6 +131,17 @@ def test_load_audio_mixes_down_and_resamples(tmp_path: Path) -> None:
     assert len(loaded) == pytest.approx(2 * len(y), abs=2)
     # the mix-down is the channel mean: 0.75 y, resampled to twice the rate
     assert np.abs(loaded).max() == pytest.approx(0.75 * np.abs(y).max(), rel=0.05)
+
+
+def test_write_wav_round_trip(tmp_path: Path) -> None:
+    """16-bit PCM WAV: what load_audio reads back is the channel mean within 16-bit steps."""
+    y, _, _ = render_song([("A:min", 1.5)])
+    stereo = np.stack([y, -0.5 * y], axis=1)
+    path = tmp_path / "out.wav"
+    write_wav(path, stereo, SR)
+    info = sf.info(path)
+    assert (info.format, info.subtype, info.channels, info.samplerate) == ("WAV", "PCM_16", 2, SR)
+    np.testing.assert_allclose(load_audio(path), 0.25 * y, atol=2 / 2**15)
 
 
 def _empty(path: Path) -> None:

@@ -18,7 +18,8 @@ from chordrec.data.songs import load_songs, song_names, split_songs
 from chordrec.decoding import decode
 from chordrec.inference import InferenceRecipe
 from chordrec.io.checkpoints import load_checkpoint
-from chordrec.train import resumed_config, run
+from chordrec.run import resumed_config
+from chordrec.train import run
 from chordrec.transcribe import VITERBI_SELF_TRANSITION, load_model, network_model
 from tests.conftest import REPO, subprocess_env
 from tests.test_transcribe import LINEAR
@@ -247,3 +248,64 @@ def test_hydra_full_error_keeps_the_traceback(tmp_path):
     result = _train_cli(tmp_path, "seq_len=-3", HYDRA_FULL_ERROR="1")
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "ConfigError" in result.stderr
+
+
+# ------------------------------------------------------------------ chordrec evaluate
+
+
+def _evaluate_cli(tmp_path, data_root, *arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chordrec",
+            "evaluate",
+            *arguments,
+            f"tracking.store_dir={tmp_path / 'mlruns'}",
+            f"data.root={data_root}",
+            "trainer.num_threads=1",
+            "trainer.progress=false",
+            "tracking.system_metrics=false",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
+
+
+@pytest.mark.integration
+def test_chordrec_evaluate_rescores_a_run_as_a_new_run(train_config, data_root, tmp_path):
+    cfg = train_config("model=rnn_baseline", "seq_len=32", "split.max_songs=1")
+    run(cfg)
+    (source,) = _runs(cfg)
+    run_id = source.info.run_id
+
+    same = _evaluate_cli(tmp_path, data_root, run_id)
+    assert same.returncode == 0, same.stderr[-3000:]
+    other = _evaluate_cli(
+        tmp_path, data_root, run_id, "trainer.eval_overlap=true", "decode=viterbi"
+    )
+    assert other.returncode == 0, other.stderr[-3000:]
+    evaluated = [r for r in _runs(cfg) if r.data.tags.get("evaluated_run") == run_id]
+    assert len(evaluated) == 2 and all(r.info.status == "FINISHED" for r in evaluated)
+    plain = next(r for r in evaluated if r.data.params["decode"] == "argmax")
+    changed = next(r for r in evaluated if r.data.params["decode"] == "viterbi")
+    # as the run was scored: the same record; otherwise: its own settings, the same weights
+    assert plain.data.metrics["epochs_run"] == 0
+    for key in ("val_frame_acc", "test_frame_acc", "test_majmin", "viterbi_self_transition"):
+        assert plain.data.metrics[key] == source.data.metrics[key], key
+    assert changed.data.params["trainer.eval_overlap"] == "True"
+    assert (
+        changed.data.params["model.rnn.hidden_size"] == source.data.params["model.rnn.hidden_size"]
+    )
+    assert changed.data.metrics["test_frame_acc"] == changed.data.metrics["test_frame_acc_viterbi"]
+    assert f"test frame accuracy {plain.data.metrics['test_frame_acc']:.4f}" in same.stdout
+
+
+def test_chordrec_evaluate_names_a_missing_run_in_one_line(tmp_path, data_root):
+    result = _evaluate_cli(tmp_path, data_root, "0" * 32)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"no MLflow run '{'0' * 32}'" in result.stderr

@@ -17,7 +17,7 @@ from chordrec.data.sequences import (
     song_windows,
 )
 from chordrec.data.songs import Song
-from chordrec.fit import evaluate, predict_log_probs
+from chordrec.inference import evaluate, predict_log_probs
 from chordrec.models import CRNN
 
 

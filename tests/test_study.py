@@ -1,4 +1,5 @@
-"""The report's study end to end on a tiny budget, Table 5 from MLflow, sweeps and parallel runs."""
+"""The study's multirun command line; the report's study end to end on a tiny budget,
+Table 5 from MLflow, sweeps and parallel runs."""
 
 from __future__ import annotations
 
@@ -16,9 +17,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from chordrec import study
 from tests.conftest import REPO, subprocess_env
-
-pytestmark = pytest.mark.integration
 
 TINY = [
     "split.max_songs=1",
@@ -76,6 +76,54 @@ def _client(store):
     return MlflowClient()
 
 
+def _study(**changes) -> study.Study:
+    fields = {
+        "study_id": "s1",
+        "presets": ("a", "d"),
+        "experiment": "exp",
+        "store": Path("/abs/mlruns"),
+        "tracking_uri": "sqlite:////abs/mlruns/mlflow.db",
+        "parent_run_id": "p0",
+    }
+    return study.Study(**{**fields, **changes})
+
+
+def test_the_multirun_nests_every_preset_under_the_parent_run():
+    command = study.multirun_command(_study(), jobs=1, overrides=["seed=3"])
+    assert command == [
+        sys.executable,
+        "-m",
+        "chordrec.train",
+        "-m",
+        "experiment=a,d",
+        "tracking.experiment=exp",
+        "tracking.store_dir=/abs/mlruns",
+        "+tracking.tags.study=s1",
+        "tracking.parent_run_id=p0",
+        "hydra.sweep.dir=multirun/s1",
+        "seed=3",
+    ]
+    assert _study().headline == "study s1: presets a, d; parent MLflow run p0"
+
+
+def test_parallel_members_get_one_thread_and_no_progress_bars_before_the_overrides():
+    command = study.multirun_command(_study(), jobs=3, overrides=["trainer.num_threads=2"])
+    parallel = [
+        "hydra/launcher=parallel",
+        "hydra.launcher.n_jobs=3",
+        "trainer.num_threads=1",
+        "trainer.progress=false",
+    ]
+    assert command[-5:] == [*parallel, "trainer.num_threads=2"]  # the user's overrides last
+
+
+def test_an_invalid_study_id_is_refused_before_any_run(tmp_path):
+    with pytest.raises(ValueError, match="letters, digits"):
+        study.start_study(["a"], "a,b", store=tmp_path / "mlruns")
+    assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.integration
 def test_study_then_table_then_a_deleted_metric(data_root, tmp_path):
     store = tmp_path / "mlruns"
     done = _chordrec(
@@ -136,6 +184,7 @@ def test_study_then_table_then_a_deleted_metric(data_root, tmp_path):
     assert broken.stdout == ""
 
 
+@pytest.mark.integration
 def test_a_failed_member_is_reported_and_the_others_finish(data_root, tmp_path):
     store = tmp_path / "mlruns"
     # crnn2 (preset d) needs seq_len >= 12: d fails, a still runs and finishes.
@@ -145,7 +194,7 @@ def test_a_failed_member_is_reported_and_the_others_finish(data_root, tmp_path):
         str(store),
         "--study-id",
         "broken",
-        "--experiments",
+        "--presets",
         "a,d",
         "--jobs",
         "1",
@@ -165,6 +214,7 @@ def test_a_failed_member_is_reported_and_the_others_finish(data_root, tmp_path):
     assert failed.info.run_id in done.stderr and "seq_len >= 12" in done.stderr
 
 
+@pytest.mark.integration
 def test_four_parallel_runs_all_finish_with_every_metric(data_root, tmp_path):
     _, client, runs = _sweep(
         data_root,
@@ -222,6 +272,7 @@ class TrialsToFile(optuna.storages.InMemoryStorage):
         return changed
 
 
+@pytest.mark.integration
 def test_optuna_sweep_runs_each_trial_as_a_run(data_root: Path, tmp_path: Path) -> None:
     trials_file = tmp_path / "trials.jsonl"
     _, _, runs = _sweep(
@@ -255,6 +306,7 @@ def test_optuna_sweep_runs_each_trial_as_a_run(data_root: Path, tmp_path: Path) 
     assert result.best_value == max(t["value"] for t in trials)
 
 
+@pytest.mark.integration
 def test_sweep_over_models_and_lengths(data_root, tmp_path):
     _, _, runs = _sweep(data_root, tmp_path, "model=rnn_baseline,rnn_table4", "seq_len=16,32")
     combos = sorted((r.data.params["model_name"], r.data.params["seq_len"]) for r in runs)

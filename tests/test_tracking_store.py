@@ -132,7 +132,7 @@ def test_retry_locked_gives_up_on_a_lock_that_is_never_released(tmp_path: Path) 
     ("fail", "error", "match"),
     [
         (lambda db: db.execute("SELECT * FROM missing"), sqlite3.OperationalError, "no such"),
-        (lambda db: _raise(MlflowException("request blocked by a proxy")), MlflowException, ""),
+        (lambda db: _raise(MlflowException("request blocked by a proxy")), MlflowException, None),
     ],
     ids=["missing table", "blocked is not locked"],
 )
@@ -140,7 +140,7 @@ def test_retry_locked_raises_any_other_error_at_once(
     tmp_path: Path,
     fail: Callable[[sqlite3.Connection], Any],
     error: type[Exception],
-    match: str,
+    match: str | None,
 ) -> None:
     database = _table(tmp_path)
     tries: list[int] = []
@@ -224,7 +224,7 @@ def test_configure_retries_creating_the_store_while_the_database_is_locked(
                     raise
 
         with monkeypatch.context() as patch:
-            patch.setattr(tracking, "MlflowClient", WatchedClient)
+            patch.setattr("chordrec.tracking.store.MlflowClient", WatchedClient)
             tracking.configure(store)
     assert len(errors) == 1 and "database is locked" in errors[0]
     assert {"experiments", "runs", "metrics", "alembic_version"} <= _tables(store / "mlflow.db")

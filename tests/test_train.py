@@ -13,7 +13,8 @@ from mlflow.tracking import MlflowClient
 from chordrec.data.sequences import song_steps
 from chordrec.data.songs import load_songs, song_names, split_songs
 from chordrec.decoding import DEFAULT_SELF_TRANSITIONS, decode
-from chordrec.fit import evaluate, resolve_device
+from chordrec.fit import resolve_device
+from chordrec.inference import evaluate
 from chordrec.io.checkpoints import load_checkpoint
 from chordrec.models import build_model
 from chordrec.train import run
@@ -230,7 +231,7 @@ def test_an_exception_during_training_ends_the_run_failed(train_config, monkeypa
     def broken_fit(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("chordrec.train.fit", broken_fit)
+    monkeypatch.setattr("chordrec.run.fit", broken_fit)
     with pytest.raises(RuntimeError, match="boom"):
         run(cfg)
     r = _only_run(_client(cfg))

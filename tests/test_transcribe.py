@@ -24,13 +24,14 @@ import torch
 from chordrec import tracking
 from chordrec.audio.features import MAX_DURATION_S
 from chordrec.cli import build_parser, main
+from chordrec.constants import FRAME_RATE
 from chordrec.data.sequences import BatchedExamples, song_steps
-from chordrec.data.songs import FRAME_RATE, load_songs, song_names
+from chordrec.data.songs import load_songs, song_names
 from chordrec.errors import ConfigError
 from chordrec.fit import TrainerSettings, fit, seed_everything
-from chordrec.inference import InferenceRecipe
+from chordrec.inference import InferenceRecipe, build_predictor
 from chordrec.io.atomic_write import write_atomic
-from chordrec.metrics import read_lab
+from chordrec.io.chord_files import read_lab
 from chordrec.models import build_model, templates
 from chordrec.transcribe import Transcription, load_model, plan_jobs, transcribe_audio
 from tests.test_features import SONG, SR, render_song, write_song
@@ -343,6 +344,7 @@ def test_a_model_trained_on_real_songs(data_root, reference, tmp_path) -> None:
         TrainerSettings(max_epochs=8, progress=False),
         torch.device("cpu"),
         tmp_path / "checkpoints",
+        build_predictor(model, config, torch.device("cpu")),
         checkpoint_extra={"config": config},
     )
     trained = load_model(str(tmp_path / "checkpoints" / "best.pt"), "cpu")
@@ -357,7 +359,7 @@ def test_a_network_transcribes_with_the_runs_evaluation_chunking() -> None:
     """A checkpoint scored on overlapped chunks (trainer.eval_*) transcribes the same way."""
     from chordrec.data.sequences import song_steps
     from chordrec.data.songs import Song
-    from chordrec.fit import predict_log_probs
+    from chordrec.inference import predict_log_probs
     from chordrec.transcribe import network_model
 
     torch.manual_seed(0)

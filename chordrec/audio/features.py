@@ -1,52 +1,19 @@
-"""From audio to the data set's features: CENS chroma and beats (the only librosa user).
+"""From audio to the data set's features: CENS chroma and beats (the only librosa and
+soundfile user).
 
-The RWC-Pop chroma (see the data set README) is librosa-style ``chroma_cens`` at
-44.1 kHz, hop 512 samples (frame ``i`` at ``i * 512 / 44100`` s, about 86.13 frames
-per second), 12 bins from C, each non-silent row of unit L2 norm, silent rows all
-zero. :func:`chroma_features` computes librosa 0.11's ``chroma_cens`` at its
-defaults (CQT from C1 over 7 octaves at 36 bins per octave, tuning estimated per
-file, L1 norm, 4-level quantisation at 0.05 / 0.1 / 0.2 / 0.4, 41-frame Hann
-smoothing, L2 norm) with one change: silence.
+* :func:`load_audio` reads an audio file as mono float32 samples at 44.1 kHz, shape
+  (samples,); :func:`write_wav` writes samples as a WAV file.
+* :func:`chroma_features` computes chroma like the data set's: shape (frames, 12)
+  float32 with ``frames = 1 + samples // HOP_LENGTH``, frame ``i`` centred on sample ``i * HOP_LENGTH`` (``i / FRAME_RATE``
+  seconds), pitch classes C..B, each non-silent row of unit L2 norm, silent rows
+  all zero. It is librosa's ``chroma_cens`` at its defaults (CQT from C1 over 7
+  octaves at 36 bins per octave, tuning estimated per file, 4-level quantisation,
+  41-frame Hann smoothing) except for silence: frames :data:`SILENCE_DB` below the
+  loudest are zeroed, as in the data set, where librosa would normalise the CQT's
+  leakage into full-scale rows.
+* :func:`beat_frames` tracks beats as chroma frame indices, shape (beats,) int64.
 
-Measured on all 2,102,200 frames of the data set against this module's output for
-synthesised audio (90 random major/minor triads with bass, harmonic tones, 0.5-4 s
-each, then 2 s of digital silence: 18,090 frames):
-
-Matches
-
-* Frame grid: ``1 + samples // 512`` centred frames; the data set's songs have
-  exactly the frame count their annotated duration gives (the last lab segment
-  ends within one frame of ``(frames - 1) * 512 / 44100``).
-* Norms: every non-silent row has L2 norm 1 (within 1e-7) in both.
-* Temporal smoothing: the mean frame-to-frame change around chord changes has a
-  full width at half maximum of 19 frames in the data set (12,565 annotated
-  changes) and 18 frames here (known synthetic changes), as a 41-tap Hann window
-  gives; the temporal power spectra dip alike at the window's first null (2/42
-  cycles per frame: -3.7 dB data set, -3.9 dB here). Lag-1 autocorrelation 0.999.
-* Quantisation: rows in steady passages are exactly proportional to 4-level
-  integer codes in both (0.11 % of the data set's rows, e.g. ``[1, 1, 3, 1, 0, 0,
-  1, 1, 0, 1, 1, 2] / sqrt(20)`` ending 17 songs; 19 % of the steadier synthetic
-  rows); elsewhere the smoothing makes the values continuous (16.6 million
-  distinct float32 values in the data set).
-* Value range: at most 1 (a lone pitch class), in practice lower: data set
-  maximum 0.743, row maxima 0.37 / 0.52 / 0.69 at the 1st / 50th / 99th
-  percentile; here maximum 0.825, row maxima 0.56 / 0.73 / 0.82.
-
-Does not match
-
-* Silence. Plain librosa L1-normalises the ~1e-36 leakage its CQT leaves in
-  digital silence into full-scale rows (5 s of zeros after music gave not one
-  zero row); the data set has all-zero rows there (114-115 trailing frames in 99
-  of the 100 songs, 10,689 in all). Here a frame is silent when its RMS lies
-  :data:`SILENCE_DB` (60 dB, ``librosa.effects.trim``'s rule) below the loudest
-  frame's; silent frames are zeroed before the quantisation and in the output
-  (170 zero rows for the 172 frames of the 2 s of silence above).
-* Value distribution, through the audio rather than the settings: synthetic
-  triads are sparse (60 % of the values 0, median 0, 90th percentile 0.57), while
-  recorded music spreads energy over all bins (2.5 % zeros, median 0.23, 90th
-  percentile 0.45), so synthetic audio gives cleaner chroma than the training data.
-* Tuning: estimated per file here; how the data set handled tuning is unknown
-  (RWC is recorded close to A440, where both agree).
+``docs/features.md`` compares this chroma with the data set's.
 """
 
 from __future__ import annotations
@@ -59,21 +26,16 @@ import librosa
 import numpy as np
 import soundfile as sf
 
+from chordrec.constants import HOP_LENGTH, SAMPLE_RATE
 from chordrec.errors import UserError
 
-SAMPLE_RATE = 44100
-"""Sample rate of the data set's chroma, Hz."""
-HOP_LENGTH = 512
-"""Hop between chroma frames, samples."""
 MIN_DURATION_S = 1.0
 """Shorter audio is refused (too little for chroma smoothing and beat tracking)."""
 MAX_DURATION_S = 1800.0
 """Longer audio is refused, seconds (30 minutes; ``chordrec transcribe --max-duration``
 changes it). Checked in the file's header before decoding, so a huge file costs
 nothing (see :func:`load_audio`); what is transcribed needs memory in proportion to
-its length. Measured peak RSS of ``chordrec transcribe -m templates`` on 44.1 kHz
-stereo: 0.9 GB for 5 min, 1.3 GB for 10 min, 2.6 GB for 30 min (about 70 MB a
-minute over 0.44 GB for the libraries)."""
+its length (``docs/features.md`` has measured peaks)."""
 SILENCE_DB = -60.0
 """A frame this many dB below the loudest frame is silent (``librosa.effects.trim``'s default)."""
 FALLBACK_BEAT_FRAMES = 43
@@ -151,6 +113,15 @@ def _too_long(path: Path, duration: float | None, max_duration: float) -> AudioE
     return AudioError(
         f"{path}: too long ({length} {max_duration:g} s, --max-duration SECONDS raises it)"
     )
+
+
+def write_wav(path: str | Path, y: np.ndarray, sr: int = SAMPLE_RATE) -> None:
+    """Write samples as a 16-bit PCM WAV file at ``sr`` Hz.
+
+    ``y``: float samples in [-1, 1] (louder ones clip), shape (samples,) for mono or
+    (samples, channels).
+    """
+    sf.write(Path(path), y, sr, subtype="PCM_16", format="WAV")
 
 
 def _check_signal(y: np.ndarray, sr: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Check chordrec on this machine's accelerator (``make gpu-check``); installs nothing.
 
-    python -m chordrec.bench.training.gpu_check [--store DIR] [hydra overrides ...]
+    python -m chordrec.bench.gpu_check [--store DIR] [hydra overrides ...]
 
 1. the test suite's device-dependent tests (``pytest -m device``);
 2. ``experiment=best`` on CUDA (on the CPU where there is none: the CPU part) until
@@ -47,7 +47,7 @@ def _train(store: Path, log: Path, overrides: list[str]) -> subprocess.Popen:
         return subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
 
 
-def _wait_for_epoch(process: subprocess.Popen, log: Path, store: Path, timeout: float) -> str:
+def _wait_for_epoch(process: subprocess.Popen, log: Path, timeout: float) -> str:
     """The run id of the training ``process`` once its first epoch is logged."""
     deadline = time.monotonic() + timeout
     run_id = None
@@ -60,7 +60,7 @@ def _wait_for_epoch(process: subprocess.Popen, log: Path, store: Path, timeout: 
         if run_id is None:
             found = RUN_ID.search(log.read_text())
             run_id = found.group(1) if found else None
-        elif tracking.RunTracker(store_dir=store).metric_history(run_id).get("val_acc"):
+        elif tracking.metric_history(run_id).get("val_acc"):
             return run_id
         time.sleep(0.5)
     raise TimeoutError(f"no epoch logged within {timeout:.0f} s; see {log}")
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     process = _train(store, work / "first.log", first)
     try:
-        run_id = _wait_for_epoch(process, work / "first.log", store, args.timeout)
+        run_id = _wait_for_epoch(process, work / "first.log", args.timeout)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         failures.append(f"resumed run is {final.info.status} on {final.data.tags.get('device')}")
 
     print("== 5. epoch time", flush=True)
-    times = tracking.RunTracker(store_dir=store).metric_history(run_id).get("epoch_time_s", {})
+    times = tracking.metric_history(run_id).get("epoch_time_s", {})
     if len(times) == 2:
         print(f"epoch 1 on {name}: {times[1]:.1f} s")
         print(f"epoch 2 on CPU ({torch.get_num_threads()} threads): {times[2]:.1f} s")

@@ -1,6 +1,6 @@
 """Training throughput benchmark: frames per second on this machine.
 
-    python -m chordrec.bench.training.training [--songs 60] [--seconds 60] [--seq-len 128] [--model rnn_table4]
+    python -m chordrec.bench.training [--songs 60] [--seconds 60] [--seq-len 128] [--model rnn_table4]
 
 Trains the model preset (default: the report's Table 4 BiLSTM 16) on the training
 songs at frame level, in window mode (one example per frame: the L frames ending
@@ -16,16 +16,25 @@ import json
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
+from chordrec.constants import DATA_DIR
 from chordrec.data.sequences import BatchedExamples, song_steps
 from chordrec.data.songs import load_songs, song_names
 from chordrec.fit import TrainerSettings, resolve_device, seed_everything, train_epoch
 from chordrec.models import build_model
+from chordrec.train import compose_config
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+
+def preset_spec(name: str) -> dict[str, Any]:
+    """The model config of preset ``name`` (``conf/model/<name>.yaml``) as training
+    composes it, as plain dicts and lists (what :func:`build_model` takes)."""
+    spec = OmegaConf.to_container(compose_config([f"model={name}"]).model, resolve=True)
+    assert isinstance(spec, dict)
+    return spec
 
 
 def throughput(
@@ -63,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", type=Path, default=Path("data/rwc-pop"), help="data set root")
+    parser.add_argument("--data", type=Path, default=DATA_DIR, help="data set root")
     parser.add_argument("--songs", type=int, default=60, help="training songs to load (default 60)")
     parser.add_argument("--seconds", type=float, default=60.0, help="timed budget per mode")
     parser.add_argument("--seq-len", type=int, default=128)
@@ -72,7 +81,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    spec = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{args.model}.yaml"))
+    spec = preset_spec(args.model)
     songs = [
         song_steps(s, "frame") for s in load_songs(args.data, song_names(args.data)[: args.songs])
     ]

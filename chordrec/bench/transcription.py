@@ -1,6 +1,6 @@
 """Transcription speed benchmark: multiples of real time on this machine.
 
-    python -m chordrec.bench.training.transcription [--minutes 4] [--repeats 3] [--model SPEC]
+    python -m chordrec.bench.transcription [--minutes 4] [--repeats 3] [--model SPEC]
 
 Synthesises a stereo 44.1 kHz WAV song of random major/minor triads struck at
 120 BPM, then times each stage of ``chordrec transcribe`` separately, the best of
@@ -23,10 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-from omegaconf import OmegaConf
 
-from chordrec.audio.features import SAMPLE_RATE, beat_frames, chroma_features, load_audio
+from chordrec.audio.features import beat_frames, chroma_features, load_audio, write_wav
+from chordrec.bench.training import preset_spec
+from chordrec.constants import SAMPLE_RATE, STORE_DIR
 from chordrec.data.songs import Song
 from chordrec.decoding import decode
 from chordrec.models import build_model
@@ -38,8 +38,6 @@ from chordrec.transcribe import (
     network_model,
     template_model,
 )
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def synthetic_song(seconds: float, sr: int = SAMPLE_RATE, seed: int = 0) -> np.ndarray:
@@ -75,7 +73,7 @@ def best_time(call: Callable[[], object], repeats: int) -> float:
 
 def preset_model(name: str, level: str, seq_len: int, method: str) -> ChordModel:
     """An untrained model preset of conf/model run as a checkpoint config would say."""
-    spec = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{name}.yaml"))
+    spec = preset_spec(name)
     config = {
         "model": spec,
         "data": {"level": level},
@@ -92,14 +90,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", type=float, default=4.0, help="song length (default 4)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per stage (best)")
     parser.add_argument("--model", action="append", default=[], help="extra model spec")
-    parser.add_argument("--store", type=Path, default=Path("mlruns"), help="tracking store")
+    parser.add_argument("--store", type=Path, default=STORE_DIR, help="tracking store")
     args = parser.parse_args(argv)
 
     seconds = 60.0 * args.minutes
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "song.wav"
-        sf.write(path, synthetic_song(seconds), SAMPLE_RATE)
+        write_wav(path, synthetic_song(seconds), SAMPLE_RATE)
         size = path.stat().st_size / 1e6
         print(f"audio: {seconds:.0f} s, stereo, 44.1 kHz WAV ({size:.0f} MB)")
         y = load_audio(path)

@@ -8,7 +8,6 @@ while loading raises :class:`SongDataError` naming the file and the problem.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +16,6 @@ import numpy as np
 
 from chordrec.data.chords import N_CLASSES
 from chordrec.errors import UserError
-
-log = logging.getLogger(__name__)
-
-FRAME_RATE = 44100 / 512
-"""Chroma frames per second (44.1 kHz, hop 512): frame i starts at i * 512 / 44100 s."""
 
 
 class SongDataError(UserError, ValueError):

@@ -17,6 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from chordrec.models.templates import (
+    DEFAULT_NO_CHORD_THRESHOLD,
+    DEFAULT_TEMPERATURE,
+    template_scores,
+)
+
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(value, int):
@@ -213,14 +219,16 @@ class ChromaTemplates(nn.Module):
     in_features = 12
     min_input_length = 1
 
-    def __init__(self, temperature: float = 0.15, no_chord_threshold: float = 0.3):
+    def __init__(
+        self,
+        temperature: float = DEFAULT_TEMPERATURE,
+        no_chord_threshold: float = DEFAULT_NO_CHORD_THRESHOLD,
+    ):
         super().__init__()
         self.temperature, self.no_chord_threshold = temperature, no_chord_threshold
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, time, 12) → (batch, time, 25); impossible classes get logit -30."""
-        from chordrec.models.templates import template_scores
-
         chroma = x.detach().float().cpu().numpy().reshape(-1, x.shape[-1])
         scores = template_scores(
             chroma, temperature=self.temperature, no_chord_threshold=self.no_chord_threshold

@@ -14,26 +14,11 @@ The no-chord class N has no template. It is handled by a rule instead:
   equality N wins). Under Viterbi this is a soft score like the others, so
   smoothing may override it.
 
-Measured on the RWC-Pop split of the README (test N061-N080, validation
-N081-N100; the training songs are not used), frame accuracy against ``chord/``,
-with the defaults below tuned on validation only by (about 4 minutes on 2 CPUs)::
-
-    .venv/bin/python -m chordrec.models.templates /work/shared/datasets/rwc-pop
-
-    decoding                                    validation   test
-    argmax   no_chord_threshold=0.3             35.59 %      47.01 %
-    viterbi  + temperature=0.15, p=0.9995       42.91 %      55.09 %
-
-(The task brief expected about 47 % and about 52 % on test. Validation songs are
-harder for templates than test songs; per-song argmax accuracy over all 100 songs
-ranges from 8 % to 72 %.)
-The threshold barely matters: N is 2.5 % of the frames and mostly silence, which
-the silent-frame rule already catches; every threshold from 0 to 0.3 gives the
-same validation accuracy and the largest tied value was kept. Under Viterbi the
-decoded path depends on temperature ``T`` and self-transition ``p`` only through
-the per-change penalty ``T * log(24 p / (1 - p))`` (about 1.6 nats here), so the
-two were searched on a redundant grid; penalties from about 1.5 to 4 nats all
-score within about 0.7 points of it on validation.
+The defaults below (:data:`DEFAULT_NO_CHORD_THRESHOLD`, :data:`DEFAULT_TEMPERATURE`,
+:data:`DEFAULT_SELF_TRANSITION`) were tuned on the validation songs only;
+``docs/templates.md`` records how and the accuracies they give. Under Viterbi the
+decoded path depends on the temperature ``T`` and the self-transition ``p`` only
+through the per-change penalty ``T * log(24 p / (1 - p))`` (in nats).
 """
 
 from __future__ import annotations
@@ -158,71 +143,3 @@ def template_predict(
     """
     scores = template_scores(chroma, temperature=temperature, no_chord_threshold=no_chord_threshold)
     return decoding.decode(scores, method=decode, self_transition=self_transition)
-
-
-def _main(argv: list[str] | None = None) -> None:
-    """Tune on validation songs N081-N100, then report validation and test accuracy.
-
-    Usage: ``python -m chordrec.models.templates DATA_DIR`` with DATA_DIR the RWC-Pop copy
-    (folders ``chroma/`` and ``chord/``). Takes a few minutes (Viterbi grid search).
-    """
-    import argparse
-    from pathlib import Path
-
-    parser = argparse.ArgumentParser(description=_main.__doc__)
-    parser.add_argument("data_dir", type=Path)
-    args = parser.parse_args(argv)
-
-    names = sorted(p.name for p in (args.data_dir / "chroma").glob("*.npy"))
-    if len(names) != 100:
-        raise SystemExit(f"expected 100 songs in {args.data_dir / 'chroma'}, found {len(names)}")
-
-    def load(subset: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        return (
-            [np.load(args.data_dir / "chroma" / n) for n in subset],
-            [np.load(args.data_dir / "chord" / n) for n in subset],
-        )
-
-    test_x, test_y = load(names[60:80])
-    val_x, val_y = load(names[80:100])
-
-    def accuracy(ys: list[np.ndarray], preds: list[np.ndarray]) -> float:
-        return sum(int(np.sum(p == y)) for p, y in zip(preds, ys, strict=True)) / sum(
-            y.size for y in ys
-        )
-
-    # 1. Argmax depends on the threshold only. Ties go to the largest threshold, so
-    #    the no-chord rule stays as strict as the data allow.
-    argmax_acc = {}
-    for t in np.round(np.arange(0.0, 0.801, 0.05), 3):
-        preds = [template_predict(x, "argmax", no_chord_threshold=t) for x in val_x]
-        argmax_acc[float(t)] = accuracy(val_y, preds)
-    threshold = max(argmax_acc, key=lambda t: (argmax_acc[t], t))
-    print("argmax validation accuracy by threshold:")
-    print("  " + ", ".join(f"{t:.2f}: {a:.4f}" for t, a in argmax_acc.items()))
-    print(f"chosen threshold {threshold}: validation {argmax_acc[threshold]:.4f}")
-
-    # 2. Viterbi: temperature x self-transition grid at that threshold. Only the
-    #    per-change penalty T * log(24 p / (1 - p)) matters, so the grid is redundant
-    #    on purpose: it covers penalties from about 0.2 to 6 nats.
-    best = (-1.0, 0.0, 0.0)
-    for temp in (0.05, 0.1, 0.15, 0.2, 0.3, 0.5):
-        scores = [template_scores(x, temperature=temp, no_chord_threshold=threshold) for x in val_x]
-        p, acc = decoding.tune_self_transition(scores, val_y)
-        print(f"viterbi temperature {temp}: best self_transition {p}, validation {acc:.4f}")
-        if acc > best[0]:
-            best = (acc, temp, p)
-    acc_v, temp, p_v = best
-    print(f"chosen temperature {temp}, self_transition {p_v}: validation {acc_v:.4f}")
-
-    preds = [template_predict(x, "argmax", no_chord_threshold=threshold) for x in test_x]
-    print(f"test argmax  (threshold {threshold}): {accuracy(test_y, preds):.4f}")
-    preds = [
-        template_predict(x, "viterbi", p_v, temperature=temp, no_chord_threshold=threshold)
-        for x in test_x
-    ]
-    print(f"test viterbi (+ T {temp}, p {p_v}): {accuracy(test_y, preds):.4f}")
-
-
-if __name__ == "__main__":
-    _main()

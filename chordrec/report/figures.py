@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
+from chordrec.constants import FRAME_RATE
 from chordrec.data.chords import N_CLASSES, PITCH_CLASSES, class_names
 
 __all__ = [
@@ -30,9 +31,6 @@ __all__ = [
     "learning_curves",
     "transcription_figure",
 ]
-
-DEFAULT_FRAME_RATE = 44100 / 512
-"""Chroma frames per second of the data set (hop of 512 samples at 44.1 kHz)."""
 
 _HISTORY_KEYS = ("train_acc", "val_acc", "train_loss", "val_loss")
 _TRAIN_COLOR = "tab:blue"
@@ -328,7 +326,7 @@ def chord_timeline(
     reference: np.ndarray,
     predicted: np.ndarray,
     *,
-    frame_rate: float = DEFAULT_FRAME_RATE,
+    frame_rate: float = FRAME_RATE,
     title: str = "",
 ) -> Figure:
     """Plot a song's chromagram with its reference and predicted chords (Figures 12-14).
@@ -336,7 +334,7 @@ def chord_timeline(
     ``chroma``: shape (frames, 12), pitch classes C..B on the last axis, in any
     energy unit (the color scale spans the song's own finite min..max).
     ``reference`` and ``predicted``: shape (frames,), integer chord classes in 0..24.
-    ``frame_rate``: frames per second (default 44100 / 512 ≈ 86.13 Hz); frame ``i``
+    ``frame_rate``: frames per second (default the data set's, about 86.13); frame ``i``
     covers ``[i, i + 1) / frame_rate`` seconds.
 
     Returns a figure with three stacked panels sharing the time axis in seconds:
@@ -444,7 +442,7 @@ def transcription_figure(
     chroma: np.ndarray,
     predicted: np.ndarray,
     *,
-    frame_rate: float = DEFAULT_FRAME_RATE,
+    frame_rate: float = FRAME_RATE,
     title: str = "",
 ) -> Figure:
     """Plot a transcription: the chromagram over the predicted chords (no reference).

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from chordrec.constants import PRESETS
 from chordrec.tracking import RunRecord
-
-PRESETS = ("a", "b", "c", "d", "e", "f")
 
 # The report's Table 5; None where the report has an empty cell or "N/A".
 REPORT: dict[str, dict[str, object]] = {

@@ -1,0 +1,290 @@
+"""One training run in MLflow: opening and closing it, what it logs, and reading it back.
+
+:class:`RunTracker` is the run a training process logs to; the functions read any run
+(:func:`get_run`, :func:`metric_history`) and decide whether one may be resumed
+(:func:`process_tags`, :func:`check_resumable`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import psutil
+from mlflow.entities import Run, RunStatus
+from mlflow.tracking import MlflowClient
+
+import chordrec
+from chordrec.constants import EXPERIMENT, STORE_DIR
+from chordrec.tracking.store import TrackingError, ensure_experiment, retry_locked
+
+
+def get_run(run_id: str, client: MlflowClient | None = None) -> Run:
+    """MLflow run ``run_id``; :class:`TrackingError` naming the store when it is missing."""
+    client = client or MlflowClient()
+    try:
+        return retry_locked(lambda: client.get_run(run_id))
+    except mlflow.exceptions.MlflowException as exc:
+        raise TrackingError(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from exc
+
+
+def metric_history(run_id: str, client: MlflowClient | None = None) -> dict[str, dict[int, float]]:
+    """Logged per-step values of each metric of run ``run_id``: ``{metric: {step: value}}``;
+    :class:`TrackingError` when the run is missing."""
+    client = client or MlflowClient()
+    run = get_run(run_id, client)
+    return {
+        key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+        for key in run.data.metrics
+    }
+
+
+def git_state(cwd: str | Path = ".") -> dict[str, str]:
+    """Tags ``git_commit`` and ``git_dirty`` for the checkout at ``cwd`` (or 'unknown')."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+
+    try:
+        return {
+            "git_commit": git("rev-parse", "HEAD"),
+            "git_dirty": str(bool(git("status", "--porcelain"))),
+        }
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": "unknown", "git_dirty": "unknown"}
+
+
+def base_tags(device: str) -> dict[str, str]:
+    """Tags every run carries: chordrec version, host, device, git state (of the
+    checkout that holds the ``chordrec`` package)."""
+    return {
+        "chordrec_version": chordrec.__version__,
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "device": device,
+        **git_state(Path(chordrec.__file__).resolve().parents[1]),
+    }
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mapping → ``{'a.b.c': 'value'}`` with values as strings (MLflow params)."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+    return flat
+
+
+class _Interrupted(BaseException):
+    """Raised in place of SIGTERM so the run is closed as KILLED."""
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise _Interrupted()
+
+
+class RunTracker:
+    """One MLflow run: start (or reopen for resume), log, end with the right status.
+
+    Used as a context manager; an exception ends the run FAILED, Ctrl-C or SIGTERM
+    ends it KILLED, a clean exit FINISHED.
+    """
+
+    def __init__(
+        self,
+        experiment: str = EXPERIMENT,
+        store_dir: str | Path = STORE_DIR,
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        resume_run_id: str | None = None,
+        system_metrics: bool = True,
+        system_metrics_interval_s: float = 10.0,
+    ):
+        self.experiment, self.store_dir = experiment, store_dir
+        self.run_name, self.tags = run_name, dict(tags or {})
+        self.resume_run_id = resume_run_id
+        self.system_metrics = system_metrics
+        self.interval = system_metrics_interval_s
+        self.run_id = ""
+        self.client = MlflowClient()
+
+    def __enter__(self) -> RunTracker:
+        if self.system_metrics:
+            mlflow.system_metrics.set_system_metrics_sampling_interval(self.interval)
+            mlflow.system_metrics.set_system_metrics_samples_before_logging(1)
+        if self.resume_run_id:
+            run = get_run(self.resume_run_id, self.client)
+            active = retry_locked(
+                lambda: mlflow.start_run(
+                    run_id=run.info.run_id, log_system_metrics=self.system_metrics
+                )
+            )
+        else:
+            experiment_id = ensure_experiment(self.experiment, self.store_dir)
+            active = retry_locked(
+                lambda: mlflow.start_run(
+                    experiment_id=experiment_id,
+                    run_name=self.run_name,
+                    tags=self.tags,
+                    log_system_metrics=self.system_metrics,
+                )
+            )
+        self.run_id = active.info.run_id
+        self._previous_sigterm = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _raise_interrupted)
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        signal.signal(signal.SIGTERM, self._previous_sigterm)
+        if kind is None:
+            status = RunStatus.to_string(RunStatus.FINISHED)
+        elif issubclass(kind, KeyboardInterrupt | _Interrupted):
+            status = RunStatus.to_string(RunStatus.KILLED)
+        else:
+            status = RunStatus.to_string(RunStatus.FAILED)
+            retry_locked(lambda: mlflow.set_tag("error", f"{kind.__name__}: {exc}"[:5000]))
+        retry_locked(lambda: mlflow.end_run(status=status))
+        if kind is _Interrupted:
+            raise KeyboardInterrupt("terminated (SIGTERM)") from None
+        return False
+
+    @property
+    def artifact_uri(self) -> str:
+        return mlflow.get_artifact_uri()
+
+    def log_config(self, config: Mapping[str, Any], yaml_text: str) -> None:
+        """The resolved config: flattened as params and whole as ``config.yaml``."""
+        params = flatten(config)
+        items = list(params.items())
+        for start in range(0, len(items), 100):
+            retry_locked(lambda s=start: mlflow.log_params(dict(items[s : s + 100])))
+        retry_locked(lambda: mlflow.log_text(yaml_text, "config.yaml"))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        retry_locked(lambda: mlflow.set_tags({k: str(v) for k, v in tags.items()}))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        values = {k: float(v) for k, v in metrics.items()}
+        retry_locked(lambda: mlflow.log_metrics(values, step=step))
+
+    def log_epoch(
+        self, epoch: int, metrics: Mapping[str, float], checkpoints: Mapping[str, Path]
+    ) -> None:
+        """Upload the epoch's checkpoints, then its metrics at step ``epoch``: a run
+        killed in between lacks the metrics, which :meth:`backfill_history` restores."""
+        for path in checkpoints.values():
+            self.log_checkpoint(path)
+        self.log_metrics(metrics, step=epoch)
+
+    def log_checkpoint(self, path: Path) -> None:
+        """Upload a checkpoint file as ``checkpoints/<its name>``."""
+        retry_locked(lambda: mlflow.log_artifact(str(path), "checkpoints"))
+
+    def backfill_history(self, history: Mapping[str, list[float]]) -> int:
+        """Log the epochs of ``history`` (epoch i+1 = index i) that the run lacks; returns
+        how many values were added. Keeps a resumed run's history continuous."""
+        logged = metric_history(self.run_id, self.client)
+        added = 0
+        for key, values in history.items():
+            for index, value in enumerate(values):
+                if index + 1 not in logged.get(key, {}):
+                    self.log_metrics({key: value}, step=index + 1)
+                    added += 1
+        return added
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        retry_locked(lambda: mlflow.log_figure(figure, f"figures/{name}"))
+
+    def log_dict(self, data: Mapping[str, Any], name: str) -> None:
+        retry_locked(lambda: mlflow.log_dict(dict(data), name))
+
+    def log_arrays(self, arrays: Mapping[str, np.ndarray], name: str) -> None:
+        """Log named arrays as one ``.npz`` artifact ``name`` (read back with
+        ``np.load(..., allow_pickle=False)``)."""
+        directory, file_name = os.path.split(name)
+        with tempfile.TemporaryDirectory(prefix="chordrec-arrays-") as tmp:
+            path = Path(tmp) / file_name
+            np.savez_compressed(path, **arrays)
+            retry_locked(lambda: mlflow.log_artifact(str(path), directory or None))
+
+    def log_model(self, model: Any, input_example: np.ndarray) -> str:
+        """Log the torch model (``mlflow.pytorch``) with an input example (batch, ...);
+        returns its URI. The model takes any batch size: MLflow's pt2 format exports through
+        torch.export, which would fix a batch of 1, so such an example is repeated."""
+        if len(input_example) == 1:
+            input_example = np.repeat(input_example, 2, axis=0)
+        info = retry_locked(
+            lambda: mlflow.pytorch.log_model(
+                model,
+                name="model",
+                input_example=input_example,
+                pip_requirements=[
+                    f"torch=={version('torch').split('+')[0]}",
+                    f"chordrec=={chordrec.__version__}",
+                ],
+            )
+        )
+        return info.model_uri
+
+
+def process_tags() -> dict[str, str]:
+    """Tags naming the process that logs a run (host, pid, start time), which
+    :func:`check_resumable` reads to tell a live run from one whose process died."""
+    return {
+        "process_host": socket.gethostname(),
+        "process_pid": str(os.getpid()),
+        "process_started": str(psutil.Process().create_time()),
+    }
+
+
+def check_resumable(run_id: str) -> None:
+    """Raise :class:`TrackingError` unless run ``run_id`` may be resumed: not FINISHED
+    (it has its final metrics and model), and not RUNNING in a process that is alive.
+    A RUNNING run whose process died (SIGKILL, a lost machine) is what resuming is for;
+    one last logged from another host cannot be checked from here and is refused."""
+    run = get_run(run_id)
+    status, tags = run.info.status, run.data.tags
+    if status == RunStatus.to_string(RunStatus.FINISHED):
+        raise TrackingError(
+            f"run {run_id} is FINISHED: resuming would log a second model; start a new run "
+            f"(init_from={run_id} starts one from its best weights)"
+        )
+    if status != RunStatus.to_string(RunStatus.RUNNING):
+        return  # KILLED (Ctrl-C, SIGTERM) or FAILED: its process has ended
+    host, pid, started = (tags.get(k) for k in ("process_host", "process_pid", "process_started"))
+    if host is None or pid is None or started is None:
+        return  # logged before runs named their process: nothing to check
+    if host != socket.gethostname():
+        raise TrackingError(
+            f"run {run_id} is RUNNING in process {pid} on host {host}, which cannot be checked "
+            f"from {socket.gethostname()}; resume it on {host}, or once that process is gone"
+        )
+    if _process_alive(int(pid), float(started)):
+        raise TrackingError(f"run {run_id} is still RUNNING in process {pid} on this host")
+
+
+def _process_alive(pid: int, started: float) -> bool:
+    """Whether process ``pid`` exists and is the one created at ``started`` (not a later
+    process that reuses its number)."""
+    try:
+        process = psutil.Process(pid)
+        same = abs(process.create_time() - started) < 0.01
+        return same and process.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False

@@ -1,0 +1,122 @@
+"""Runs across an experiment: finding them as plain records, and the runs that studies
+(a parent run others nest under) and result tables (a run holding one text) add."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+from chordrec.errors import ConfigError
+from chordrec.tracking.store import TrackingError, ensure_experiment, retry_locked
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as plain data: what result tables are built from."""
+
+    run_id: str
+    run_name: str
+    status: str
+    start_time: int
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+_STUDY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_study_id(study: str) -> str:
+    """Return ``study`` if it is a valid study id: 1-100 letters, digits, '.', '_' or
+    '-', starting with a letter or digit. It becomes a run tag, a Hydra override and an
+    MLflow filter, where a comma would start a sweep and a quote end the filter; raises
+    :class:`~chordrec.errors.ConfigError` naming the id otherwise."""
+    if not _STUDY_ID.fullmatch(study):
+        raise ConfigError(
+            f"study id {study!r}: use 1-100 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return study
+
+
+def find_runs(experiment: str | None = None, study: str | None = None) -> list[RunRecord]:
+    """Runs of experiment ``experiment`` (all experiments if None), only those tagged
+    ``study=<study>`` if given, newest first. Raises :class:`TrackingError` if the
+    experiment does not exist, ConfigError for an invalid study id."""
+    if study is not None:
+        check_study_id(study)
+    client = MlflowClient()
+    if experiment is not None:
+        found = retry_locked(lambda: client.get_experiment_by_name(experiment))
+        if found is None:
+            raise TrackingError(
+                f"no MLflow experiment {experiment!r} in {mlflow.get_tracking_uri()}"
+            )
+        ids = [found.experiment_id]
+    else:
+        ids = [e.experiment_id for e in retry_locked(lambda: client.search_experiments())]
+    query = f"tags.study = '{study}'" if study else ""
+    runs = retry_locked(
+        lambda: client.search_runs(
+            ids, filter_string=query, order_by=["attributes.start_time DESC"], max_results=5000
+        )
+    )
+    return [
+        RunRecord(
+            run_id=r.info.run_id,
+            run_name=r.info.run_name or "",
+            status=r.info.status,
+            start_time=int(r.info.start_time or 0),
+            params=dict(r.data.params),
+            metrics=dict(r.data.metrics),
+            tags=dict(r.data.tags),
+        )
+        for r in runs
+    ]
+
+
+def start_parent_run(
+    experiment: str, name: str, tags: Mapping[str, str], store_dir: str | Path
+) -> str:
+    """Create a RUNNING run that other runs nest under (a study); returns its id."""
+    client = MlflowClient()
+    experiment_id = ensure_experiment(experiment, store_dir)
+    run = retry_locked(
+        lambda: client.create_run(
+            experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()}
+        )
+    )
+    return run.info.run_id
+
+
+def end_parent_run(run_id: str, succeeded: bool) -> None:
+    """End a run made by :func:`start_parent_run`: FINISHED, or FAILED."""
+    status = RunStatus.to_string(RunStatus.FINISHED if succeeded else RunStatus.FAILED)
+    retry_locked(lambda: MlflowClient().set_terminated(run_id, status))
+
+
+def log_text_to_run(run_id: str, text: str, name: str) -> None:
+    """Write ``text`` as artifact ``name`` of run ``run_id`` (which need not be active)."""
+    retry_locked(lambda: MlflowClient().log_text(run_id, text, name))
+
+
+def create_run_with_text(
+    experiment: str, name: str, text: str, artifact: str, tags: Mapping[str, str]
+) -> str:
+    """A small FINISHED run holding one text artifact (e.g. a result table); returns its id."""
+    client = MlflowClient()
+    found = retry_locked(lambda: client.get_experiment_by_name(experiment))
+    if found is None:
+        raise TrackingError(f"no MLflow experiment {experiment!r}")
+    run = retry_locked(
+        lambda: client.create_run(found.experiment_id, run_name=name, tags=dict(tags))
+    )
+    log_text_to_run(run.info.run_id, text, artifact)
+    retry_locked(lambda: client.set_terminated(run.info.run_id, "FINISHED"))
+    return run.info.run_id

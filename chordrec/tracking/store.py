@@ -1,0 +1,146 @@
+"""The tracking store: where MLflow writes, and writing to it safely from many processes.
+
+By default a SQLite database ``<store>/mlflow.db`` with artifacts under
+``<store>/artifacts``, both absolute paths so that every process of a multirun logs to
+the same store. ``MLFLOW_TRACKING_URI`` (or an explicit URI) points chordrec at any
+other store or a tracking server instead.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from chordrec.constants import STORE_DIR
+from chordrec.errors import UserError
+
+T = TypeVar("T")
+
+
+class TrackingError(UserError, RuntimeError):
+    """The tracking store cannot be reached or holds no such run."""
+
+
+def store_uri(store_dir: str | Path) -> str:
+    """The default tracking URI: SQLite database in ``store_dir`` (absolute path)."""
+    path = Path(store_dir).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path / 'mlflow.db'}"
+
+
+def configure(store_dir: str | Path = STORE_DIR, tracking_uri: str | None = None) -> str:
+    """Point MLflow at ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else the SQLite
+    store in ``store_dir``. Checks that a server URI answers; returns the URI used."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or store_uri(store_dir)
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        _create_sqlite_store(uri)
+    return uri
+
+
+def _create_sqlite_store(uri: str) -> None:
+    """Create (or migrate) the SQLite store's tables under an exclusive file lock, so the
+    processes of a parallel multirun do not all try to create them at once."""
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.parent / ".mlflow-db.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            retry_locked(lambda: MlflowClient(uri).search_experiments(max_results=1))
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def artifact_root(store_dir: str | Path) -> str:
+    """Artifact location for new experiments in the default store."""
+    path = Path(store_dir).expanduser().resolve() / "artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return path.as_uri()
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """Raise :class:`TrackingError` unless the MLflow server at ``uri`` answers /health."""
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({exc}); start it, or name no "
+            "server (MLFLOW_TRACKING_URI, --tracking-uri, tracking.uri) to use the local store"
+        ) from exc
+
+
+def retry_locked(call: Callable[[], T], attempts: int = 8) -> T:
+    """Run ``call``, retrying with backoff while SQLite reports the database locked
+    (several processes of a multirun writing at once); the last such error is raised
+    after ``attempts`` tries, any other error at once.
+
+    MLflow's SQLite store itself waits for a lock (``PRAGMA busy_timeout``: 20 s in its
+    sessions, Python's sqlite3 default of 5 s while it creates the tables) before it
+    reports it, so only a lock held longer than that is retried here."""
+    if attempts < 1:
+        raise ValueError(f"attempts must be at least 1, got {attempts}")
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:  # MlflowException wraps SQLAlchemy's OperationalError
+            # SQLite says "database is locked" (or "database table is locked"); a bare
+            # "locked" would also match other errors, e.g. "blocked"
+            if "is locked" not in str(exc).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def ensure_experiment(name: str, store_dir: str | Path | None = None) -> str:
+    """Id of experiment ``name``, created (with artifacts under the store) if missing."""
+    client = MlflowClient()
+    found = retry_locked(lambda: client.get_experiment_by_name(name))
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if store_dir is not None and mlflow.get_tracking_uri().startswith("sqlite:"):
+        location = artifact_root(store_dir)
+    try:
+        return retry_locked(lambda: client.create_experiment(name, artifact_location=location))
+    except mlflow.exceptions.MlflowException:
+        # another process of the same multirun created it first
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def server_command(store_dir: str | Path, host: str, port: int, ui_only: bool = False) -> list[str]:
+    """The ``mlflow server``/``mlflow ui`` command line over the default store (the UI
+    with one web worker: it serves one user on this machine)."""
+    store = Path(store_dir).resolve()
+    store.mkdir(parents=True, exist_ok=True)
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui" if ui_only else "server",
+        "--backend-store-uri",
+        store_uri(store),
+        "--default-artifact-root",
+        artifact_root(store),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        *(["--workers", "1"] if ui_only else []),  # one user, this machine: one worker
+    ]

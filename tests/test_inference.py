@@ -1,0 +1,113 @@
+"""One inference path: training's validation, a run's final evaluation and
+transcription run a model through the same predictor and give identical predictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from chordrec.data.sequences import BatchedExamples, song_steps
+from chordrec.data.songs import Song
+from chordrec.fit import TrainerSettings, fit, seed_everything
+from chordrec.inference import InferenceRecipe, build_predictor
+from chordrec.io.checkpoints import load_checkpoint
+from chordrec.models import build_model
+from chordrec.transcribe import network_model
+
+SPEC = {
+    "_target_": "chordrec.models.CRNN",
+    "in_features": 12,
+    "n_classes": 25,
+    "conv_blocks": [],
+    "rnn": {"type": "gru", "hidden_size": 8, "num_layers": 1},
+    "head_dropout": 0.0,
+}
+CPU = torch.device("cpu")
+
+
+def _songs(n: int, seed: int) -> list[Song]:
+    rng = np.random.default_rng(seed)
+    songs = []
+    for i in range(n):
+        labels = np.repeat(rng.integers(0, 25, 20), 15)
+        chroma = rng.random((len(labels), 12)).astype(np.float32)
+        chroma[np.arange(len(labels)), labels % 12] += 2.0  # learnable
+        beats = np.arange(0, len(labels), 15)
+        songs.append(Song(f"s{seed}-{i}", chroma, labels.astype(np.int64), beats))
+    return songs
+
+
+@pytest.mark.parametrize(("level", "overlap"), [("frame", True), ("beat", False)])
+def test_validation_evaluation_and_transcription_agree(tmp_path: Path, level, overlap) -> None:
+    seed_everything(0)
+    config = {
+        "model": SPEC,
+        "data": {"level": level},
+        "seq_len": 16,
+        "seq_mode": "sequence",
+        "decode": "viterbi",
+        "trainer": {"eval_seq_len": 32 if overlap else None, "eval_overlap": overlap},
+    }
+    model = build_model(SPEC)
+    train = [song_steps(s, level) for s in _songs(4, 0)]
+    validation = [song_steps(s, level) for s in _songs(2, 1)]
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    result = fit(
+        model,
+        BatchedExamples(train, 16, "sequence"),
+        validation,
+        optimizer,
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 1),
+        TrainerSettings(max_epochs=1, progress=False),
+        CPU,
+        tmp_path,
+        build_predictor(model, config, CPU),
+        checkpoint_extra={"config": config},
+    )
+    model.load_state_dict(result.best_state)
+    scored = build_predictor(model, config, CPU, self_transition=0.9)
+    evaluation = scored.evaluate(validation)
+    # training's validation of its best epoch is the final evaluation
+    assert result.history["val_acc"][result.best_epoch - 1] == evaluation.frame_accuracy
+    # a transcription loads the checkpoint and predicts each song as the run scored it
+    checkpoint = load_checkpoint(tmp_path / "best.pt")
+    checkpoint["inference"] = scored.recipe.to_dict()
+    transcriber = network_model(checkpoint, "best.pt")
+    for steps, frame_lp in zip(validation, evaluation.log_probs, strict=True):
+        np.testing.assert_array_equal(scored.frame_log_probs(steps.song), frame_lp)
+        np.testing.assert_array_equal(transcriber.scores(steps.song), frame_lp)
+        np.testing.assert_array_equal(
+            scored.classes(frame_lp),
+            network_decode(transcriber, transcriber.scores(steps.song)),
+        )
+
+
+def network_decode(model, log_probs: np.ndarray) -> np.ndarray:
+    from chordrec.decoding import decode
+
+    return decode(log_probs, model.decode, model.self_transition)
+
+
+def test_a_recipe_round_trips_and_refuses_bad_settings() -> None:
+    recipe = InferenceRecipe("beat", "sequence", 64, True, "viterbi", 0.99)
+    assert InferenceRecipe.from_dict(recipe.to_dict()) == recipe
+    for field, value, match in (
+        ("level", "bar", "level must be one of"),
+        ("seq_mode", "chunks", "sequence mode must be one of"),
+        ("decode", "beam", "decoding must be one of"),
+        ("seq_len", 0, "chunk length must be >= 1"),
+        ("self_transition", 1.0, "self-transition must lie in"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            InferenceRecipe.from_dict({**recipe.to_dict(), field: value})
+
+
+def test_the_evaluation_chunk_length_is_eval_seq_len_else_seq_len() -> None:
+    base = {"data": {"level": "frame"}, "seq_len": 16, "seq_mode": "sequence"}
+    assert InferenceRecipe.from_config(base).seq_len == 16
+    config = {**base, "trainer": {"eval_seq_len": 48, "eval_overlap": True}}
+    assert InferenceRecipe.from_config(config).seq_len == 48
+    assert InferenceRecipe.from_config(config).overlap

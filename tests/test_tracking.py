@@ -1,0 +1,114 @@
+"""The tracking package: its public names, that it alone talks to MLflow (and never
+imports torch itself), its defaults, and reading runs back."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+import chordrec
+from chordrec import constants, tracking
+from chordrec.errors import UserError
+
+PACKAGE = Path(tracking.__file__).resolve().parents[1]
+
+
+def test_every_public_name_is_importable_from_the_package() -> None:
+    assert sorted(tracking.__all__) == sorted(set(tracking.__all__))
+    for name in tracking.__all__:
+        assert getattr(tracking, name).__module__.startswith("chordrec.tracking.")
+    assert issubclass(tracking.TrackingError, UserError)
+    assert tracking.TrackingError is tracking.store.TrackingError
+
+
+def _imported_modules(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+    return found
+
+
+def test_only_the_tracking_package_imports_mlflow() -> None:
+    outside = [
+        str(path.relative_to(PACKAGE))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if "tracking" not in path.relative_to(PACKAGE).parts
+        and any(m.split(".")[0] == "mlflow" for m in _imported_modules(path))
+    ]
+    assert outside == []
+
+
+def test_the_tracking_package_does_not_import_torch() -> None:
+    for path in sorted((PACKAGE / "tracking").glob("*.py")):
+        assert not any(m.split(".")[0] == "torch" for m in _imported_modules(path)), path
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, chordrec.tracking; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert loaded == "False"
+
+
+def test_the_defaults_are_chordrecs_constants(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    uri = tracking.configure()
+    assert uri == f"sqlite:///{(tmp_path / constants.STORE_DIR).resolve() / 'mlflow.db'}"
+    with tracking.RunTracker(system_metrics=False) as tracker:
+        pass
+    run = MlflowClient().get_run(tracker.run_id)
+    experiment = MlflowClient().get_experiment(run.info.experiment_id)
+    assert experiment.name == constants.EXPERIMENT
+    assert (
+        Path(experiment.artifact_location.removeprefix("file://"))
+        == (tmp_path / constants.STORE_DIR / "artifacts").resolve()
+    )
+
+
+def test_metric_history_reads_any_run_by_its_id(tmp_path: Path) -> None:
+    tracking.configure(tmp_path)
+    with tracking.RunTracker(store_dir=tmp_path, system_metrics=False) as tracker:
+        tracker.log_metrics({"val_acc": 0.5}, step=1)
+        tracker.log_metrics({"val_acc": 0.75, "lr": 0.1}, step=2)
+    assert tracking.metric_history(tracker.run_id) == {
+        "val_acc": {1: 0.5, 2: 0.75},
+        "lr": {2: 0.1},
+    }
+    with pytest.raises(tracking.TrackingError, match="no MLflow run 'missing'"):
+        tracking.metric_history("missing")
+
+
+def test_run_checkpoint_names_what_is_missing(tmp_path: Path) -> None:
+    tracking.configure(tmp_path)
+    checkpoint = tmp_path / "last.pt"
+    checkpoint.write_bytes(b"weights")
+    with tracking.RunTracker(store_dir=tmp_path, system_metrics=False) as tracker:
+        tracker.log_checkpoint(checkpoint)
+    path = tracking.run_checkpoint(tracker.run_id, "last", tmp_path / "download")
+    assert path == tmp_path / "download" / "last.pt" and path.read_bytes() == b"weights"
+    with pytest.raises(tracking.TrackingError, match="has no checkpoints/best.pt"):
+        tracking.run_checkpoint(tracker.run_id, "best", tmp_path / "download")
+    with pytest.raises(tracking.TrackingError, match="no MLflow run 'missing'"):
+        tracking.run_checkpoint("missing")
+
+
+def test_a_logged_model_requires_the_installed_torch(tmp_path: Path) -> None:
+    tracking.configure(tmp_path)
+    with tracking.RunTracker(store_dir=tmp_path, system_metrics=False) as tracker:
+        uri = tracker.log_model(torch.nn.Linear(12, 3), np.zeros((1, 12), np.float32))
+    requirements = Path(mlflow.artifacts.download_artifacts(uri)) / "requirements.txt"
+    lines = requirements.read_text().split()
+    assert f"torch=={version('torch').split('+')[0]}" in lines
+    assert f"chordrec=={chordrec.__version__}" in lines
