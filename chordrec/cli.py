@@ -283,26 +283,20 @@ def _add_ui_parser(commands: argparse._SubParsersAction) -> None:
     ui.set_defaults(func=_ui)
 
 
-def _add_train_parser(commands: argparse._SubParsersAction) -> None:
-    """Listed for --help only: :func:`main` forwards ``chordrec train ...`` before parsing."""
-    train = commands.add_parser(
-        "train",
-        help="train one model (Hydra overrides; same as python -m chordrec.train)",
-        description="Forwards every argument to `python -m chordrec.train`; try `chordrec train --help`.",
-        add_help=False,
-    )
-    train.add_argument("overrides", nargs=argparse.REMAINDER)
-
-
-def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
-    """Listed for --help only: :func:`main` forwards ``chordrec evaluate ...``."""
-    evaluate = commands.add_parser(
-        "evaluate",
-        help="re-score a run's best weights as a new run (RUN_ID [key=value ...])",
-        description="Forwards every argument to `python -m chordrec.evaluate`; try `chordrec evaluate --help`.",
-        add_help=False,
-    )
-    evaluate.add_argument("arguments", nargs=argparse.REMAINDER)
+def _add_forwarded_parsers(commands: argparse._SubParsersAction) -> None:
+    """Listed for --help only: :func:`main` forwards these commands before parsing."""
+    summaries = {
+        "train": "train one model (Hydra overrides; same as python -m chordrec.train)",
+        "evaluate": "re-score a run's best weights as a new run (RUN_ID [key=value ...])",
+    }
+    for command, module in FORWARDED.items():
+        forwarded = commands.add_parser(
+            command,
+            help=summaries[command],
+            description=f"Forwards every argument to `python -m {module}`; try `chordrec {command} --help`.",
+            add_help=False,
+        )
+        forwarded.add_argument("arguments", nargs=argparse.REMAINDER)
 
 
 def _add_transcribe_parser(commands: argparse._SubParsersAction) -> None:
@@ -455,8 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_data_parser(commands)
     _add_ui_parser(commands)
-    _add_train_parser(commands)
-    _add_evaluate_parser(commands)
+    _add_forwarded_parsers(commands)
     _add_transcribe_parser(commands)
     _add_table_parser(commands)
     _add_study_parser(commands)

@@ -135,9 +135,11 @@ class Predictor:
         """Decode (frames, classes) log posteriors into (frames,) int64 classes with the
         recipe's method and self-transition."""
         r = self.recipe
-        if r.decode == "viterbi" and r.self_transition is None:
+        if r.decode == "argmax":
+            return decode(frame_log_probs, "argmax")
+        if r.self_transition is None:
             raise ValueError("Viterbi decoding needs the recipe's tuned self-transition")
-        return decode(frame_log_probs, r.decode, r.self_transition or 0.5)
+        return decode(frame_log_probs, "viterbi", r.self_transition)
 
 
 def build_predictor(

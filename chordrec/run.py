@@ -382,8 +382,8 @@ def score_run(context: RunContext, predictor: Predictor, result: FitResult) -> R
     self_transition, _ = tune_self_transition(
         val.log_probs, [s.song.labels for s in context.validation]
     )
-    tuned = replace(predictor, recipe=replace(predictor.recipe, self_transition=self_transition))
-    method = tuned.recipe.decode
+    recipe = replace(predictor.recipe, self_transition=self_transition)
+    method = recipe.decode
     metrics: dict[str, float] = {"viterbi_self_transition": self_transition}
     predictions = {}
     for part, evaluation, songs in (("val", val, context.validation), ("test", test, context.test)):
@@ -393,7 +393,8 @@ def score_run(context: RunContext, predictor: Predictor, result: FitResult) -> R
             metrics[f"{part}_frame_acc_{candidate}"] = frame_accuracy(
                 np.concatenate(decoded), labels
             )
-        predictions[part] = [tuned.classes(lp) for lp in evaluation.log_probs]
+            if candidate == method:  # the run's own decoding: its predictions
+                predictions[part] = decoded
         metrics[f"{part}_frame_acc"] = metrics[f"{part}_frame_acc_{method}"]
         scores = _chord_scores(predictions[part], songs, Path(context.config.data.root))
         metrics.update({f"{part}_{key}": value for key, value in scores.items()})
@@ -409,7 +410,7 @@ def score_run(context: RunContext, predictor: Predictor, result: FitResult) -> R
     )
     reference = np.concatenate([s.song.labels for s in context.test])
     confusion = confusion_matrix(np.concatenate(predictions["test"]), reference)
-    return RunScores(metrics, tuned.recipe, predictions, confusion)
+    return RunScores(metrics, recipe, predictions, confusion)
 
 
 def _chord_scores(

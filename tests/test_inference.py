@@ -16,15 +16,8 @@ from chordrec.inference import InferenceRecipe, build_predictor
 from chordrec.io.checkpoints import load_checkpoint
 from chordrec.models import build_model
 from chordrec.transcribe import network_model
+from tests.test_device import SPEC
 
-SPEC = {
-    "_target_": "chordrec.models.CRNN",
-    "in_features": 12,
-    "n_classes": 25,
-    "conv_blocks": [],
-    "rnn": {"type": "gru", "hidden_size": 8, "num_layers": 1},
-    "head_dropout": 0.0,
-}
 CPU = torch.device("cpu")
 
 
