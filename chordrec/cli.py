@@ -177,6 +177,19 @@ def _table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from chordrec import tracking
+    from chordrec.report.comparison import compare_runs, distinct_run_ids
+
+    run_ids = distinct_run_ids(args.run_ids)
+    base_url = tracking.ui_base_url(_configure_tracking(args), args.ui_url)
+    records = tracking.runs_by_id(run_ids)
+    print(compare_runs(records).text(), end="")
+    experiments = [r.experiment_id for r in records]
+    print(f"\nMLflow UI compare view: {tracking.compare_url(base_url, run_ids, experiments)}")
+    return 0
+
+
 def _study(args: argparse.Namespace) -> int:
     from chordrec import study
 
@@ -381,6 +394,33 @@ def _add_table_parser(commands: argparse._SubParsersAction) -> None:
     table.set_defaults(func=_table)
 
 
+def _add_compare_parser(commands: argparse._SubParsersAction) -> None:
+    compare = commands.add_parser(
+        "compare",
+        help="print runs side by side and the MLflow UI's compare view of them",
+        description=(
+            "Print two or more runs side by side, one column per run (short id and name): "
+            "status, the settings that differ between them (sweep overrides, or config "
+            "params), validation and test accuracy in % (argmax and Viterbi), test majmin "
+            "and root WCSR, epochs (best epoch) and training time; '-' where a run lacks a "
+            "value. Then the URL of the MLflow UI page comparing exactly these runs: on the "
+            "tracking server when the tracking URI is http(s), else where `chordrec ui` "
+            "serves the store (start it first), unless --ui-url names the UI."
+        ),
+    )
+    compare.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="MLflow run ids (2 or more)")
+    compare.add_argument(
+        "--ui-url",
+        metavar="URL",
+        help=(
+            "the MLflow UI's address for the printed link (default: the tracking server, "
+            "else http://127.0.0.1:5000, where `chordrec ui` serves)"
+        ),
+    )
+    _add_tracking_options(compare)
+    compare.set_defaults(func=_compare)
+
+
 def _add_study_parser(commands: argparse._SubParsersAction) -> None:
     study = commands.add_parser(
         "study",
@@ -452,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_forwarded_parsers(commands)
     _add_transcribe_parser(commands)
     _add_table_parser(commands)
+    _add_compare_parser(commands)
     _add_study_parser(commands)
     _add_register_parser(commands)
     return parser

@@ -35,8 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         report_user_error("chordrec evaluate", exc)
     print(
-        f"test frame accuracy {metrics['test_frame_acc']:.4f} "
-        f"(validation {metrics['val_frame_acc']:.4f})"
+        f"test frame accuracy {metrics['test/frame_acc']:.4f} "
+        f"(validation {metrics['val/frame_acc']:.4f})"
     )
     return 0
 

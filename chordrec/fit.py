@@ -74,8 +74,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class EpochObserver(Protocol):
-    """Receives each finished epoch: its metrics and the checkpoint files written for it
-    (``last`` always, ``best`` when validation accuracy improved)."""
+    """Receives each finished epoch: its metrics (``train/loss``, ``train/acc``,
+    ``train/lr``, ``val/loss``, ``val/acc``, ``time/epoch_s``) and the checkpoint files
+    written for it (``last`` always, ``best`` when validation accuracy improved)."""
 
     def __call__(
         self, epoch: int, metrics: dict[str, float], checkpoints: dict[str, Path]
@@ -229,7 +230,7 @@ def fit(
         history = {k: list(v) for k, v in resume_from["history"].items()}
         best = dict(resume_from["best"])
         start_epoch = int(resume_from["epoch"]) + 1
-        elapsed = float(sum(history.get("epoch_time_s", [])))
+        elapsed = float(sum(history.get("time/epoch_s", [])))
         log.info("resuming after epoch %d", start_epoch - 1)
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if best["epoch"] and (checkpoint_dir / "best.pt").exists():
@@ -256,12 +257,12 @@ def fit(
         epoch_time = time.perf_counter() - started
         elapsed += epoch_time
         metrics = {
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "val_loss": val.loss,
-            "val_acc": val.frame_accuracy,
-            "lr": lr,
-            "epoch_time_s": epoch_time,
+            "train/loss": train_loss,
+            "train/acc": train_acc,
+            "train/lr": lr,
+            "val/loss": val.loss,
+            "val/acc": val.frame_accuracy,
+            "time/epoch_s": epoch_time,
         }
         for key, value in metrics.items():
             history.setdefault(key, []).append(value)
@@ -277,8 +278,8 @@ def fit(
         log.info(
             "epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.2e | %.1f s",
             epoch,
-            metrics["train_loss"],
-            metrics["train_acc"],
+            train_loss,
+            train_acc,
             val.loss,
             val.frame_accuracy,
             lr,

@@ -25,7 +25,13 @@ from torch import nn
 
 from chordrec import tracking
 from chordrec.data.chords import class_names
-from chordrec.data.fetch import DataFetchError, dataset_digest
+from chordrec.data.fetch import (
+    DATASET_NAME,
+    DATASET_VERSION,
+    GCT634_BASE_URL,
+    DataFetchError,
+    dataset_digest,
+)
 from chordrec.data.sequences import (
     LEVELS,
     MODES,
@@ -57,12 +63,16 @@ from chordrec.metrics import (
     frame_accuracy,
     per_class_recall,
 )
-from chordrec.models import build_model
+from chordrec.models import build_model, describe_model
 from chordrec.report import figures
 
 log = logging.getLogger(__name__)
 
 PARTS = ("train", "validation", "test")
+DATASET_CONTEXTS = {"train": "training", "validation": "validation", "test": "test"}
+"""Each part's context as an MLflow dataset input."""
+EXAMPLE_COLUMNS = {"chroma": "float", "chord": "integer"}
+"""One step of the data set: a 12-bin chroma vector and its chord class (0-24)."""
 
 
 @dataclass
@@ -87,6 +97,36 @@ def default_run_name(cfg: Any) -> str:
     """``<preset or model>-<level>-<mode>-L<seq_len>``."""
     name = cfg.preset or cfg.model_name
     return f"{name}-{cfg.data.level}-{cfg.seq_mode}-L{cfg.seq_len}"
+
+
+_SCHEDULERS = {"CosineAnnealingLR": "cosine schedule", "ReduceLROnPlateau": "lr ÷ on plateau"}
+
+
+def describe_run(cfg: Any) -> str:
+    """One line saying what a run is, from its resolved config (the MLflow run's
+    description), e.g. ``BiGRU 2×128 after conv 16 at 1/2 rate, frame level, L=256
+    sequence, random offsets, transposition, Viterbi; Adam lr 0.001, cosine schedule, up
+    to 25 epochs; preset best; seed 0``."""
+    augment = "transposition" if cfg.data.augment == "transpose" else "no augmentation"
+    parts = [
+        describe_model(cfg.model),
+        f"{cfg.data.level} level",
+        f"L={cfg.seq_len} {cfg.seq_mode}" + (", random offsets" if cfg.data.random_offset else ""),
+        augment,
+        "Viterbi" if cfg.decode == "viterbi" else str(cfg.decode),
+    ]
+    line = ", ".join(parts)
+    trains = cfg.model.get("_target_") != "chordrec.models.ChromaTemplates"
+    if trains and cfg.trainer.max_epochs:
+        optimizer = str(cfg.optimizer._target_).rsplit(".", 1)[-1]
+        scheduler = str(cfg.scheduler._target_).rsplit(".", 1)[-1]
+        line += (
+            f"; {optimizer} lr {cfg.optimizer.lr}, {_SCHEDULERS.get(scheduler, scheduler)}, "
+            f"up to {cfg.trainer.max_epochs} epoch{'s' if cfg.trainer.max_epochs != 1 else ''}"
+        )
+    if cfg.init_from:
+        line += f"; from run {str(cfg.init_from)[:8]}"
+    return line + (f"; preset {cfg.preset}" if cfg.preset else "") + f"; seed {cfg.seed}"
 
 
 def check_settings(cfg: Any) -> None:
@@ -141,35 +181,53 @@ def build_context(cfg: Any) -> RunContext:
     return RunContext(cfg, parts, examples, model)
 
 
-def dataset_summary(context: RunContext) -> dict[str, int]:
-    """Sizes of each part: songs, frames, beats, steps at the run's level, the run's
-    examples (windows or chunks) and the report's 32-step chunks."""
+def dataset_summary(context: RunContext) -> dict[tuple[str, str], int]:
+    """Sizes of each part, keyed ``(part, what)``: songs, frames, beats, steps at the
+    run's level, the run's examples (windows or chunks) and the report's 32-step chunks."""
     cfg = context.config
-    sizes: dict[str, int] = {}
+    sizes: dict[tuple[str, str], int] = {}
     for part, songs in context.parts.items():
         steps = [s.n_steps for s in songs]
-        sizes[f"{part}_songs"] = len(songs)
-        sizes[f"{part}_frames"] = sum(s.song.n_frames for s in songs)
-        sizes[f"{part}_beats"] = sum(len(s.song.beats) - 1 for s in songs)
-        sizes[f"{part}_steps"] = sum(steps)
-        sizes[f"{part}_examples"] = (
+        sizes[part, "songs"] = len(songs)
+        sizes[part, "frames"] = sum(s.song.n_frames for s in songs)
+        sizes[part, "beats"] = sum(len(s.song.beats) - 1 for s in songs)
+        sizes[part, "steps"] = sum(steps)
+        sizes[part, "examples"] = (
             sum(steps)
             if cfg.seq_mode == "window"
             else sum(len(song_chunks(s.features, s.labels, cfg.seq_len)[1]) for s in songs)
         )
-        sizes[f"{part}_chunks32"] = count_chunks(steps, 32)
+        sizes[part, "chunks32"] = count_chunks(steps, 32)
     return sizes
 
 
 def record_dataset(tracker: tracking.RunTracker, context: RunContext) -> None:
-    """Log the data set's identity (tag) and the split sizes (metrics ``size_*``)."""
+    """Log the data set: its identity (tags ``dataset_sha256``, ``dataset_root``), one
+    MLflow dataset input per part (contexts ``training``, ``validation``, ``test``, with
+    the part's sizes as its profile) and the sizes as params ``sizes.<part>.<what>``."""
     root = Path(context.config.data.root)
     try:
         digest = dataset_digest(root)
     except (DataFetchError, OSError) as exc:
         digest = f"unverified ({exc})"[:250]
     tracker.set_tags({"dataset_sha256": digest, "dataset_root": str(root.resolve())})
-    tracker.log_metrics({f"size_{k}": v for k, v in dataset_summary(context).items()})
+    sizes = dataset_summary(context)
+    tracker.log_params({f"sizes.{part}.{what}": n for (part, what), n in sizes.items()})
+    level = context.config.data.level
+    for part, dataset_context in DATASET_CONTEXTS.items():
+        profile = {what: n for (p, what), n in sizes.items() if p == part}
+        tracker.log_dataset(
+            tracking.DatasetRecord(
+                name=f"{DATASET_NAME}/{part}",  # one MLflow dataset per part: MLflow keeps
+                # one input per dataset (name, digest) in a run, so the parts need names
+                version=DATASET_VERSION,
+                digest=digest,
+                source=GCT634_BASE_URL,  # mirrors hold the same files, same checksums
+                profile={"level": level, **profile},
+                columns=EXAMPLE_COLUMNS,
+            ),
+            dataset_context,
+        )
 
 
 MACHINE_SETTINGS = (
@@ -248,7 +306,9 @@ def train(cfg: DictConfig, extra_tags: Mapping[str, str] | None = None) -> dict[
     """Train, score and log one run (or resume ``cfg.resume``); returns its final metrics.
 
     The run ends FINISHED, FAILED (an exception, logged as its ``error`` tag) or KILLED
-    (Ctrl-C, SIGTERM). ``extra_tags`` (e.g. the Hydra sweep) are added to a new run."""
+    (Ctrl-C, SIGTERM). ``extra_tags`` (e.g. the Hydra sweep) are added to a new run; one
+    with a ``sweep_id`` tag nests under that sweep's parent run
+    (:mod:`chordrec.sweeps`), unless ``tracking.parent_run_id`` names another."""
     tracking.configure(cfg.tracking.store_dir, cfg.tracking.uri)
     resume = None
     if cfg.resume:
@@ -256,6 +316,7 @@ def train(cfg: DictConfig, extra_tags: Mapping[str, str] | None = None) -> dict[
         resume = download_checkpoint(cfg.resume, "last", _checkpoint_dir(cfg, cfg.resume))
         tracking.run_checkpoint(cfg.resume, "best", _checkpoint_dir(cfg, cfg.resume))
         log.info("resuming run %s after epoch %d", cfg.resume, resume["epoch"])
+        resume["history"] = tracking.current_metrics(resume["history"])  # an older run's
         cfg = resumed_config(resume["config"], cfg)
     seed_everything(cfg.seed)
     if cfg.trainer.num_threads:
@@ -264,9 +325,14 @@ def train(cfg: DictConfig, extra_tags: Mapping[str, str] | None = None) -> dict[
     tags = {**tracking.base_tags(str(device)), **{k: str(v) for k, v in cfg.tracking.tags.items()}}
     if cfg.preset:
         tags["preset"] = str(cfg.preset)
+    tags.update(extra_tags or {})
+    tags["mlflow.note.content"] = describe_run(cfg)
     if cfg.tracking.parent_run_id:
         tags["mlflow.parentRunId"] = str(cfg.tracking.parent_run_id)
-    tags.update(extra_tags or {})
+    elif "sweep_id" in tags:  # a Hydra multirun's job: nest under the sweep's parent run
+        parent = tracking.find_sweep_parent(cfg.tracking.experiment, tags["sweep_id"])
+        if parent is not None:
+            tags["mlflow.parentRunId"] = parent
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)
     with tracking.RunTracker(
@@ -326,8 +392,8 @@ def train(cfg: DictConfig, extra_tags: Mapping[str, str] | None = None) -> dict[
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # both are in the run's artifacts
     log.info(
         "test frame accuracy %.4f (validation %.4f)",
-        scores.metrics["test_frame_acc"],
-        scores.metrics["val_frame_acc"],
+        scores.metrics["test/frame_acc"],
+        scores.metrics["val/frame_acc"],
     )
     return scores.metrics
 
@@ -360,7 +426,8 @@ def _checkpoint_dir(cfg: Any, run_id: str) -> Path:
 
 @dataclass(frozen=True)
 class RunScores:
-    """A run's final scores: ``metrics`` (MLflow names), the ``recipe`` it was scored
+    """A run's final scores: ``metrics`` (``val/…``, ``test/…``, ``fit/…``, ``time/…``,
+    ``decode/…``), the ``recipe`` it was scored
     with (self-transition tuned on validation), each part's decoded frame classes
     (``predictions['val'|'test']``, one array per song) and the test confusion matrix."""
 
@@ -374,8 +441,8 @@ def score_run(context: RunContext, predictor: Predictor, result: FitResult) -> R
     """Score ``predictor`` (the best-validation weights) on validation and test.
 
     Frame accuracy is reported for argmax and for Viterbi decoding (self-transition
-    tuned on validation only); ``val_frame_acc`` / ``test_frame_acc`` use the recipe's
-    decoding. MIREX chord scores (``*_majmin``, ``*_root``, ``*_seg``...) come from those
+    tuned on validation only); ``val/frame_acc`` / ``test/frame_acc`` use the recipe's
+    decoding. MIREX chord scores (``*/majmin``, ``*/root``, ``*/seg``...) come from those
     predictions against the original ``labs/`` annotations."""
     val = predictor.evaluate(context.validation)
     test = predictor.evaluate(context.test)
@@ -384,28 +451,28 @@ def score_run(context: RunContext, predictor: Predictor, result: FitResult) -> R
     )
     recipe = replace(predictor.recipe, self_transition=self_transition)
     method = recipe.decode
-    metrics: dict[str, float] = {"viterbi_self_transition": self_transition}
+    metrics: dict[str, float] = {"decode/self_transition": self_transition}
     predictions = {}
     for part, evaluation, songs in (("val", val, context.validation), ("test", test, context.test)):
         labels = np.concatenate([s.song.labels for s in songs])
         for candidate in DECODE_METHODS:
             decoded = [decode(lp, candidate, self_transition) for lp in evaluation.log_probs]
-            metrics[f"{part}_frame_acc_{candidate}"] = frame_accuracy(
+            metrics[f"{part}/frame_acc_{candidate}"] = frame_accuracy(
                 np.concatenate(decoded), labels
             )
             if candidate == method:  # the run's own decoding: its predictions
                 predictions[part] = decoded
-        metrics[f"{part}_frame_acc"] = metrics[f"{part}_frame_acc_{method}"]
+        metrics[f"{part}/frame_acc"] = metrics[f"{part}/frame_acc_{method}"]
         scores = _chord_scores(predictions[part], songs, Path(context.config.data.root))
-        metrics.update({f"{part}_{key}": value for key, value in scores.items()})
+        metrics.update({f"{part}/{key}": value for key, value in scores.items()})
     metrics.update(
         {
-            "val_loss_best": val.loss,
-            "test_loss": test.loss,
-            "epochs_run": result.epochs_run,
-            "best_epoch": result.best_epoch,
-            "converged": float(result.converged),
-            "train_time_s": result.train_time_s,
+            "val/best_loss": val.loss,
+            "test/loss": test.loss,
+            "fit/epochs_run": result.epochs_run,
+            "fit/best_epoch": result.best_epoch,
+            "fit/converged": float(result.converged),
+            "time/train_s": result.train_time_s,
         }
     )
     reference = np.concatenate([s.song.labels for s in context.test])

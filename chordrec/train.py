@@ -25,6 +25,7 @@ from omegaconf import DictConfig, open_dict
 
 from chordrec import run as lifecycle
 from chordrec.errors import UserError
+from chordrec.sweeps import sweep_id
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -32,7 +33,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 def run(cfg: DictConfig) -> float:
     """Train, score and log one run; returns its best validation frame accuracy (what
     a sweep optimises)."""
-    return lifecycle.train(cfg, sweep_tags())["val_frame_acc"]
+    return lifecycle.train(cfg, sweep_tags())["val/frame_acc"]
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
@@ -63,6 +64,7 @@ def sweep_tags() -> dict[str, str]:
     tags = {"hydra_mode": str(hc.mode.name).lower()}
     if str(hc.mode.name) == "MULTIRUN":
         tags["sweep_dir"] = str(Path(hc.sweep.dir).resolve())
+        tags["sweep_id"] = sweep_id(tags["sweep_dir"])
         tags["sweep_job"] = str(hc.job.num)
         tags["sweep_overrides"] = " ".join(hc.overrides.task)
     return tags

@@ -201,7 +201,7 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "auto") -> ChordModel:
         run_id = _run_part(spec)
     with tempfile.TemporaryDirectory(prefix="chordrec-model-") as tmp:
         checkpoint = load_checkpoint(tracking.run_checkpoint(run_id, "best", tmp))
-    tuned = tracking.get_run(run_id).data.metrics.get("viterbi_self_transition")
+    tuned = tracking.run_metrics(run_id).get("decode/self_transition")
     return network_model(checkpoint, f"{spec} (run {run_id})", target, tuned)
 
 

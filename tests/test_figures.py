@@ -30,13 +30,13 @@ def _assert_png(fig: Figure, path: Path) -> None:
 def _history(n_epochs: int = 6, *, lr: bool = True) -> dict[str, list[float]]:
     epochs = np.arange(n_epochs)
     history = {
-        "train_acc": list(0.3 + 0.5 * (1 - np.exp(-epochs / 2))),
-        "val_acc": list(0.25 + 0.45 * (1 - np.exp(-epochs / 2))),
-        "train_loss": list(2.5 * np.exp(-epochs / 3) + 0.4),
-        "val_loss": list(2.4 * np.exp(-epochs / 3) + 0.7),
+        "train/acc": list(0.3 + 0.5 * (1 - np.exp(-epochs / 2))),
+        "val/acc": list(0.25 + 0.45 * (1 - np.exp(-epochs / 2))),
+        "train/loss": list(2.5 * np.exp(-epochs / 3) + 0.4),
+        "val/loss": list(2.4 * np.exp(-epochs / 3) + 0.7),
     }
     if lr:
-        history["lr"] = list(1e-3 * 0.5 ** (epochs // 2))
+        history["train/lr"] = list(1e-3 * 0.5 ** (epochs // 2))
     return history
 
 
@@ -78,12 +78,12 @@ def test_learning_curves_accuracy_shown_as_percent() -> None:
     ax_acc = fig.axes[0]
     assert ax_acc.yaxis.get_major_formatter()(0.5, 0) == "50%"
     legend_texts = [t.get_text() for t in ax_acc.get_legend().get_texts()]
-    best = max(_history()["val_acc"])
+    best = max(_history()["val/acc"])
     assert legend_texts[-1] == f"best val {100 * best:.1f} % (epoch 6)"
 
 
 def test_learning_curves_single_epoch(tmp_path: Path) -> None:
-    history = {"train_acc": [0.5], "val_acc": [0.4], "train_loss": [1.0], "val_loss": [1.2]}
+    history = {"train/acc": [0.5], "val/acc": [0.4], "train/loss": [1.0], "val/loss": [1.2]}
     fig = learning_curves(history)
     ax_acc, ax_loss = fig.axes
     # one point per series, at epoch 1, with the values given
@@ -97,11 +97,11 @@ def test_learning_curves_single_epoch(tmp_path: Path) -> None:
 
 def test_learning_curves_unequal_lengths_raise() -> None:
     history = _history()
-    history["val_loss"] = history["val_loss"][:-1]
+    history["val/loss"] = history["val/loss"][:-1]
     with pytest.raises(ValueError, match="equal lengths"):
         learning_curves(history)
     history = _history()
-    history["lr"] = history["lr"][:2]
+    history["train/lr"] = history["train/lr"][:2]
     with pytest.raises(ValueError, match="equal lengths"):
         learning_curves(history)
 
@@ -109,18 +109,18 @@ def test_learning_curves_unequal_lengths_raise() -> None:
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        ({"val_loss": None}, r"history lacks the series \['val_loss'\]"),
+        ({"val/loss": None}, r"history lacks the series \['val/loss'\]"),
         (
-            {"train_acc": [], "val_acc": [], "train_loss": [], "val_loss": [], "lr": []},
+            {"train/acc": [], "val/acc": [], "train/loss": [], "val/loss": [], "train/lr": []},
             "history is empty",
         ),
         (
-            {"train_acc": [30.0, 40.0, 50.0, 60.0, 70.0, 80.0]},
-            r"history\['train_acc'\] must hold fractions in \[0, 1\], not percentages",
+            {"train/acc": [30.0, 40.0, 50.0, 60.0, 70.0, 80.0]},
+            r"history\['train/acc'\] must hold fractions in \[0, 1\], not percentages",
         ),
-        ({"lr": [0.0] * 6}, r"history\['lr'\] needs a positive value"),
-        ({"lr": [-1e-3] * 6}, r"history\['lr'\] must not be negative"),
-        ({"val_acc": [[0.5]] * 6}, r"history\['val_acc'\] must be one value per epoch"),
+        ({"train/lr": [0.0] * 6}, r"history\['train/lr'\] needs a positive value"),
+        ({"train/lr": [-1e-3] * 6}, r"history\['train/lr'\] must not be negative"),
+        ({"val/acc": [[0.5]] * 6}, r"history\['val/acc'\] must be one value per epoch"),
     ],
 )
 def test_learning_curves_bad_history_raises(change: dict[str, list | None], match: str) -> None:

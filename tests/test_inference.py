@@ -64,7 +64,7 @@ def test_validation_evaluation_and_transcription_agree(tmp_path: Path, level, ov
     scored = build_predictor(model, config, CPU, self_transition=0.9)
     evaluation = scored.evaluate(validation)
     # training's validation of its best epoch is the final evaluation
-    assert result.history["val_acc"][result.best_epoch - 1] == evaluation.frame_accuracy
+    assert result.history["val/acc"][result.best_epoch - 1] == evaluation.frame_accuracy
     # a transcription loads the checkpoint and predicts each song as the run scored it
     checkpoint = load_checkpoint(tmp_path / "best.pt")
     checkpoint["inference"] = scored.recipe.to_dict()

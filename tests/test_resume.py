@@ -60,7 +60,7 @@ def test_sigkill_then_resume_gives_one_continuous_run(data_root, tmp_path):
     assert run_id, "the training process printed no run id"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until two epochs are logged, then kill
-        if len(client.get_metric_history(run_id, "val_acc")) >= 2:
+        if len(client.get_metric_history(run_id, "val/acc")) >= 2:
             break
         assert process.poll() is None, "training ended before it could be killed"
         time.sleep(0.05)
@@ -68,7 +68,7 @@ def test_sigkill_then_resume_gives_one_continuous_run(data_root, tmp_path):
     process.wait()
     killed = client.get_run(run_id)
     assert killed.info.status == "RUNNING"  # SIGKILL leaves no chance to close the run
-    logged_before = len(client.get_metric_history(run_id, "val_acc"))
+    logged_before = len(client.get_metric_history(run_id, "val/acc"))
     assert 2 <= logged_before < EPOCHS
 
     resumed = _train(
@@ -82,11 +82,11 @@ def test_sigkill_then_resume_gives_one_continuous_run(data_root, tmp_path):
     assert final.info.status == "FINISHED"
     runs = client.search_runs([final.info.experiment_id])
     assert [r.info.run_id for r in runs] == [run_id]
-    for key in ("train_loss", "val_loss", "val_acc", "lr", "epoch_time_s"):
+    for key in ("train/loss", "val/loss", "val/acc", "train/lr", "time/epoch_s"):
         steps = sorted(m.step for m in client.get_metric_history(run_id, key))
         assert steps == list(range(1, EPOCHS + 1)), (key, steps)
-    assert final.data.metrics["epochs_run"] == EPOCHS
-    assert "test_frame_acc" in final.data.metrics
+    assert final.data.metrics["fit/epochs_run"] == EPOCHS
+    assert "test/frame_acc" in final.data.metrics
 
 
 def test_sigterm_ends_the_run_killed(data_root, tmp_path):
@@ -100,7 +100,7 @@ def test_sigterm_ends_the_run_killed(data_root, tmp_path):
     )
     assert run_id, "the training process printed no run id"
     deadline = time.monotonic() + 120
-    while not client.get_metric_history(run_id, "val_acc") and time.monotonic() < deadline:
+    while not client.get_metric_history(run_id, "val/acc") and time.monotonic() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=120)

@@ -60,7 +60,7 @@ def test_transcription_predicts_what_the_run_scored(train_config, level):
     tracking.configure(cfg.tracking.store_dir)
     model = load_model(record.info.run_id, "cpu")
     assert (model.level, model.decode) == (level, "viterbi")
-    assert model.self_transition == metrics["viterbi_self_transition"]
+    assert model.self_transition == metrics["decode/self_transition"]
 
     root = cfg.data.root
     split = split_songs(song_names(root), cfg.split.train, cfg.split.test, cfg.split.validation, 1)
@@ -74,7 +74,7 @@ def test_transcription_predicts_what_the_run_scored(train_config, level):
     )
     with np.load(logged, allow_pickle=False) as scored:
         np.testing.assert_array_equal(predicted, scored[song.name])
-    assert float((predicted == song.labels).mean()) == metrics["val_frame_acc"]
+    assert float((predicted == song.labels).mean()) == metrics["val/frame_acc"]
 
 
 @pytest.mark.integration
@@ -90,7 +90,7 @@ def test_the_best_checkpoint_carries_the_runs_inference_recipe(train_config, tmp
         seq_len=64,
         overlap=True,
         decode="viterbi",
-        self_transition=record.data.metrics["viterbi_self_transition"],
+        self_transition=record.data.metrics["decode/self_transition"],
     )
 
 
@@ -114,7 +114,7 @@ def test_an_evaluate_only_run_is_transcribable(train_config):
     evaluated = next(r for r in _runs(first) if r.info.run_id != source.info.run_id)
     model = load_model(evaluated.info.run_id, "cpu")
     assert model.decode == "viterbi"
-    assert model.self_transition == evaluated.data.metrics["viterbi_self_transition"]
+    assert model.self_transition == evaluated.data.metrics["decode/self_transition"]
 
 
 def test_an_old_checkpoint_takes_the_runs_tuned_self_transition() -> None:
@@ -293,15 +293,15 @@ def test_chordrec_evaluate_rescores_a_run_as_a_new_run(train_config, data_root, 
     plain = next(r for r in evaluated if r.data.params["decode"] == "argmax")
     changed = next(r for r in evaluated if r.data.params["decode"] == "viterbi")
     # as the run was scored: the same record; otherwise: its own settings, the same weights
-    assert plain.data.metrics["epochs_run"] == 0
-    for key in ("val_frame_acc", "test_frame_acc", "test_majmin", "viterbi_self_transition"):
+    assert plain.data.metrics["fit/epochs_run"] == 0
+    for key in ("val/frame_acc", "test/frame_acc", "test/majmin", "decode/self_transition"):
         assert plain.data.metrics[key] == source.data.metrics[key], key
     assert changed.data.params["trainer.eval_overlap"] == "True"
     assert (
         changed.data.params["model.rnn.hidden_size"] == source.data.params["model.rnn.hidden_size"]
     )
-    assert changed.data.metrics["test_frame_acc"] == changed.data.metrics["test_frame_acc_viterbi"]
-    assert f"test frame accuracy {plain.data.metrics['test_frame_acc']:.4f}" in same.stdout
+    assert changed.data.metrics["test/frame_acc"] == changed.data.metrics["test/frame_acc_viterbi"]
+    assert f"test frame accuracy {plain.data.metrics['test/frame_acc']:.4f}" in same.stdout
 
 
 def test_chordrec_evaluate_names_a_missing_run_in_one_line(tmp_path, data_root):

@@ -68,7 +68,8 @@ def _sweep(data_root, tmp_path, *overrides, experiment="chordrec"):
     assert done.returncode == 0, done.stderr[-3000:]
     client = _client(store)
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    return done.stdout + done.stderr, client, runs
+    trained = [r for r in runs if "kind" not in r.data.tags]  # not sweep or table runs
+    return done.stdout + done.stderr, client, trained
 
 
 def _client(store):
@@ -150,6 +151,8 @@ def test_study_then_table_then_a_deleted_metric(data_root, tmp_path):
     assert all(r.info.status == "FINISHED" for r in members)
     assert all(r.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for r in members)
     assert "table5.md" in {a.path for a in client.list_artifacts(parent[0].info.run_id)}
+    # the study's multirun nests under the study: no sweep parent of its own
+    assert not client.search_runs([experiment.experiment_id], "tags.kind = 'sweep'")
 
     out = tmp_path / "table.csv"
     table = _chordrec(
@@ -175,12 +178,12 @@ def test_study_then_table_then_a_deleted_metric(data_root, tmp_path):
     with sqlite3.connect(store / "mlflow.db") as db:
         for relation in ("metrics", "latest_metrics"):
             db.execute(
-                f"DELETE FROM {relation} WHERE run_uuid = ? AND key = 'test_frame_acc'",
+                f"DELETE FROM {relation} WHERE run_uuid = ? AND key = 'test/frame_acc'",
                 (victim.info.run_id,),
             )
     broken = _chordrec("table", "--store", str(store), "--study", "tiny", cwd=tmp_path)
     assert broken.returncode == 1
-    assert victim.info.run_id in broken.stderr and "test_frame_acc" in broken.stderr
+    assert victim.info.run_id in broken.stderr and "test/frame_acc" in broken.stderr
     assert broken.stdout == ""
 
 
@@ -233,7 +236,7 @@ def test_four_parallel_runs_all_finish_with_every_metric(data_root, tmp_path):
         assert r.data.tags["hydra_mode"] == "multirun" and r.data.tags["sweep_dir"] == str(
             tmp_path / "sweep"
         )
-        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")] == [1, 2]
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val/acc")] == [1, 2]
 
     # the seeds' run table: one row per run, then mean and sample std over the seeds
     store = str(tmp_path / "mlruns")
@@ -244,12 +247,33 @@ def test_four_parallel_runs_all_finish_with_every_metric(data_root, tmp_path):
     assert header[1] == "seed" and "test % (Viterbi)" in header
     assert set(rows) == {r.info.run_id for r in runs} | {"mean", "std"}
     column = header.index("test % (Viterbi)")
-    accs = [100 * r.data.metrics["test_frame_acc_viterbi"] for r in runs]
+    accs = [100 * r.data.metrics["test/frame_acc_viterbi"] for r in runs]
     assert float(rows["mean"][column]) == pytest.approx(statistics.mean(accs), abs=0.006)
     assert float(rows["std"][column]) == pytest.approx(statistics.stdev(accs), abs=0.006)
     # logged too: a table run holds it, and it is not itself a row the next time
     again = _chordrec("table", "--runs", "--store", store, "--format", "csv", cwd=tmp_path)
     assert again.stdout == table.stdout
+
+    # the sweep is one parent run, FINISHED, holding the same run table
+    experiment = client.get_experiment_by_name("chordrec").experiment_id
+    (parent,) = client.search_runs([experiment], "tags.kind = 'sweep'")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["sweep_dir"] == str(tmp_path / "sweep")
+    assert "seed=0,1,2,3" in parent.data.tags["sweep_overrides"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    logged = Path(client.download_artifacts(parent.info.run_id, "runs.csv", str(tmp_path)))
+    assert logged.read_text() == table.stdout
+
+    # relaunched into the same sweep directory: the same parent, now with five runs
+    _, _, runs = _sweep(data_root, tmp_path, "seed=4", "trainer.max_epochs=2")
+    (again,) = client.search_runs([experiment], "tags.kind = 'sweep'")
+    assert again.info.run_id == parent.info.run_id and again.info.status == "FINISHED"
+    assert "seed=4" in again.data.tags["sweep_overrides"]
+    assert len(runs) == 5
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    (tmp_path / "2").mkdir()
+    rows = client.download_artifacts(parent.info.run_id, "runs.csv", str(tmp_path / "2"))
+    assert len(Path(rows).read_text().splitlines()) == 1 + 5 + 2  # header, runs, mean, std
 
 
 class TrialsToFile(optuna.storages.InMemoryStorage):
@@ -289,7 +313,7 @@ def test_optuna_sweep_runs_each_trial_as_a_run(data_root: Path, tmp_path: Path) 
     for trial in trials:
         run, sampled = by_job[trial["number"]], trial["params"]
         # the objective Optuna maximised is the run's validation frame accuracy...
-        assert trial["value"] == run.data.metrics["val_frame_acc"]
+        assert trial["value"] == run.data.metrics["val/frame_acc"]
         # ...of a run trained with the parameters Optuna sampled for that trial
         params = run.data.params
         assert float(params["optimizer.lr"]) == pytest.approx(sampled["optimizer.lr"])
@@ -297,7 +321,7 @@ def test_optuna_sweep_runs_each_trial_as_a_run(data_root: Path, tmp_path: Path) 
         assert int(params["model.rnn.hidden_size"]) == sampled["model.rnn.hidden_size"]
         assert int(params["seq_len"]) == sampled["seq_len"]
     # the check tells validation from test accuracy; the trials explored
-    assert any(r.data.metrics["val_frame_acc"] != r.data.metrics["test_frame_acc"] for r in runs)
+    assert any(r.data.metrics["val/frame_acc"] != r.data.metrics["test/frame_acc"] for r in runs)
     first, second = (t["params"] for t in trials)
     assert first["optimizer.lr"] != second["optimizer.lr"]
     assert first["model.head_dropout"] != second["model.head_dropout"]

@@ -10,25 +10,25 @@ from chordrec.report.tables import IncompleteTableError, build_run_table, run_fa
 from chordrec.tracking import RunRecord
 
 METRICS = {
-    "val_frame_acc_argmax": 0.5,
-    "val_frame_acc_viterbi": 0.52,
-    "test_frame_acc_argmax": 0.6,
-    "test_frame_acc_viterbi": 0.62,
-    "test_majmin": 0.63,
-    "test_root": 0.7,
-    "epochs_run": 20,
-    "best_epoch": 18,
-    "train_time_s": 600.0,
+    "val/frame_acc_argmax": 0.5,
+    "val/frame_acc_viterbi": 0.52,
+    "test/frame_acc_argmax": 0.6,
+    "test/frame_acc_viterbi": 0.62,
+    "test/majmin": 0.63,
+    "test/root": 0.7,
+    "fit/epochs_run": 20,
+    "fit/best_epoch": 18,
+    "time/train_s": 600.0,
 }
 
 
 def _run(run_id, start, overrides=None, params=None, status="FINISHED", **metrics):
+    """A run record; ``metrics`` keywords use ``__`` for ``/`` (``test__majmin``)."""
     tags = {"preset": "best"}
     if overrides is not None:
         tags["sweep_overrides"] = overrides
-    return RunRecord(
-        run_id, run_id, status, start, dict(params or {}), {**METRICS, **metrics}, tags
-    )
+    named = {k.replace("__", "/"): v for k, v in metrics.items()}
+    return RunRecord(run_id, run_id, status, start, dict(params or {}), {**METRICS, **named}, tags)
 
 
 def test_factors_of_a_sweep_are_its_varying_overrides():
@@ -60,7 +60,7 @@ def test_factors_outside_a_sweep_are_varying_params_without_bookkeeping():
 def test_seed_replicates_get_mean_and_sample_std():
     accs = [0.70, 0.72, 0.71]
     runs = [
-        _run(f"r{i}", 10 - i, f"experiment=best seed={i}", test_frame_acc_viterbi=a)
+        _run(f"r{i}", 10 - i, f"experiment=best seed={i}", test__frame_acc_viterbi=a)
         for i, a in enumerate(accs)
     ]
     runs.append(_run("dead", 0, "experiment=best seed=9", status="FAILED"))
@@ -81,8 +81,8 @@ def test_different_configs_get_no_mean():
 
 def test_a_missing_metric_or_no_run_is_an_error_naming_it():
     broken = _run("r1", 1, "seed=0")
-    del broken.metrics["test_majmin"]
-    with pytest.raises(IncompleteTableError, match="r1.*test_majmin"):
+    del broken.metrics["test/majmin"]
+    with pytest.raises(IncompleteTableError, match="r1.*test/majmin"):
         build_run_table([broken])
     with pytest.raises(IncompleteTableError, match="no FINISHED run"):
         build_run_table([_run("r2", 1, "seed=0", status="FAILED")])

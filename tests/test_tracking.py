@@ -80,14 +80,47 @@ def test_the_defaults_are_chordrecs_constants(tmp_path: Path, monkeypatch) -> No
 def test_metric_history_reads_any_run_by_its_id(tmp_path: Path) -> None:
     tracking.configure(tmp_path)
     with tracking.RunTracker(store_dir=tmp_path, system_metrics=False) as tracker:
-        tracker.log_metrics({"val_acc": 0.5}, step=1)
-        tracker.log_metrics({"val_acc": 0.75, "lr": 0.1}, step=2)
+        tracker.log_metrics({"val/acc": 0.5}, step=1)
+        tracker.log_metrics({"val/acc": 0.75, "train/lr": 0.1}, step=2)
     assert tracking.metric_history(tracker.run_id) == {
-        "val_acc": {1: 0.5, 2: 0.75},
-        "lr": {2: 0.1},
+        "val/acc": {1: 0.5, 2: 0.75},
+        "train/lr": {2: 0.1},
     }
     with pytest.raises(tracking.TrackingError, match="no MLflow run 'missing'"):
         tracking.metric_history("missing")
+
+
+def test_a_run_logged_with_the_old_names_is_read_with_the_current_ones(tmp_path: Path) -> None:
+    """A store written before metrics were named by section: flat names, sizes as
+    metrics, and a run resumed across the renaming that has both names."""
+    tracking.configure(tmp_path)
+    with tracking.RunTracker(store_dir=tmp_path, system_metrics=False) as tracker:
+        tracker.log_metrics({"val_acc": 0.5, "lr": 0.1, "epoch_time_s": 3.0}, step=1)
+        tracker.log_metrics({"val/acc": 0.75, "train/lr": 0.05}, step=2)  # resumed, new names
+        tracker.log_metrics(
+            {
+                "test_frame_acc": 0.7,
+                "val_frame_acc_viterbi": 0.6,
+                "viterbi_self_transition": 0.99,
+                "epochs_run": 2,
+                "size_train_chunks32": 12,
+                "size_validation_steps": 345,
+            }
+        )
+    assert tracking.metric_history(tracker.run_id) == {
+        "val/acc": {1: 0.5, 2: 0.75},
+        "train/lr": {1: 0.1, 2: 0.05},
+        "time/epoch_s": {1: 3.0},
+        "test/frame_acc": {0: 0.7},
+        "val/frame_acc_viterbi": {0: 0.6},
+        "decode/self_transition": {0: 0.99},
+        "fit/epochs_run": {0: 2.0},
+    }
+    assert tracking.run_metrics(tracker.run_id)["decode/self_transition"] == 0.99
+    (record,) = tracking.find_runs(constants.EXPERIMENT)
+    assert record.metrics["test/frame_acc"] == 0.7 and record.metrics["fit/epochs_run"] == 2
+    assert not any(k.startswith("size_") for k in record.metrics)
+    assert record.params == {"sizes.train.chunks32": "12", "sizes.validation.steps": "345"}
 
 
 def test_run_checkpoint_names_what_is_missing(tmp_path: Path) -> None:

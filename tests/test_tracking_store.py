@@ -242,7 +242,7 @@ def test_backfill_history_retries_the_write_that_found_the_store_locked(
     tries: list[dict[str, float]] = []
     errors: list[str] = []
     with tracking.RunTracker(store_dir=store, system_metrics=False) as tracker:
-        tracker.log_metrics({"val_loss": 1.0}, step=1)  # the epoch the run has
+        tracker.log_metrics({"val/loss": 1.0}, step=1)  # the epoch the run has
         with _write_lock(store / "mlflow.db") as lock:  # another process writing
 
             def log_metrics(metrics: dict[str, float], *args: Any, **kwargs: Any) -> None:
@@ -256,10 +256,10 @@ def test_backfill_history_retries_the_write_that_found_the_store_locked(
 
             with monkeypatch.context() as patch:
                 patch.setattr(mlflow, "log_metrics", log_metrics)
-                added = tracker.backfill_history({"val_loss": [1.0, 0.5, 0.25]})
+                added = tracker.backfill_history({"val/loss": [1.0, 0.5, 0.25]})
     assert added == 2
     # epoch 2 was refused once ("database is locked", after MLflow's own wait), then landed
-    assert tries == [{"val_loss": 0.5}, {"val_loss": 0.5}, {"val_loss": 0.25}]
+    assert tries == [{"val/loss": 0.5}, {"val/loss": 0.5}, {"val/loss": 0.25}]
     assert len(errors) == 1 and "database is locked" in errors[0]
-    logged = MlflowClient(uri).get_metric_history(tracker.run_id, "val_loss")
+    logged = MlflowClient(uri).get_metric_history(tracker.run_id, "val/loss")
     assert sorted((m.step, m.value) for m in logged) == [(1, 1.0), (2, 0.5), (3, 0.25)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import mlflow
@@ -62,9 +63,9 @@ def test_every_preset_trains_at_both_levels(train_config, model, level):
     val_acc = run(cfg)
     run_info = _only_run(_client(cfg))
     assert run_info.info.status == "FINISHED"
-    assert run_info.data.metrics["val_frame_acc"] == pytest.approx(val_acc)
+    assert run_info.data.metrics["val/frame_acc"] == pytest.approx(val_acc)
     test_acc = _logged_accuracy(run_info.info.run_id, cfg, "test")
-    assert run_info.data.metrics["test_frame_acc"] == pytest.approx(test_acc)
+    assert run_info.data.metrics["test/frame_acc"] == pytest.approx(test_acc)
     assert run_info.data.params["data.level"] == level
 
 
@@ -74,7 +75,7 @@ def test_window_mode_run(train_config):
     run_info = _only_run(_client(cfg))
     assert run_info.info.status == "FINISHED"
     # window mode: one example per step; the stride trains on a 1/50 sample of them each epoch
-    assert run_info.data.metrics["size_train_examples"] == run_info.data.metrics["size_train_steps"]
+    assert run_info.data.params["sizes.train.examples"] == run_info.data.params["sizes.train.steps"]
 
 
 @pytest.mark.device
@@ -105,7 +106,7 @@ def test_a_run_logs_everything(train_config, tmp_path):
     # the plateau schedule cannot take lr 1e-3 below min_lr 1e-5 in 2 epochs
     assert r.data.tags["converged"] == "no" and r.data.tags["stop_reason"] == "max_epochs"
     # per-epoch metrics, one value per epoch, steps 1..2
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s"):
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "train/lr", "time/epoch_s"):
         steps = [m.step for m in client.get_metric_history(r.info.run_id, key)]
         assert steps == [1, 2], key
     # system metrics through MLflow's own monitor
@@ -113,26 +114,56 @@ def test_a_run_logs_everything(train_config, tmp_path):
     # final metrics and sizes
     m = r.data.metrics
     for key in (
-        "test_frame_acc",
-        "val_frame_acc",
-        "epochs_run",
-        "best_epoch",
-        "converged",
-        "train_time_s",
+        "test/frame_acc",
+        "val/frame_acc",
+        "fit/epochs_run",
+        "fit/best_epoch",
+        "fit/converged",
+        "time/train_s",
     ):
         assert key in m, key
     val_acc = [
         h.value
-        for h in sorted(client.get_metric_history(r.info.run_id, "val_acc"), key=lambda h: h.step)
+        for h in sorted(client.get_metric_history(r.info.run_id, "val/acc"), key=lambda h: h.step)
     ]
-    assert m["epochs_run"] == 2 and m["converged"] == 0
-    assert m["best_epoch"] == 1 + int(np.argmax(val_acc))  # the first epoch of the best
+    assert m["fit/epochs_run"] == 2 and m["fit/converged"] == 0
+    assert m["fit/best_epoch"] == 1 + int(np.argmax(val_acc))  # the first epoch of the best
     # the final evaluation scores the best epoch's weights as that epoch was scored
-    assert m["val_frame_acc_argmax"] == max(val_acc)
+    assert m["val/frame_acc_argmax"] == max(val_acc)
+    # every metric sits in a section of the UI (the prefix before '/')
+    sections = {"train", "val", "test", "time", "fit", "decode", "system"}
+    assert {k.split("/")[0] for k in m if "/" in k} == sections
+    assert all("/" in k for k in m), [k for k in m if "/" not in k]
+    # split sizes: params, and the profile of each part's MLflow dataset
+    params = r.data.params
     for part in ("train", "validation", "test"):
         for size in ("songs", "frames", "beats", "examples", "chunks32"):
-            assert m[f"size_{part}_{size}"] > 0, (part, size)
-    assert m["size_train_songs"] == 2
+            assert int(params[f"sizes.{part}.{size}"]) > 0, (part, size)
+    assert params["sizes.train.songs"] == "2"
+    inputs = {
+        {t.key: t.value for t in i.tags}["mlflow.data.context"]: i.dataset
+        for i in r.inputs.dataset_inputs
+    }
+    assert set(inputs) == {"training", "validation", "test"}
+    for context, part in (("training", "train"), ("validation", "validation"), ("test", "test")):
+        dataset = inputs[context]
+        assert dataset.name == f"RWC-Pop/{part}"
+        assert dataset.digest == r.data.tags["dataset_sha256"][:16]
+        assert json.loads(dataset.source)["url"].startswith("https://raw.githubusercontent.com/")
+        profile = json.loads(dataset.profile)
+        assert profile["level"] == "beat" and profile["version"].startswith("gct634-2018@")
+        assert profile["songs"] == int(params[f"sizes.{part}.songs"])
+        assert [c["name"] for c in json.loads(dataset.schema)["mlflow_colspec"]] == [
+            "chroma",
+            "chord",
+        ]
+    # what the run is, in one line; the experiment opens on its training runs
+    assert r.data.tags["mlflow.note.content"] == (
+        "BiLSTM 16 (dropout 0.25), beat level, L=16 sequence, no augmentation, argmax; "
+        "Adam lr 0.001, lr ÷ on plateau, up to 2 epochs; seed 0"
+    )
+    experiment = client.get_experiment(r.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     # artifacts: config, checkpoints, figures, model
     paths = {a.path for a in client.list_artifacts(r.info.run_id)}
     assert "config.yaml" in paths
@@ -145,9 +176,9 @@ def test_a_run_logs_everything(train_config, tmp_path):
     # decoding and MIREX scores against labs/
     for part in ("val", "test"):
         for key in ("majmin", "root", "seg"):
-            assert 0.0 <= m[f"{part}_{key}"] <= 1.0, (part, key)
-    assert m["test_frame_acc"] == m["test_frame_acc_argmax"]  # decode=argmax is the default
-    assert m["test_frame_acc"] == pytest.approx(_logged_accuracy(r.info.run_id, cfg, "test"))
+            assert 0.0 <= m[f"{part}/{key}"] <= 1.0, (part, key)
+    assert m["test/frame_acc"] == m["test/frame_acc_argmax"]  # decode=argmax is the default
+    assert m["test/frame_acc"] == pytest.approx(_logged_accuracy(r.info.run_id, cfg, "test"))
     # the self-transition is the grid value that decodes validation best (first of ties)
     best = load_checkpoint(
         mlflow.artifacts.download_artifacts(
@@ -167,9 +198,9 @@ def test_a_run_logs_everything(train_config, tmp_path):
         / n_frames
         for p in DEFAULT_SELF_TRANSITIONS
     ]
-    assert m["val_frame_acc_viterbi"] == pytest.approx(max(by_value))
+    assert m["val/frame_acc_viterbi"] == pytest.approx(max(by_value))
     tuned = DEFAULT_SELF_TRANSITIONS[int(np.argmax(by_value))]
-    assert m["viterbi_self_transition"] == tuned == best["inference"]["self_transition"]
+    assert m["decode/self_transition"] == tuned == best["inference"]["self_transition"]
     assert any(p.startswith("figures/timeline_N061") for p in figures)
     local = mlflow.artifacts.download_artifacts(
         run_id=r.info.run_id, artifact_path="checkpoints/last.pt"
@@ -245,16 +276,16 @@ def test_template_anchor_runs_without_training(train_config):
     r = _only_run(_client(cfg))
     assert r.info.status == "FINISHED"
     m = r.data.metrics
-    assert m["epochs_run"] == 0 and m["train_time_s"] == 0
+    assert m["fit/epochs_run"] == 0 and m["time/train_s"] == 0
     assert r.data.tags["stop_reason"] == "training_free"
-    assert m["test_frame_acc"] == m["test_frame_acc_viterbi"]
+    assert m["test/frame_acc"] == m["test/frame_acc_viterbi"]
     # the run scores exactly what template matching itself predicts on the test songs
     from chordrec.data.songs import load_songs, song_names
     from chordrec.models.templates import template_predict
 
     songs = load_songs(cfg.data.root, song_names(cfg.data.root)[60:62])
     correct = sum(int((template_predict(s.chroma) == s.labels).sum()) for s in songs)
-    assert m["test_frame_acc_argmax"] == pytest.approx(correct / sum(s.n_frames for s in songs))
+    assert m["test/frame_acc_argmax"] == pytest.approx(correct / sum(s.n_frames for s in songs))
 
 
 def test_transposition_augmentation_at_beat_level(train_config):
@@ -283,11 +314,11 @@ def test_cosine_schedule_runs_to_max_epochs_past_min_lr(train_config):
     client = _client(cfg)
     r = _only_run(client)
     assert r.info.status == "FINISHED"
-    assert r.data.metrics["epochs_run"] == 3
+    assert r.data.metrics["fit/epochs_run"] == 3
     assert r.data.tags["stop_reason"] == "max_epochs"
     lrs = [
         m.value
-        for m in sorted(client.get_metric_history(r.info.run_id, "lr"), key=lambda m: m.step)
+        for m in sorted(client.get_metric_history(r.info.run_id, "train/lr"), key=lambda m: m.step)
     ]
     lr0, eta_min = cfg.optimizer.lr, cfg.scheduler.eta_min
     expected = [eta_min + (lr0 - eta_min) * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)]
@@ -316,8 +347,8 @@ def test_init_from_a_run_evaluates_its_weights_under_other_settings(train_config
     runs = client.search_runs([experiment], f"tags.init_from = '{source.info.run_id}'")
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     plain = next(r for r in runs if r.data.params["trainer.eval_overlap"] == "False")
-    assert plain.data.metrics["epochs_run"] == 0
-    for key in ("val_frame_acc_argmax", "test_frame_acc_argmax", "test_majmin"):
+    assert plain.data.metrics["fit/epochs_run"] == 0
+    for key in ("val/frame_acc_argmax", "test/frame_acc_argmax", "test/majmin"):
         assert plain.data.metrics[key] == source.data.metrics[key]
 
     mismatched = train_config(

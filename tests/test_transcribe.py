@@ -279,7 +279,7 @@ def store(tmp_path_factory) -> dict[str, str]:
     runs = {"uri": uri}
     for key in ("with_model", "without_model"):
         with tracking.RunTracker(store_dir=root, system_metrics=False) as tracker:
-            tracker.log_epoch(1, {"val_acc": 0.5}, {"best": checkpoint})
+            tracker.log_epoch(1, {"val/acc": 0.5}, {"best": checkpoint})
             if key == "with_model":
                 network = build_model(LINEAR)
                 network.load_state_dict(template_checkpoint()["model"])

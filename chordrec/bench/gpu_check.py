@@ -60,7 +60,7 @@ def _wait_for_epoch(process: subprocess.Popen, log: Path, timeout: float) -> str
         if run_id is None:
             found = RUN_ID.search(log.read_text())
             run_id = found.group(1) if found else None
-        elif tracking.metric_history(run_id).get("val_acc"):
+        elif tracking.metric_history(run_id).get("val/acc"):
             return run_id
         time.sleep(0.5)
     raise TimeoutError(f"no epoch logged within {timeout:.0f} s; see {log}")
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run {run_id}: epoch 1 logged, process killed", flush=True)
 
     print("== 3. GPU system metrics", flush=True)
-    metrics = tracking.get_run(run_id).data.metrics
+    metrics = tracking.run_metrics(run_id)
     gpu = sorted(k for k in metrics if k.startswith("system/gpu_"))
     if cuda and not gpu:
         failures.append(
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         failures.append(f"resumed run is {final.info.status} on {final.data.tags.get('device')}")
 
     print("== 5. epoch time", flush=True)
-    times = tracking.metric_history(run_id).get("epoch_time_s", {})
+    times = tracking.metric_history(run_id).get("time/epoch_s", {})
     if len(times) == 2:
         print(f"epoch 1 on {name}: {times[1]:.1f} s")
         print(f"epoch 2 on CPU ({torch.get_num_threads()} threads): {times[2]:.1f} s")

@@ -84,6 +84,9 @@ GCT634_BASE_URL = (
     "fb408edae7fcbd8853cc698df863df9256e1f981/hw3/dataset"
 )
 """Upstream of ``chroma/``, ``chord/`` and ``beat/`` (KAIST GCT634 2018, pinned commit)."""
+DATASET_NAME = "RWC-Pop"
+DATASET_VERSION = "gct634-2018@fb408ed"
+"""The data set's name and version (the upstream commit of its chroma) as runs record it."""
 
 LABS_BASE_URL = (
     "https://raw.githubusercontent.com/tmc323/Chord-Annotations/"

@@ -5,6 +5,6 @@
 model presets in ``conf/model/`` and of every checkpoint's config.
 """
 
-from chordrec.models.networks import CRNN, ChromaTemplates, ConvBlock, build_model
+from chordrec.models.networks import CRNN, ChromaTemplates, ConvBlock, build_model, describe_model
 
-__all__ = ["CRNN", "ChromaTemplates", "ConvBlock", "build_model"]
+__all__ = ["CRNN", "ChromaTemplates", "ConvBlock", "build_model", "describe_model"]

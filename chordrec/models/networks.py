@@ -255,3 +255,31 @@ def build_model(spec: Mapping[str, Any]) -> nn.Module:
     if target not in MODELS:
         raise ValueError(f"unknown model _target_ {target!r}; known: {sorted(MODELS)}")
     return MODELS[target](**spec)
+
+
+def describe_model(spec: Mapping[str, Any]) -> str:
+    """A model config in a few words, e.g. ``BiGRU 2×128 after conv 16 at 1/2 rate`` or
+    ``chroma templates (T=0.15)``: for run descriptions."""
+    spec = dict(spec)
+    target = spec.get("_target_", "chordrec.models.CRNN")
+    if target == "chordrec.models.ChromaTemplates":
+        return f"chroma templates (T={spec.get('temperature')}, no training)"
+    rnn = dict(spec.get("rnn") or {})
+    words = []
+    if rnn:
+        kind = str(rnn.get("type", "lstm")).upper()
+        layers, hidden = int(rnn.get("num_layers", 1)), rnn.get("hidden_size")
+        size = f"{layers}×{hidden}" if layers > 1 else f"{hidden}"
+        words.append(f"{'Bi' if rnn.get('bidirectional') else ''}{kind} {size}")
+    blocks = list(spec.get("conv_blocks") or [])
+    if blocks:
+        channels = ", ".join(str(b.get("channels")) for b in blocks)
+        words.append(f"{'after ' if rnn else ''}conv {channels}")
+        rate = 1
+        for block in blocks:
+            rate *= _pair(block.get("pool", 1))[1]
+        if rate > 1:
+            words.append(f"at 1/{rate} rate")
+    if spec.get("head_dropout"):
+        words.append(f"(dropout {spec['head_dropout']})")
+    return " ".join(words) or "linear head"

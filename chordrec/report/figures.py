@@ -32,7 +32,7 @@ __all__ = [
     "transcription_figure",
 ]
 
-_HISTORY_KEYS = ("train_acc", "val_acc", "train_loss", "val_loss")
+_HISTORY_KEYS = ("train/acc", "val/acc", "train/loss", "val/loss")
 _TRAIN_COLOR = "tab:blue"
 _VAL_COLOR = "tab:orange"
 _MAJOR_COLOR = "tab:blue"
@@ -54,14 +54,14 @@ _QUALITY_LEGEND = (  # (color, label) of bars colored by chord quality
 def learning_curves(history: Mapping[str, Sequence[float]]) -> Figure:
     """Plot per-epoch accuracy and loss (the report's Figures 10-11).
 
-    ``history`` maps ``train_acc``, ``val_acc`` (frame accuracies as fractions in
-    [0, 1]), ``train_loss``, ``val_loss`` (cross-entropy, nats per frame) and,
-    optionally, ``lr`` (learning rate per epoch, > 0) to sequences of one value per
+    ``history`` maps ``train/acc``, ``val/acc`` (frame accuracies as fractions in
+    [0, 1]), ``train/loss``, ``val/loss`` (cross-entropy, nats per frame) and,
+    optionally, ``train/lr`` (learning rate per epoch, > 0) to sequences of one value per
     epoch, all of the same length ``n_epochs >= 1``. Entry ``i`` belongs to epoch
     ``i + 1``. Other keys are ignored.
 
     Returns a figure with two panels side by side: accuracy (y in %, the best
-    validation epoch marked) and loss. If ``lr`` is given, the loss panel gets a
+    validation epoch marked) and loss. If ``train/lr`` is given, the loss panel gets a
     twin y-axis with the learning rate on a log scale (three axes in all).
 
     Raises ``ValueError`` if a required key is missing, the series are empty or of
@@ -71,7 +71,7 @@ def learning_curves(history: Mapping[str, Sequence[float]]) -> Figure:
     missing = [key for key in _HISTORY_KEYS if key not in history]
     if missing:
         raise ValueError(f"history lacks the series {missing}; it needs {list(_HISTORY_KEYS)}")
-    keys = list(_HISTORY_KEYS) + (["lr"] if "lr" in history else [])
+    keys = list(_HISTORY_KEYS) + (["train/lr"] if "train/lr" in history else [])
     series: dict[str, np.ndarray] = {}
     for key in keys:
         values = np.asarray(history[key], dtype=float)
@@ -83,19 +83,21 @@ def learning_curves(history: Mapping[str, Sequence[float]]) -> Figure:
     lengths = {key: len(values) for key, values in series.items()}
     if len(set(lengths.values())) != 1:
         raise ValueError(f"history series must have equal lengths, got {lengths}")
-    n_epochs = lengths["train_acc"]
+    n_epochs = lengths["train/acc"]
     if n_epochs == 0:
         raise ValueError("history is empty: need at least one epoch")
-    for key in ("train_acc", "val_acc"):
+    for key in ("train/acc", "val/acc"):
         finite = series[key][np.isfinite(series[key])]
         if finite.size and (finite.min() < 0 or finite.max() > 1):
             raise ValueError(f"history[{key!r}] must hold fractions in [0, 1], not percentages")
-    if "lr" in series:
-        lr = series["lr"]
+    if "train/lr" in series:
+        lr = series["train/lr"]
         if np.any(lr < 0):
-            raise ValueError("history['lr'] must not be negative")
+            raise ValueError("history['train/lr'] must not be negative")
         if not np.any(lr > 0):
-            raise ValueError("history['lr'] needs a positive value to be drawn on a log scale")
+            raise ValueError(
+                "history['train/lr'] needs a positive value to be drawn on a log scale"
+            )
 
     epochs = np.arange(1, n_epochs + 1)
     marker = "o" if n_epochs <= 40 else None
@@ -104,9 +106,9 @@ def learning_curves(history: Mapping[str, Sequence[float]]) -> Figure:
     fig = Figure(figsize=(11.0, 4.2), layout="constrained")
     ax_acc, ax_loss = fig.subplots(1, 2)
 
-    ax_acc.plot(epochs, series["train_acc"], color=_TRAIN_COLOR, label="train", **style)
-    ax_acc.plot(epochs, series["val_acc"], color=_VAL_COLOR, label="validation", **style)
-    val_acc = series["val_acc"]
+    ax_acc.plot(epochs, series["train/acc"], color=_TRAIN_COLOR, label="train", **style)
+    ax_acc.plot(epochs, series["val/acc"], color=_VAL_COLOR, label="validation", **style)
+    val_acc = series["val/acc"]
     if np.any(np.isfinite(val_acc)):
         best = int(np.nanargmax(val_acc))
         ax_acc.axvline(epochs[best], color="0.6", linestyle=":", linewidth=1.0)
@@ -126,14 +128,14 @@ def learning_curves(history: Mapping[str, Sequence[float]]) -> Figure:
     ax_acc.set_ylabel("accuracy")
     ax_acc.legend(loc="lower right", fontsize="small")
 
-    ax_loss.plot(epochs, series["train_loss"], color=_TRAIN_COLOR, label="train", **style)
-    ax_loss.plot(epochs, series["val_loss"], color=_VAL_COLOR, label="validation", **style)
+    ax_loss.plot(epochs, series["train/loss"], color=_TRAIN_COLOR, label="train", **style)
+    ax_loss.plot(epochs, series["val/loss"], color=_VAL_COLOR, label="validation", **style)
     ax_loss.set_title("Loss")
     ax_loss.set_ylabel("cross-entropy loss")
     handles, labels = ax_loss.get_legend_handles_labels()
-    if "lr" in series:
+    if "train/lr" in series:
         ax_lr = ax_loss.twinx()
-        lr = np.where(series["lr"] > 0, series["lr"], np.nan)
+        lr = np.where(series["train/lr"] > 0, series["train/lr"], np.nan)
         (lr_line,) = ax_lr.plot(
             epochs, lr, color="0.35", linestyle="--", linewidth=1.2, label="learning rate"
         )

@@ -77,26 +77,24 @@ REPORT: dict[str, dict[str, object]] = {
 NOT_REPORTED = "(not reported)"
 
 REQUIRED_METRICS = (
-    "size_train_chunks32",
-    "size_validation_chunks32",
-    "size_test_chunks32",
-    "size_train_steps",
-    "size_validation_steps",
-    "size_test_steps",
-    "converged",
-    "val_frame_acc",
-    "test_frame_acc",
-    "train_time_s",
-    "epochs_run",
-    "best_epoch",
+    "fit/converged",
+    "val/frame_acc",
+    "test/frame_acc",
+    "time/train_s",
+    "fit/epochs_run",
+    "fit/best_epoch",
 )
+REQUIRED_SIZES = tuple(
+    (part, what) for what in ("chunks32", "steps") for part in ("train", "validation", "test")
+)
+"""Split sizes (params ``sizes.<part>.<what>``) every column needs."""
 
 
 OPTIONAL_ROWS = {
-    "test_frame_acc_viterbi": "test accuracy % (Viterbi)",
-    "test_majmin": "test majmin WCSR %",
-    "test_root": "test root WCSR %",
-    "test_seg": "test segmentation %",
+    "test/frame_acc_viterbi": "test accuracy % (Viterbi)",
+    "test/majmin": "test majmin WCSR %",
+    "test/root": "test root WCSR %",
+    "test/seg": "test segmentation %",
 }
 
 
@@ -141,7 +139,17 @@ def _metric(column: Column, key: str) -> float:
     return float(value)
 
 
-def _duration(seconds: float) -> str:
+def _size(column: Column, part: str, what: str) -> int:
+    value = column.run.params.get(f"sizes.{part}.{what}")
+    if value is None:
+        raise IncompleteTableError(
+            f"run {column.run.run_id} (preset {column.preset}) has no param 'sizes.{part}.{what}'"
+        )
+    return int(value)
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` as ``12 s``, ``3.4 min`` or ``2.50 h``."""
     minutes = seconds / 60
     return (
         f"{seconds:.0f} s"
@@ -168,23 +176,25 @@ def build_table(columns: Sequence[Column]) -> pd.DataFrame:
     for column in columns:
         for key in REQUIRED_METRICS:
             _metric(column, key)
+        for part, what in REQUIRED_SIZES:
+            _size(column, part, what)
     table: dict[str, dict[str, object]] = {}
     for c in columns:
         level = c.run.params.get("data.level", "frame")
         unit = "beats" if level == "beat" else "frames"
-        val, test = 100 * _metric(c, "val_frame_acc"), 100 * _metric(c, "test_frame_acc")
+        val, test = 100 * _metric(c, "val/frame_acc"), 100 * _metric(c, "test/frame_acc")
         table[c.preset] = {
             "what": f"{c.run.params.get('model_name', '?')}, {level} level, "
             f"L={c.run.params.get('seq_len', '?')}, {c.run.params.get('seq_mode', '?')}",
-            "training examples (32-step chunks)": int(_metric(c, "size_train_chunks32")),
+            "training examples (32-step chunks)": _size(c, "train", "chunks32"),
             "  report": _report(c.preset, "train"),
-            "validation examples (32-step chunks)": int(_metric(c, "size_validation_chunks32")),
+            "validation examples (32-step chunks)": _size(c, "validation", "chunks32"),
             "  report ": _report(c.preset, "validation"),
-            "test examples (32-step chunks)": int(_metric(c, "size_test_chunks32")),
+            "test examples (32-step chunks)": _size(c, "test", "chunks32"),
             "  report  ": _report(c.preset, "test"),
-            "training / validation / test size": f"{int(_metric(c, 'size_train_steps')):,} / "
-            f"{int(_metric(c, 'size_validation_steps')):,} / {int(_metric(c, 'size_test_steps')):,} {unit}",
-            "converged": "yes" if _metric(c, "converged") else "no",
+            "training / validation / test size": f"{_size(c, 'train', 'steps'):,} / "
+            f"{_size(c, 'validation', 'steps'):,} / {_size(c, 'test', 'steps'):,} {unit}",
+            "converged": "yes" if _metric(c, "fit/converged") else "no",
             "  report   ": _report(c.preset, "converged"),
             "validation accuracy %": f"{val:.2f}",
             "  report    ": _report(c.preset, "val"),
@@ -192,10 +202,10 @@ def build_table(columns: Sequence[Column]) -> pd.DataFrame:
             "test accuracy %": f"{test:.2f}",
             "  report     ": _report(c.preset, "test_acc"),
             "  difference (points) ": _delta(test, REPORT.get(c.preset, {}).get("test_acc")),
-            "training time": _duration(_metric(c, "train_time_s")),
+            "training time": format_duration(_metric(c, "time/train_s")),
             "  report      ": _report(c.preset, "time"),
-            "epochs run": int(_metric(c, "epochs_run")),
-            "best epoch": int(_metric(c, "best_epoch")),
+            "epochs run": int(_metric(c, "fit/epochs_run")),
+            "best epoch": int(_metric(c, "fit/best_epoch")),
             "run id": c.run.run_id,
         }
     for key, label in OPTIONAL_ROWS.items():  # newer metrics: shown when every column has them
@@ -227,20 +237,21 @@ def render(table: pd.DataFrame, fmt: str = "md") -> str:
 # --------------------------------------------------------------------------- run tables
 
 RUN_COLUMNS = {
-    "val_frame_acc_argmax": "val % (argmax)",
-    "val_frame_acc_viterbi": "val % (Viterbi)",
-    "test_frame_acc_argmax": "test % (argmax)",
-    "test_frame_acc_viterbi": "test % (Viterbi)",
-    "test_majmin": "test majmin %",
-    "test_root": "test root %",
+    "val/frame_acc_argmax": "val % (argmax)",
+    "val/frame_acc_viterbi": "val % (Viterbi)",
+    "test/frame_acc_argmax": "test % (argmax)",
+    "test/frame_acc_viterbi": "test % (Viterbi)",
+    "test/majmin": "test majmin %",
+    "test/root": "test root %",
 }
-BOOKKEEPING = ("study", "table")  # tag ``kind`` of parent and table runs: not training runs
+BOOKKEEPING = ("study", "sweep", "table")  # tag ``kind`` of parent and table runs
 # Settings that differ between runs without making them different experiments.
 NOT_A_FACTOR = (
     "run_name",
     "resume",
     "tracking.",
     "paths.",
+    "sizes.",
     "trainer.num_threads",
     "trainer.progress",
 )
@@ -291,9 +302,9 @@ def build_run_table(runs: Sequence[RunRecord]) -> pd.DataFrame:
             values[label].append(value)
             row[label] = f"{value:.2f}"
         row["epochs (best)"] = (
-            f"{int(_metric(column, 'epochs_run'))} ({int(_metric(column, 'best_epoch'))})"
+            f"{int(_metric(column, 'fit/epochs_run'))} ({int(_metric(column, 'fit/best_epoch'))})"
         )
-        row["training time"] = _duration(_metric(column, "train_time_s"))
+        row["training time"] = format_duration(_metric(column, "time/train_s"))
         rows[r.run_id] = row
     if len(finished) > 1 and list(factors[finished[0].run_id]) == ["seed"]:
         for name, stat in (("mean", pd.Series.mean), ("std", pd.Series.std)):

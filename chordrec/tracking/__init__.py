@@ -13,14 +13,20 @@ concern and imports only those beneath it (``store`` ← ``runs`` ← ``registry
 - :mod:`~chordrec.tracking.runs`: one training run: :class:`RunTracker` (start or resume,
   log, end with the right status), its tags (:func:`base_tags`, :func:`git_state`,
   :func:`process_tags`), :func:`flatten` for params, reading a run back
-  (:func:`get_run`, :func:`metric_history`) and :func:`check_resumable`.
+  (:func:`get_run`, :func:`run_metrics`, :func:`metric_history`) and :func:`check_resumable`.
+- :mod:`~chordrec.tracking.legacy`: runs logged before metrics were named by section
+  (``train_loss`` → ``train/loss``), mapped by everything that reads runs back
+  (:func:`current_metrics`).
 - :mod:`~chordrec.tracking.registry`: what runs leave for later use: a run's checkpoint
   (:func:`run_checkpoint`), registered model versions (:func:`register_run_model`,
   :func:`registered_run_id`).
-- :mod:`~chordrec.tracking.search`: runs across an experiment: :func:`find_runs` (as
-  :class:`RunRecord` values), a study's parent run (:func:`start_parent_run`,
-  :func:`end_parent_run`, :func:`check_study_id`) and runs holding one text such as a
+- :mod:`~chordrec.tracking.search`: runs across an experiment: :func:`find_runs` and
+  :func:`runs_by_id` (as :class:`RunRecord` values), the parent run of a study or a
+  sweep (:func:`start_parent_run`, :func:`find_sweep_parent`, :func:`reopen_parent_run`,
+  :func:`end_parent_run`, :func:`set_run_tags`, :func:`check_study_id`) and runs holding one text such as a
   result table (:func:`create_run_with_text`, :func:`log_text_to_run`).
+- :mod:`~chordrec.tracking.ui`: addresses in the MLflow UI, pure functions of strings:
+  where it is (:func:`ui_base_url`) and its page comparing chosen runs (:func:`compare_url`).
 
 The defaults (store directory, experiment, registered model) are those of
 :mod:`chordrec.constants`.
@@ -28,8 +34,10 @@ The defaults (store directory, experiment, registered model) are those of
 
 from __future__ import annotations
 
+from chordrec.tracking.legacy import current_metrics
 from chordrec.tracking.registry import register_run_model, registered_run_id, run_checkpoint
 from chordrec.tracking.runs import (
+    DatasetRecord,
     RunTracker,
     base_tags,
     check_resumable,
@@ -38,6 +46,7 @@ from chordrec.tracking.runs import (
     git_state,
     metric_history,
     process_tags,
+    run_metrics,
 )
 from chordrec.tracking.search import (
     RunRecord,
@@ -45,7 +54,11 @@ from chordrec.tracking.search import (
     create_run_with_text,
     end_parent_run,
     find_runs,
+    find_sweep_parent,
     log_text_to_run,
+    reopen_parent_run,
+    runs_by_id,
+    set_run_tags,
     start_parent_run,
 )
 from chordrec.tracking.store import (
@@ -58,8 +71,11 @@ from chordrec.tracking.store import (
     server_command,
     store_uri,
 )
+from chordrec.tracking.ui import compare_url, ui_base_url
 
 __all__ = [
+    # legacy
+    "current_metrics",
     # store
     "TrackingError",
     "artifact_root",
@@ -70,6 +86,7 @@ __all__ = [
     "server_command",
     "store_uri",
     # runs
+    "DatasetRecord",
     "RunTracker",
     "base_tags",
     "check_resumable",
@@ -78,6 +95,7 @@ __all__ = [
     "git_state",
     "metric_history",
     "process_tags",
+    "run_metrics",
     # registry
     "register_run_model",
     "registered_run_id",
@@ -88,6 +106,13 @@ __all__ = [
     "create_run_with_text",
     "end_parent_run",
     "find_runs",
+    "find_sweep_parent",
     "log_text_to_run",
+    "reopen_parent_run",
+    "runs_by_id",
+    "set_run_tags",
     "start_parent_run",
+    # ui
+    "compare_url",
+    "ui_base_url",
 ]

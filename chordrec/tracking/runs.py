@@ -15,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,15 @@ from typing import Any
 import mlflow
 import numpy as np
 import psutil
+from mlflow.data.http_dataset_source import HTTPDatasetSource
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema
 
 import chordrec
 from chordrec.constants import EXPERIMENT, STORE_DIR
+from chordrec.tracking.legacy import current_metric_names, current_metrics
 from chordrec.tracking.store import TrackingError, ensure_experiment, retry_locked
 
 
@@ -39,15 +44,23 @@ def get_run(run_id: str, client: MlflowClient | None = None) -> Run:
         raise TrackingError(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from exc
 
 
+def run_metrics(run_id: str) -> dict[str, float]:
+    """The last value of each metric of run ``run_id``, by current name
+    (:mod:`~chordrec.tracking.legacy`); :class:`TrackingError` when the run is missing."""
+    return current_metrics(get_run(run_id).data.metrics)
+
+
 def metric_history(run_id: str, client: MlflowClient | None = None) -> dict[str, dict[int, float]]:
-    """Logged per-step values of each metric of run ``run_id``: ``{metric: {step: value}}``;
-    :class:`TrackingError` when the run is missing."""
+    """Logged per-step values of each metric of run ``run_id``: ``{metric: {step: value}}``,
+    by current name (:mod:`~chordrec.tracking.legacy`; a run resumed across the renaming
+    has both names, merged here); :class:`TrackingError` when the run is missing."""
     client = client or MlflowClient()
     run = get_run(run_id, client)
-    return {
-        key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
-        for key in run.data.metrics
-    }
+    history: dict[str, dict[int, float]] = {}
+    for key, name in current_metric_names(run.data.metrics).items():
+        points = retry_locked(lambda k=key: client.get_metric_history(run.info.run_id, k))
+        history.setdefault(name, {}).update({m.step: m.value for m in points})
+    return history
 
 
 def git_state(cwd: str | Path = ".") -> dict[str, str]:
@@ -89,6 +102,46 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[name] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
     return flat
+
+
+DIGEST_LENGTH = 16
+"""Hex digits of a data set's checksum kept as its MLflow dataset digest (MLflow's
+column holds 36 characters; the full checksum is the run's ``dataset_sha256`` tag)."""
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """A data set part as a run records it: ``name`` and ``version``, ``digest`` (the
+    data set checksum), ``source`` (the URL it is fetched from), ``profile`` (sizes:
+    songs, frames, level...) and the ``columns`` of one example (name → MLflow type)."""
+
+    name: str
+    version: str
+    digest: str
+    source: str
+    profile: Mapping[str, Any]
+    columns: Mapping[str, str]
+
+
+class _ProfiledDataset(MetaDataset):
+    """A metadata-only MLflow dataset that also carries a profile."""
+
+    def __init__(self, record: DatasetRecord):
+        schema = Schema([ColSpec(kind, name) for name, kind in record.columns.items()])
+        super().__init__(
+            HTTPDatasetSource(record.source),
+            name=record.name,
+            digest=record.digest[:DIGEST_LENGTH],
+            schema=schema,
+        )
+        self._profile = {"version": record.version, **record.profile}
+
+    @property
+    def profile(self) -> dict[str, Any]:
+        return self._profile
+
+    def to_dict(self) -> dict[str, str]:
+        return {**super().to_dict(), "profile": json.dumps(self._profile)}
 
 
 class _Interrupted(BaseException):
@@ -175,6 +228,18 @@ class RunTracker:
         for start in range(0, len(items), 100):
             retry_locked(lambda s=start: mlflow.log_params(dict(items[s : s + 100])))
         retry_locked(lambda: mlflow.log_text(yaml_text, "config.yaml"))
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        values = {k: str(v) for k, v in params.items()}
+        retry_locked(lambda: mlflow.log_params(values))
+
+    def log_dataset(self, record: DatasetRecord, context: str) -> None:
+        """Log ``record`` as the run's MLflow dataset input in ``context`` ('training',
+        'validation', 'test'), tagged with its version: the UI's Dataset column."""
+        dataset = _ProfiledDataset(record)
+        retry_locked(
+            lambda: mlflow.log_input(dataset, context=context, tags={"version": record.version})
+        )
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         retry_locked(lambda: mlflow.set_tags({k: str(v) for k, v in tags.items()}))

@@ -4,15 +4,16 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import RunStatus
+from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
 from chordrec.errors import ConfigError
+from chordrec.tracking.legacy import current_metrics, legacy_sizes
 from chordrec.tracking.store import TrackingError, ensure_experiment, retry_locked
 
 
@@ -27,6 +28,7 @@ class RunRecord:
     params: dict[str, str]
     metrics: dict[str, float]
     tags: dict[str, str]
+    experiment_id: str = ""
 
 
 _STUDY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -45,9 +47,13 @@ def check_study_id(study: str) -> str:
     return study
 
 
-def find_runs(experiment: str | None = None, study: str | None = None) -> list[RunRecord]:
+def find_runs(
+    experiment: str | None = None, study: str | None = None, parent_run_id: str | None = None
+) -> list[RunRecord]:
     """Runs of experiment ``experiment`` (all experiments if None), only those tagged
-    ``study=<study>`` if given, newest first. Raises :class:`TrackingError` if the
+    ``study=<study>`` and those nested under run ``parent_run_id`` if given, newest
+    first, with current metric names (an old run's
+    ``size_*`` metrics become ``sizes.*`` params: :mod:`~chordrec.tracking.legacy`). Raises :class:`TrackingError` if the
     experiment does not exist, ConfigError for an invalid study id."""
     if study is not None:
         check_study_id(study)
@@ -61,24 +67,48 @@ def find_runs(experiment: str | None = None, study: str | None = None) -> list[R
         ids = [found.experiment_id]
     else:
         ids = [e.experiment_id for e in retry_locked(lambda: client.search_experiments())]
-    query = f"tags.study = '{study}'" if study else ""
+    conditions = []
+    if study:
+        conditions.append(f"tags.study = '{study}'")
+    if parent_run_id:
+        if not parent_run_id.isalnum():
+            raise ConfigError(f"not an MLflow run id: {parent_run_id!r}")
+        conditions.append(f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    query = " and ".join(conditions)
     runs = retry_locked(
         lambda: client.search_runs(
             ids, filter_string=query, order_by=["attributes.start_time DESC"], max_results=5000
         )
     )
-    return [
-        RunRecord(
-            run_id=r.info.run_id,
-            run_name=r.info.run_name or "",
-            status=r.info.status,
-            start_time=int(r.info.start_time or 0),
-            params=dict(r.data.params),
-            metrics=dict(r.data.metrics),
-            tags=dict(r.data.tags),
-        )
-        for r in runs
-    ]
+    return [_record(r) for r in runs]
+
+
+def runs_by_id(run_ids: Sequence[str]) -> list[RunRecord]:
+    """Runs ``run_ids`` (in that order) as records with current metric names; a
+    :class:`TrackingError` names the first id the store does not hold."""
+    client = MlflowClient()
+    records = []
+    for run_id in run_ids:
+        try:
+            records.append(_record(retry_locked(lambda r=run_id: client.get_run(r))))
+        except mlflow.exceptions.MlflowException as exc:
+            raise TrackingError(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from exc
+    return records
+
+
+def _record(run: Run) -> RunRecord:
+    """``run`` as plain data, with current metric names (and an old run's ``size_*``
+    metrics as ``sizes.*`` params: :mod:`~chordrec.tracking.legacy`)."""
+    return RunRecord(
+        run_id=run.info.run_id,
+        run_name=run.info.run_name or "",
+        status=run.info.status,
+        start_time=int(run.info.start_time or 0),
+        params={**legacy_sizes(run.data.metrics), **run.data.params},
+        metrics=current_metrics(run.data.metrics),
+        tags=dict(run.data.tags),
+        experiment_id=run.info.experiment_id,
+    )
 
 
 def start_parent_run(
@@ -93,6 +123,40 @@ def start_parent_run(
         )
     )
     return run.info.run_id
+
+
+def find_sweep_parent(experiment: str, sweep_id: str) -> str | None:
+    """The id of the parent run of sweep ``sweep_id`` (tags ``kind=sweep``,
+    ``sweep_id``) in ``experiment``, the newest if several, or None."""
+    if not sweep_id.isalnum():
+        raise ConfigError(f"not a sweep id: {sweep_id!r}")
+    client = MlflowClient()
+    found = retry_locked(lambda: client.get_experiment_by_name(experiment))
+    if found is None:
+        return None
+    runs = retry_locked(
+        lambda: client.search_runs(
+            [found.experiment_id],
+            filter_string=f"tags.kind = 'sweep' and tags.sweep_id = '{sweep_id}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def reopen_parent_run(run_id: str, tags: Mapping[str, str]) -> None:
+    """Mark parent run ``run_id`` RUNNING again (a relaunched sweep) and update ``tags``."""
+    client = MlflowClient()
+    retry_locked(lambda: client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING)))
+    set_run_tags(run_id, tags)
+
+
+def set_run_tags(run_id: str, tags: Mapping[str, str]) -> None:
+    """Set ``tags`` on run ``run_id`` (which need not be active)."""
+    client = MlflowClient()
+    for key, value in tags.items():
+        retry_locked(lambda k=key, v=value: client.set_tag(run_id, k, str(v)))
 
 
 def end_parent_run(run_id: str, succeeded: bool) -> None:

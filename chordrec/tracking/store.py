@@ -105,17 +105,30 @@ def retry_locked(call: Callable[[], T], attempts: int = 8) -> T:
     raise AssertionError("unreachable")
 
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+"""The experiment tag that marks a model-training experiment: MLflow 3's UI then opens
+it on its training runs, not on the GenAI overview of traces."""
+
+
 def ensure_experiment(name: str, store_dir: str | Path | None = None) -> str:
-    """Id of experiment ``name``, created (with artifacts under the store) if missing."""
+    """Id of experiment ``name``, created (with artifacts under the store) if missing;
+    either way marked as a model-training experiment (:data:`EXPERIMENT_KIND`)."""
     client = MlflowClient()
     found = retry_locked(lambda: client.get_experiment_by_name(name))
     if found is not None:
+        for key, value in EXPERIMENT_KIND.items():
+            if found.tags.get(key) != value:
+                retry_locked(
+                    lambda k=key, v=value: client.set_experiment_tag(found.experiment_id, k, v)
+                )
         return found.experiment_id
     location = None
     if store_dir is not None and mlflow.get_tracking_uri().startswith("sqlite:"):
         location = artifact_root(store_dir)
     try:
-        return retry_locked(lambda: client.create_experiment(name, artifact_location=location))
+        return retry_locked(
+            lambda: client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+        )
     except mlflow.exceptions.MlflowException:
         # another process of the same multirun created it first
         found = client.get_experiment_by_name(name)

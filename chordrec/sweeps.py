@@ -1,0 +1,91 @@
+"""Every Hydra multirun as one MLflow parent run, its jobs' runs nested under it.
+
+``conf/train.yaml`` registers :class:`SweepParentRun` as a Hydra callback. When a
+multirun starts (any sweeper, any launcher), it creates the sweep's parent run, tagged
+``kind=sweep``, ``sweep_id`` (:func:`sweep_id` of the sweep directory), ``sweep_dir``
+and ``sweep_overrides`` (the command line's), or reopens the parent that an earlier
+launch with the same sweep directory made. Each job's run finds it by ``sweep_id``
+(:func:`chordrec.run.train`) and nests under it, so the MLflow UI shows the sweep as one
+row that expands to its runs. When the sweep ends, the parent logs the run table of its
+children (``runs.md`` and ``runs.csv``, as ``chordrec table --runs``) and ends
+FINISHED, or FAILED when a child did not finish or the table cannot be built.
+
+A study's multirun (``tracking.parent_run_id`` set by ``chordrec study``) nests under
+the study's parent run instead; no sweep parent is made for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from chordrec import tracking
+from chordrec.report.tables import IncompleteTableError, build_run_table, render
+from chordrec.study import RUN_TABLE_ARTIFACT
+
+log = logging.getLogger(__name__)
+
+
+def sweep_id(sweep_dir: str | Path) -> str:
+    """The id of the sweep writing to ``sweep_dir``: 16 hex digits of the sha256 of its
+    absolute path (safe in an MLflow filter, the same for a relaunch in that directory)."""
+    return hashlib.sha256(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:16]
+
+
+class SweepParentRun(Callback):
+    """The Hydra callback that gives a multirun its MLflow parent run (see the module)."""
+
+    def __init__(self) -> None:
+        self.parent_run_id: str | None = None
+        self.experiment = ""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Create or reopen the sweep's parent run (not for a study's multirun)."""
+        if config.tracking.parent_run_id:
+            return
+        directory = Path(str(config.hydra.sweep.dir)).resolve()
+        overrides = " ".join(config.hydra.overrides.task)
+        tags = {
+            "kind": "sweep",
+            "sweep_id": sweep_id(directory),
+            "sweep_dir": str(directory),
+            "sweep_overrides": overrides,
+            "mlflow.note.content": f"Hydra multirun: {overrides or '(no overrides)'}",
+        }
+        self.experiment = str(config.tracking.experiment)
+        tracking.configure(config.tracking.store_dir, config.tracking.uri)
+        found = tracking.find_sweep_parent(self.experiment, tags["sweep_id"])
+        if found is None:
+            self.parent_run_id = tracking.start_parent_run(
+                self.experiment,
+                f"sweep {directory.parent.name}/{directory.name}",
+                tags,
+                config.tracking.store_dir,
+            )
+        else:
+            self.parent_run_id = found
+            tracking.reopen_parent_run(found, tags)
+        log.info("sweep %s: parent MLflow run %s", directory, self.parent_run_id)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Log the children's run table to the parent run and end it."""
+        if self.parent_run_id is None:
+            return
+        children = tracking.find_runs(self.experiment, parent_run_id=self.parent_run_id)
+        succeeded = bool(children) and all(r.status == "FINISHED" for r in children)
+        try:
+            table = build_run_table(children)
+        except IncompleteTableError as exc:
+            tracking.set_run_tags(self.parent_run_id, {"error": f"run table: {exc}"})
+            succeeded = False
+        else:
+            for fmt in ("md", "csv"):
+                tracking.log_text_to_run(
+                    self.parent_run_id, render(table, fmt), f"{RUN_TABLE_ARTIFACT}.{fmt}"
+                )
+        tracking.end_parent_run(self.parent_run_id, succeeded)
