@@ -49,9 +49,14 @@ def _ui(args: argparse.Namespace) -> int:
     from chordrec import tracking
 
     command = tracking.server_command(args.store, args.host, args.port, ui_only=True)
-    print(
-        f"MLflow UI over {Path(args.store).resolve()} at http://{args.host}:{args.port} (Ctrl-C stops it)"
-    )
+    base = f"http://{args.host}:{args.port}"
+    tracking.configure(args.store, tracking.store_uri(args.store))  # the store it serves
+    experiment = tracking.find_experiment_id(args.experiment)
+    print(f"MLflow UI over {Path(args.store).resolve()} at {base} (Ctrl-C stops it)")
+    if experiment is not None:
+        print(
+            f"training runs of experiment {args.experiment}: {tracking.experiment_url(base, experiment)}"
+        )
     return _serve(command)
 
 
@@ -186,7 +191,8 @@ def _compare(args: argparse.Namespace) -> int:
     records = tracking.runs_by_id(run_ids)
     print(compare_runs(records).text(), end="")
     experiments = [r.experiment_id for r in records]
-    print(f"\nMLflow UI compare view: {tracking.compare_url(base_url, run_ids, experiments)}")
+    print(f"\nMLflow UI, charts: {tracking.compare_url(base_url, run_ids, experiments)}")
+    print(f"MLflow UI, tables: {tracking.compare_table_url(base_url, run_ids, experiments)}")
     return 0
 
 
@@ -286,7 +292,7 @@ def _add_data_parser(commands: argparse._SubParsersAction) -> None:
 
 def _add_ui_parser(commands: argparse._SubParsersAction) -> None:
     ui = commands.add_parser("ui", help="open the MLflow UI over the tracking store")
-    _add_tracking_options(ui, tracking_uri=False)
+    _add_tracking_options(ui, tracking_uri=False, experiment=True)
     ui.add_argument(
         "--host",
         default="127.0.0.1",

@@ -346,11 +346,10 @@ def train(cfg: DictConfig, extra_tags: Mapping[str, str] | None = None) -> dict[
     ) as tracker:
         tracker.set_tags({**tracking.process_tags(), "device": str(device)})  # a resumed run's own
         log.info("MLflow run %s in %s", tracker.run_id, tracker.artifact_uri)
-        print(
-            f"MLflow run id: {tracker.run_id}  (see it with `make ui`, or "
-            f"`chordrec ui` then http://127.0.0.1:5000)",
-            flush=True,
+        page = tracking.run_url(
+            tracking.ui_base_url(tracking.current_uri()), tracker.experiment_id, tracker.run_id
         )
+        print(f"MLflow run id: {tracker.run_id}  (UI: {page})", flush=True)
         if resume is None:
             tracker.log_config(config, OmegaConf.to_yaml(cfg, resolve=True))
         # Bad data or a model that does not fit the data fail here: the run ends FAILED

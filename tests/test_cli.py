@@ -29,7 +29,17 @@ from tests.test_fetch import CORRUPT_REL, _flip_byte
 # a fixture of test_fetch, reused: a closed port on 127.0.0.1
 closed_port_url = test_fetch.closed_port_url
 
-COMMANDS = ("data", "ui", "train", "evaluate", "table", "compare", "study", "transcribe", "register")
+COMMANDS = (
+    "data",
+    "ui",
+    "train",
+    "evaluate",
+    "table",
+    "compare",
+    "study",
+    "transcribe",
+    "register",
+)
 MODELS = ("rnn_baseline", "rnn_table4", "crnn1", "crnn2", "crnn_tagging")
 GROUPS = ("model", "data", "split", "optimizer", "scheduler", "trainer", "tracking", "ablation")
 

@@ -1,4 +1,4 @@
-"""``chordrec compare``: runs side by side, and the MLflow UI's compare-runs URL."""
+"""``chordrec compare``: runs side by side, and the MLflow UI's URLs comparing them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,14 @@ from chordrec.cli import build_parser, main
 from chordrec.errors import ConfigError
 from chordrec.report.comparison import MISSING, compare_runs, distinct_run_ids
 from chordrec.tracking import RunRecord
-from chordrec.tracking.ui import DEFAULT_UI_URL, compare_url, ui_base_url
+from chordrec.tracking.ui import (
+    DEFAULT_UI_URL,
+    compare_table_url,
+    compare_url,
+    experiment_url,
+    run_url,
+    ui_base_url,
+)
 
 METRICS = {
     "val/frame_acc": 0.47,
@@ -36,31 +43,56 @@ def _record(run_id: str, name: str = "", params=None, status="FINISHED", **metri
     return RunRecord(run_id, name, status, 0, dict(params or {}), values, {}, "7")
 
 
-def _parse(url: str) -> tuple[str, list[str], list[str]]:
-    """A compare URL as the UI reads it: the route, and its runs and experiments lists."""
-    parts = urlsplit(url)
-    route, _, query = parts.fragment.partition("?")
-    fields = parse_qs(query, strict_parsing=True)
-    return route, json.loads(fields["runs"][0]), json.loads(fields["experiments"][0])
+def _parse(url: str) -> tuple[str, dict[str, str]]:
+    """A UI URL as the UI reads it: the route and the query's fields."""
+    route, _, query = urlsplit(url).fragment.partition("?")
+    return route, {k: v[0] for k, v in parse_qs(query, strict_parsing=True).items()}
 
 
 # ------------------------------------------------------------------------ URL
 
 
-def test_compare_url_round_trips_the_run_and_experiment_ids():
-    url = compare_url("http://127.0.0.1:5000/", ["abc123", "def456", "abc123"], ["1", "1", "2"])
-    assert url.startswith("http://127.0.0.1:5000/#/compare-runs?runs=")
-    route, runs, experiments = _parse(url)
+def test_compare_url_charts_exactly_the_runs_of_one_experiment_sorted_by_val_acc():
+    url = compare_url("http://127.0.0.1:5000/", ["abc123", "def456", "abc123"], ["1", "1"])
+    route, fields = _parse(url)
+    assert route == "/experiments/1/runs"
+    assert fields == {
+        "compareRunsMode": "CHART",
+        "searchFilter": "attributes.run_id IN ('abc123', 'def456')",
+        "orderByKey": "metrics.`val/acc`",
+        "orderByAsc": "false",
+        "workflowType": "machine_learning",
+    }
+
+
+def test_compare_url_of_several_experiments_is_the_compare_runs_page():
+    url = compare_url("http://127.0.0.1:5000/", ["abc123", "def456"], ["1", "2"])
+    assert url == compare_table_url("http://127.0.0.1:5000", ["abc123", "def456"], ["1", "2"])
+    route, fields = _parse(url)
     assert route == "/compare-runs"
-    assert runs == ["abc123", "def456"]
-    assert experiments == ["1", "2"]
+    assert json.loads(fields["runs"]) == ["abc123", "def456"]
+    assert json.loads(fields["experiments"]) == ["1", "2"]
 
 
-def test_compare_url_has_no_character_that_ends_a_url_in_a_terminal():
-    url = compare_url("http://h:5000", ["a", "b"], ["0"])
-    assert not set(url) & set(' "[]{}<>|\\^`')
-    # the UI decodes the query, then reads the lists as JSON.stringify wrote them
-    assert unquote(url).endswith('?runs=["a","b"]&experiments=["0"]')
+def test_ui_urls_have_no_character_that_ends_a_url_in_a_terminal():
+    for url in (
+        compare_url("http://h:5000", ["a", "b"], ["0"]),
+        compare_table_url("http://h:5000", ["a", "b"], ["0"]),
+    ):
+        assert not set(url) & set(' "[]{}<>|\\^`'), url
+    # the compare-runs page decodes the query, then reads the lists as JSON.stringify wrote them
+    assert unquote(compare_table_url("http://h:5000", ["a", "b"], ["0"])).endswith(
+        '?runs=["a","b"]&experiments=["0"]&workflowType=machine_learning'
+    )
+
+
+def test_experiment_and_run_pages_open_on_the_training_view():
+    assert experiment_url("http://h:5000/", "3") == (
+        "http://h:5000/#/experiments/3/runs?workflowType=machine_learning"
+    )
+    assert run_url("http://h:5000", "3", "abc") == (
+        "http://h:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+    )
 
 
 def test_ui_base_url_is_the_server_else_the_local_ui_unless_given():
@@ -197,17 +229,15 @@ def test_compare_prints_the_runs_and_the_ui_url(capsys, two_runs):
     assert rows["test/frame_acc"] == ["%", "50.10", "51.00"]
     assert rows["test/majmin"] == ["%", "55.00", "-"]
     assert rows["epochs"] == ["(best)", "20", "(18)", "20", "(18)"]
-    url = lines[-1].removeprefix("MLflow UI compare view: ")
-    assert url.startswith(DEFAULT_UI_URL + "/#/compare-runs?")
-    route, runs, experiments = _parse(url)
-    assert (route, runs, experiments) == ("/compare-runs", run_ids, [experiment_id])
+    charts = lines[-2].removeprefix("MLflow UI, charts: ")
+    assert charts == compare_url(DEFAULT_UI_URL, run_ids, [experiment_id])
+    tables = lines[-1].removeprefix("MLflow UI, tables: ")
+    assert tables == compare_table_url(DEFAULT_UI_URL, run_ids, [experiment_id])
 
     assert main(["compare", *run_ids, "--store", str(store), "--ui-url", "http://ui:8080/"]) == 0
-    assert (
-        capsys.readouterr()
-        .out.splitlines()[-1]
-        .startswith("MLflow UI compare view: http://ui:8080/#/compare-runs?runs=")
-    )
+    last = capsys.readouterr().out.splitlines()[-2:]
+    assert last[0].startswith(f"MLflow UI, charts: http://ui:8080/#/experiments/{experiment_id}/")
+    assert last[1].startswith("MLflow UI, tables: http://ui:8080/#/compare-runs?runs=")
 
 
 def test_compare_names_a_missing_run_in_one_line(capsys, two_runs):

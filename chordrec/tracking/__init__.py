@@ -26,7 +26,9 @@ concern and imports only those beneath it (``store`` ← ``runs`` ← ``registry
   :func:`end_parent_run`, :func:`set_run_tags`, :func:`check_study_id`) and runs holding one text such as a
   result table (:func:`create_run_with_text`, :func:`log_text_to_run`).
 - :mod:`~chordrec.tracking.ui`: addresses in the MLflow UI, pure functions of strings:
-  where it is (:func:`ui_base_url`) and its page comparing chosen runs (:func:`compare_url`).
+  where it is (:func:`ui_base_url`), an experiment's and a run's pages (:func:`experiment_url`,
+  :func:`run_url`) and its pages comparing chosen runs (:func:`compare_url`,
+  :func:`compare_table_url`).
 
 The defaults (store directory, experiment, registered model) are those of
 :mod:`chordrec.constants`.
@@ -53,6 +55,7 @@ from chordrec.tracking.search import (
     check_study_id,
     create_run_with_text,
     end_parent_run,
+    find_experiment_id,
     find_runs,
     find_sweep_parent,
     log_text_to_run,
@@ -66,12 +69,19 @@ from chordrec.tracking.store import (
     artifact_root,
     check_server,
     configure,
+    current_uri,
     ensure_experiment,
     retry_locked,
     server_command,
     store_uri,
 )
-from chordrec.tracking.ui import compare_url, ui_base_url
+from chordrec.tracking.ui import (
+    compare_table_url,
+    compare_url,
+    experiment_url,
+    run_url,
+    ui_base_url,
+)
 
 __all__ = [
     # legacy
@@ -81,6 +91,7 @@ __all__ = [
     "artifact_root",
     "check_server",
     "configure",
+    "current_uri",
     "ensure_experiment",
     "retry_locked",
     "server_command",
@@ -105,6 +116,7 @@ __all__ = [
     "check_study_id",
     "create_run_with_text",
     "end_parent_run",
+    "find_experiment_id",
     "find_runs",
     "find_sweep_parent",
     "log_text_to_run",
@@ -113,6 +125,9 @@ __all__ = [
     "set_run_tags",
     "start_parent_run",
     # ui
+    "compare_table_url",
     "compare_url",
+    "experiment_url",
+    "run_url",
     "ui_base_url",
 ]

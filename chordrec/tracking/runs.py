@@ -174,7 +174,7 @@ class RunTracker:
         self.resume_run_id = resume_run_id
         self.system_metrics = system_metrics
         self.interval = system_metrics_interval_s
-        self.run_id = ""
+        self.run_id = self.experiment_id = ""
         self.client = MlflowClient()
 
     def __enter__(self) -> RunTracker:
@@ -198,7 +198,7 @@ class RunTracker:
                     log_system_metrics=self.system_metrics,
                 )
             )
-        self.run_id = active.info.run_id
+        self.run_id, self.experiment_id = active.info.run_id, active.info.experiment_id
         self._previous_sigterm = signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGTERM, _raise_interrupted)
         return self

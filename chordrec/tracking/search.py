@@ -125,18 +125,23 @@ def start_parent_run(
     return run.info.run_id
 
 
+def find_experiment_id(experiment: str) -> str | None:
+    """The id of experiment ``experiment``, or None when the store has none by that name."""
+    found = retry_locked(lambda: MlflowClient().get_experiment_by_name(experiment))
+    return None if found is None else found.experiment_id
+
+
 def find_sweep_parent(experiment: str, sweep_id: str) -> str | None:
     """The id of the parent run of sweep ``sweep_id`` (tags ``kind=sweep``,
     ``sweep_id``) in ``experiment``, the newest if several, or None."""
     if not sweep_id.isalnum():
         raise ConfigError(f"not a sweep id: {sweep_id!r}")
-    client = MlflowClient()
-    found = retry_locked(lambda: client.get_experiment_by_name(experiment))
-    if found is None:
+    experiment_id = find_experiment_id(experiment)
+    if experiment_id is None:
         return None
     runs = retry_locked(
-        lambda: client.search_runs(
-            [found.experiment_id],
+        lambda: MlflowClient().search_runs(
+            [experiment_id],
             filter_string=f"tags.kind = 'sweep' and tags.sweep_id = '{sweep_id}'",
             order_by=["attributes.start_time DESC"],
             max_results=1,

@@ -50,6 +50,11 @@ def configure(store_dir: str | Path = STORE_DIR, tracking_uri: str | None = None
     return uri
 
 
+def current_uri() -> str:
+    """The tracking URI MLflow writes to now (see :func:`configure`)."""
+    return mlflow.get_tracking_uri()
+
+
 def _create_sqlite_store(uri: str) -> None:
     """Create (or migrate) the SQLite store's tables under an exclusive file lock, so the
     processes of a parallel multirun do not all try to create them at once."""

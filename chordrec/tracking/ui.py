@@ -17,6 +17,15 @@ DEFAULT_UI_URL = "http://127.0.0.1:5000"
 COMPARE_ROUTE = "#/compare-runs"
 """The UI's compare-runs page (MLflow 3's hash router: ``Routes.compareRuns``)."""
 
+TRAINING_VIEW = "workflowType=machine_learning"
+"""The query that opens MLflow 3's UI on its model-training pages. MLflow 3.17's UI takes
+its mode from this parameter (or the mode last chosen in that browser), not from the
+experiment's ``mlflow.experimentKind`` tag, and defaults to the GenAI overview; every
+link chordrec prints carries it."""
+
+CHART_METRIC = "val/acc"
+"""The metric a comparison's chart view sorts the runs by."""
+
 
 def ui_base_url(tracking_uri: str | None, ui_url: str | None = None) -> str:
     """The MLflow UI's address, without a trailing slash: ``ui_url`` if given; else the
@@ -32,14 +41,48 @@ def ui_base_url(tracking_uri: str | None, ui_url: str | None = None) -> str:
     return DEFAULT_UI_URL
 
 
+def experiment_url(base_url: str, experiment_id: str) -> str:
+    """The runs of experiment ``experiment_id`` in the UI at ``base_url``."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}"
+
+
+def run_url(base_url: str, experiment_id: str, run_id: str) -> str:
+    """Run ``run_id``'s page in the UI at ``base_url``."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
+
+
 def compare_url(base_url: str, run_ids: Sequence[str], experiment_ids: Sequence[str]) -> str:
-    """The UI page at ``base_url`` comparing ``run_ids`` (in that order) of the experiments
-    ``experiment_ids`` (repeats dropped): ``<base>/#/compare-runs?runs=[...]&experiments=[...]``
-    with each list written as the UI writes it (``JSON.stringify``) and then
-    percent-encoded, so that no character of it ends the URL in a terminal or a browser
-    (the page decodes the query before reading it)."""
+    """The UI page at ``base_url`` that compares exactly ``run_ids`` in charts.
+
+    For runs of one experiment: its runs page in chart mode, filtered to ``run_ids``
+    and sorted by :data:`CHART_METRIC` (a sort by a metric also lists nested runs flat,
+    so a sweep's runs are charted without their parent), with the metric charts in
+    sections (``train``, ``val``, ``test``...). For runs of several experiments, the
+    compare-runs page (:func:`compare_table_url`)."""
+    experiments = list(dict.fromkeys(str(e) for e in experiment_ids))
+    if len(experiments) != 1:
+        return compare_table_url(base_url, run_ids, experiments)
+    ids = ", ".join(f"'{run_id}'" for run_id in dict.fromkeys(run_ids))
+    query = "&".join(
+        [
+            "compareRunsMode=CHART",
+            f"searchFilter={quote(f'attributes.run_id IN ({ids})', safe='')}",
+            f"orderByKey={quote(f'metrics.`{CHART_METRIC}`', safe='')}",
+            "orderByAsc=false",
+            TRAINING_VIEW,
+        ]
+    )
+    return f"{base_url.rstrip('/')}/#/experiments/{experiments[0]}/runs?{query}"
+
+
+def compare_table_url(base_url: str, run_ids: Sequence[str], experiment_ids: Sequence[str]) -> str:
+    """The UI's compare-runs page at ``base_url`` for ``run_ids`` (in that order) of the
+    experiments ``experiment_ids`` (repeats dropped): params, metrics and tags in tables,
+    and parallel-coordinates, scatter, box and contour plots. Each list is written as the
+    UI writes it (``JSON.stringify``) and then percent-encoded, so that no character of
+    it ends the URL in a terminal or a browser (the page decodes the query first)."""
     query = f"runs={_json_param(run_ids)}&experiments={_json_param(experiment_ids)}"
-    return f"{base_url.rstrip('/')}/{COMPARE_ROUTE}?{query}"
+    return f"{base_url.rstrip('/')}/{COMPARE_ROUTE}?{query}&{TRAINING_VIEW}"
 
 
 def _json_param(values: Sequence[str]) -> str:
