@@ -409,8 +409,9 @@ def _add_compare_parser(commands: argparse._SubParsersAction) -> None:
             "status, the settings that differ between them (sweep overrides, or config "
             "params), validation and test accuracy in % (argmax and Viterbi), test majmin "
             "and root WCSR, epochs (best epoch) and training time; '-' where a run lacks a "
-            "value. Then the URL of the MLflow UI page comparing exactly these runs: on the "
-            "tracking server when the tracking URI is http(s), else where `chordrec ui` "
+            "value. Then two links into the MLflow UI: its chart view of exactly these runs "
+            "(metric charts in sections, sorted by val/acc) and its compare-runs tables; on "
+            "the tracking server when the tracking URI is http(s), else where `chordrec ui` "
             "serves the store (start it first), unless --ui-url names the UI."
         ),
     )
