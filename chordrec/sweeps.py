@@ -8,7 +8,9 @@ launch with the same sweep directory made. Each job's run finds it by ``sweep_id
 (:func:`chordrec.run.train`) and nests under it, so the MLflow UI shows the sweep as one
 row that expands to its runs. When the sweep ends, the parent logs the run table of its
 children (``runs.md`` and ``runs.csv``, as ``chordrec table --runs``) and ends
-FINISHED, or FAILED when a child did not finish or the table cannot be built.
+FINISHED, or FAILED when a child did not finish or the table cannot be built. A sweep
+that stops early (a job raised, Ctrl-C) ends its parent FAILED at exit, with the table
+of the runs that finished.
 
 A study's multirun (``tracking.parent_run_id`` set by ``chordrec study``) nests under
 the study's parent run instead; no sweep parent is made for it.
@@ -16,6 +18,7 @@ the study's parent run instead; no sweep parent is made for it.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 from pathlib import Path
@@ -72,20 +75,34 @@ class SweepParentRun(Callback):
             tracking.reopen_parent_run(found, tags)
         log.info("sweep %s: parent MLflow run %s", directory, self.parent_run_id)
 
+        atexit.register(self.end_parent, ended_early=True)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Log the children's run table to the parent run and end it."""
-        if self.parent_run_id is None:
+        self.end_parent(ended_early=False)
+
+    def end_parent(self, ended_early: bool) -> None:
+        """Log the run table of the parent's children and end the parent: FINISHED when
+        every child finished and the table is complete, else FAILED. Hydra skips
+        ``on_multirun_end`` when a job raised (or on Ctrl-C); the parent is then ended
+        at exit (``ended_early``), FAILED, with the table of the runs that finished."""
+        parent, self.parent_run_id = self.parent_run_id, None
+        if parent is None:
             return
-        children = tracking.find_runs(self.experiment, parent_run_id=self.parent_run_id)
-        succeeded = bool(children) and all(r.status == "FINISHED" for r in children)
+        children = tracking.find_runs(self.experiment, parent_run_id=parent)
+        unfinished = [f"{r.run_id} ({r.status})" for r in children if r.status != "FINISHED"]
+        problems = ["the sweep ended early: a job failed or it was interrupted"] * ended_early
+        if unfinished:
+            problems.append(f"runs not FINISHED: {', '.join(unfinished)}")
+        succeeded = bool(children) and not problems
+        if problems:
+            tracking.set_run_tags(parent, {"error": "; ".join(problems)})
         try:
             table = build_run_table(children)
         except IncompleteTableError as exc:
-            tracking.set_run_tags(self.parent_run_id, {"error": f"run table: {exc}"})
+            tracking.set_run_tags(parent, {"error": f"run table: {exc}"})
             succeeded = False
         else:
             for fmt in ("md", "csv"):
-                tracking.log_text_to_run(
-                    self.parent_run_id, render(table, fmt), f"{RUN_TABLE_ARTIFACT}.{fmt}"
-                )
-        tracking.end_parent_run(self.parent_run_id, succeeded)
+                tracking.log_text_to_run(parent, render(table, fmt), f"{RUN_TABLE_ARTIFACT}.{fmt}")
+        tracking.end_parent_run(parent, succeeded)

@@ -41,7 +41,7 @@ def _chordrec(*args, cwd):
     )
 
 
-def _sweep(data_root, tmp_path, *overrides, experiment="chordrec"):
+def _sweep(data_root, tmp_path, *overrides, experiment="chordrec", succeeds=True):
     """Run ``python -m chordrec.train -m <overrides>`` on a tiny budget into a store in
     tmp_path; returns the command's output and the runs it logged in ``experiment``.
     The sweep can import this module (an override may name a class of it)."""
@@ -65,7 +65,7 @@ def _sweep(data_root, tmp_path, *overrides, experiment="chordrec"):
         env=subprocess_env(PYTHONPATH=path),
         timeout=900,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert (done.returncode == 0) == succeeds, done.stderr[-3000:]
     client = _client(store)
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     trained = [r for r in runs if "kind" not in r.data.tags]  # not sweep or table runs
@@ -274,6 +274,35 @@ def test_four_parallel_runs_all_finish_with_every_metric(data_root, tmp_path):
     (tmp_path / "2").mkdir()
     rows = client.download_artifacts(parent.info.run_id, "runs.csv", str(tmp_path / "2"))
     assert len(Path(rows).read_text().splitlines()) == 1 + 5 + 2  # header, runs, mean, std
+
+
+@pytest.mark.integration
+def test_a_sweep_with_a_failed_job_ends_its_parent_failed_with_the_finished_runs(
+    data_root, tmp_path
+):
+    # crnn2 needs seq_len >= 12: its job fails, Hydra skips on_multirun_end and exits 1
+    _, client, runs = _sweep(
+        data_root, tmp_path, "model=crnn2,rnn_table4", "seq_len=4", succeeds=False
+    )
+    status = {r.data.params["model_name"]: r.info.status for r in runs}
+    assert status == {"crnn2": "FAILED", "rnn_table4": "FINISHED"}
+    experiment = client.get_experiment_by_name("chordrec").experiment_id
+    (parent,) = client.search_runs([experiment], "tags.kind = 'sweep'")
+    assert parent.info.status == "FAILED"
+    failed = next(r for r in runs if r.info.status == "FAILED")
+    assert "ended early" in parent.data.tags["error"]
+    assert f"{failed.info.run_id} (FAILED)" in parent.data.tags["error"]
+    table = Path(client.download_artifacts(parent.info.run_id, "runs.md", str(tmp_path)))
+    finished = next(r for r in runs if r.info.status == "FINISHED")
+    assert finished.info.run_id in table.read_text()
+
+    # relaunched into the same directory with a length crnn2 can take: the same parent,
+    # but the failed run of the first launch is still its child, so FAILED again, now
+    # only for that run
+    _sweep(data_root, tmp_path, "model=crnn2", "seq_len=16")
+    (again,) = client.search_runs([experiment], "tags.kind = 'sweep'")
+    assert again.info.run_id == parent.info.run_id and again.info.status == "FAILED"
+    assert again.data.tags["error"] == f"runs not FINISHED: {failed.info.run_id} (FAILED)"
 
 
 class TrialsToFile(optuna.storages.InMemoryStorage):

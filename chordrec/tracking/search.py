@@ -151,9 +151,13 @@ def find_sweep_parent(experiment: str, sweep_id: str) -> str | None:
 
 
 def reopen_parent_run(run_id: str, tags: Mapping[str, str]) -> None:
-    """Mark parent run ``run_id`` RUNNING again (a relaunched sweep) and update ``tags``."""
+    """Mark parent run ``run_id`` RUNNING again (a relaunched sweep), drop the ``error``
+    of its last launch and update ``tags``."""
     client = MlflowClient()
+    run = retry_locked(lambda: client.get_run(run_id))
     retry_locked(lambda: client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING)))
+    if "error" in run.data.tags:
+        retry_locked(lambda: client.delete_tag(run_id, "error"))
     set_run_tags(run_id, tags)
 
 
