@@ -12,7 +12,7 @@ DATA_DIR := data/rwc-pop
 DATA_SOURCE ?= $(or $(CHORDREC_DATA_SOURCE),$(if $(wildcard $(SHARED_DATA)/SHA256SUMS),$(SHARED_DATA),github))
 ARGS ?=
 
-.PHONY: help install data train study table ui test lint bench gpu-check clean-venv
+.PHONY: help install data train study table ui server test lint bench gpu-check clean-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ table: install  ## Table 5 from the newest finished runs in mlruns/ (ARGS="--stu
 
 ui: install  ## MLflow UI over mlruns/ on http://127.0.0.1:5000
 	$(VENV)/bin/chordrec ui
+
+server: install  ## a shared MLflow tracking server on a local PostgreSQL in mlserver/ (127.0.0.1:5000)
+	$(VENV)/bin/chordrec server --postgres-dir mlserver/postgres --artifacts-dir mlserver/artifacts $(ARGS)
 
 test: install data  ## the test suite (unit tests and short runs on the real data)
 	$(PY) -m pytest -q $(ARGS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -48,7 +49,7 @@ def _data_verify(args: argparse.Namespace) -> int:
 def _ui(args: argparse.Namespace) -> int:
     from chordrec import tracking
 
-    command = tracking.server_command(args.store, args.host, args.port, ui_only=True)
+    command = tracking.ui_command(args.store, args.host, args.port)
     base = f"http://{args.host}:{args.port}"
     tracking.configure(args.store, tracking.store_uri(args.store))  # the store it serves
     experiment = tracking.find_experiment_id(args.experiment)
@@ -60,9 +61,38 @@ def _ui(args: argparse.Namespace) -> int:
     return _serve(command)
 
 
-def _serve(command: list[str]) -> int:
+def _server(args: argparse.Namespace) -> int:
+    from chordrec import tracking
+    from chordrec.postgres import LocalPostgres
+
+    database = None
+    if args.postgres_dir is not None:
+        database = LocalPostgres(args.postgres_dir, args.postgres_port)
+        if not database.initialise():
+            database.start()
+        backend = database.url()
+    else:
+        backend = args.backend_store_uri or tracking.store_uri(args.store)
+    try:
+        command, env = tracking.tracking_server_command(
+            backend, args.artifacts_dir, args.host, args.port, args.workers
+        )
+        url = f"http://{args.host}:{args.port}"
+        print(
+            f"MLflow tracking server on {url} over {tracking.redact(backend)}, artifacts in "
+            f"{Path(args.artifacts_dir).resolve()} (served through it); runs reach it with "
+            f"tracking.uri={url}; Ctrl-C stops it",
+            flush=True,
+        )
+        return _serve(command, env)
+    finally:
+        if database is not None:
+            database.stop()
+
+
+def _serve(command: list[str], env: dict[str, str] | None = None) -> int:
     """Run a server until it exits; Ctrl-C or SIGTERM stops it with us (no orphan)."""
-    server = subprocess.Popen(command)
+    server = subprocess.Popen(command, env={**os.environ, **(env or {})})
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         return server.wait()
@@ -302,6 +332,55 @@ def _add_ui_parser(commands: argparse._SubParsersAction) -> None:
     ui.set_defaults(func=_ui)
 
 
+def _add_server_parser(commands: argparse._SubParsersAction) -> None:
+    server = commands.add_parser(
+        "server",
+        help="run a shared MLflow tracking server (PostgreSQL, artifacts served by it)",
+        description=(
+            "Run the MLflow tracking server a lab shares: runs and models in PostgreSQL "
+            "(--postgres-dir DIR sets up and runs a local cluster in DIR, on 127.0.0.1 with "
+            "a generated password stored 0600; or --backend-store-uri names any SQLAlchemy "
+            "store; default: the local SQLite store), artifacts stored in --artifacts-dir "
+            "and served through the server, so clients need no shared file system. Runs "
+            "reach it with tracking.uri=http://HOST:PORT; its UI is at the same address. "
+            "Ctrl-C stops the server and the PostgreSQL it started."
+        ),
+    )
+    _add_tracking_options(server, tracking_uri=False)
+    source = server.add_mutually_exclusive_group()
+    source.add_argument(
+        "--postgres-dir",
+        type=Path,
+        metavar="DIR",
+        help="a local PostgreSQL cluster in DIR (created if missing)",
+    )
+    source.add_argument(
+        "--backend-store-uri",
+        metavar="URI",
+        help="any SQLAlchemy store, e.g. postgresql://user:password@host:5432/mlflow",
+    )
+    server.add_argument(
+        "--postgres-port",
+        type=int,
+        default=5432,
+        help="port of the local cluster (default: %(default)s)",
+    )
+    server.add_argument(
+        "--artifacts-dir",
+        type=Path,
+        default=Path("mlartifacts"),
+        help="where the server keeps artifacts (default: %(default)s)",
+    )
+    server.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to bind (default: %(default)s, this machine only; 0.0.0.0 for a lab)",
+    )
+    server.add_argument("--port", type=int, default=5000, help="port (default: %(default)s)")
+    server.add_argument("--workers", type=int, default=2, help="web workers (default: %(default)s)")
+    server.set_defaults(func=_server)
+
+
 def _add_forwarded_parsers(commands: argparse._SubParsersAction) -> None:
     """Listed for --help only: :func:`main` forwards these commands before parsing."""
     summaries = {
@@ -496,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_data_parser(commands)
     _add_ui_parser(commands)
+    _add_server_parser(commands)
     _add_forwarded_parsers(commands)
     _add_transcribe_parser(commands)
     _add_table_parser(commands)

@@ -9,7 +9,8 @@ concern and imports only those beneath it (``store`` ← ``runs`` ← ``registry
   ``<store>/mlflow.db`` with artifacts under ``<store>/artifacts``, or
   ``$MLFLOW_TRACKING_URI``, or a server checked by :func:`check_server`),
   :func:`retry_locked` for writes that find SQLite locked, :func:`ensure_experiment`,
-  :func:`server_command`, and :class:`TrackingError`.
+  :func:`ui_command` and :func:`tracking_server_command` (the commands that serve a store),
+  :func:`redact`, and :class:`TrackingError`.
 - :mod:`~chordrec.tracking.runs`: one training run: :class:`RunTracker` (start or resume,
   log, end with the right status), its tags (:func:`base_tags`, :func:`git_state`,
   :func:`process_tags`), :func:`flatten` for params, reading a run back
@@ -71,9 +72,11 @@ from chordrec.tracking.store import (
     configure,
     current_uri,
     ensure_experiment,
+    redact,
     retry_locked,
-    server_command,
     store_uri,
+    tracking_server_command,
+    ui_command,
 )
 from chordrec.tracking.ui import (
     compare_table_url,
@@ -93,9 +96,11 @@ __all__ = [
     "configure",
     "current_uri",
     "ensure_experiment",
+    "redact",
     "retry_locked",
-    "server_command",
     "store_uri",
+    "tracking_server_command",
+    "ui_command",
     # runs
     "DatasetRecord",
     "RunTracker",

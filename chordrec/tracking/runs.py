@@ -32,7 +32,7 @@ from mlflow.types import ColSpec, Schema
 import chordrec
 from chordrec.constants import EXPERIMENT, STORE_DIR
 from chordrec.tracking.legacy import current_metric_names, current_metrics
-from chordrec.tracking.store import TrackingError, ensure_experiment, retry_locked
+from chordrec.tracking.store import TrackingError, ensure_experiment, redact, retry_locked
 
 
 def get_run(run_id: str, client: MlflowClient | None = None) -> Run:
@@ -222,8 +222,14 @@ class RunTracker:
         return mlflow.get_artifact_uri()
 
     def log_config(self, config: Mapping[str, Any], yaml_text: str) -> None:
-        """The resolved config: flattened as params and whole as ``config.yaml``."""
+        """The resolved config: flattened as params and whole as ``config.yaml``, any
+        password in a URI (e.g. a ``tracking.uri`` naming a database) replaced by ``***``."""
         params = flatten(config)
+        for key, value in params.items():
+            hidden = redact(value)
+            if hidden != value:
+                yaml_text = yaml_text.replace(value, hidden)
+                params[key] = hidden
         items = list(params.items())
         for start in range(0, len(items), 100):
             retry_locked(lambda s=start: mlflow.log_params(dict(items[s : s + 100])))

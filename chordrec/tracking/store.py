@@ -9,6 +9,7 @@ other store or a tracking server instead.
 from __future__ import annotations
 
 import fcntl
+import http.client
 import os
 import sys
 import time
@@ -17,8 +18,10 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
+import sqlalchemy
 from mlflow.tracking import MlflowClient
 
 from chordrec.constants import STORE_DIR
@@ -47,7 +50,26 @@ def configure(store_dir: str | Path = STORE_DIR, tracking_uri: str | None = None
     mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite:///"):
         _create_sqlite_store(uri)
+    elif "://" in uri and not uri.startswith(("http://", "https://", "file://")):
+        check_database(uri)
     return uri
+
+
+def check_database(uri: str) -> None:
+    """Raise :class:`TrackingError` naming the store (password hidden) and the
+    database's own one-line reason unless the SQL store at ``uri`` answers a query
+    (wrong password, wrong port, no such database...)."""
+    connect_args = {"connect_timeout": 10} if uri.startswith("postgresql") else {}
+    try:  # SQLAlchemy directly: MLflow would retry a refused connection for minutes
+        engine = sqlalchemy.create_engine(uri, connect_args=connect_args)
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+    except Exception as exc:  # the driver's errors, wrapped by SQLAlchemy
+        reason = next((line for line in str(exc).splitlines() if line.strip()), repr(exc))
+        raise TrackingError(f"tracking store {redact(uri)} cannot be used: {reason[:300]}") from exc
 
 
 def current_uri() -> str:
@@ -81,10 +103,11 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             response.read()
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise TrackingError(
-            f"MLflow tracking server {uri} is unreachable ({exc}); start it, or name no "
-            "server (MLFLOW_TRACKING_URI, --tracking-uri, tracking.uri) to use the local store"
+            f"MLflow tracking server {redact(uri)} is unreachable or not an MLflow server "
+            f"({exc}); start it, or name no server (MLFLOW_TRACKING_URI, --tracking-uri, "
+            "tracking.uri) to use the local store"
         ) from exc
 
 
@@ -142,23 +165,42 @@ def ensure_experiment(name: str, store_dir: str | Path | None = None) -> str:
         return found.experiment_id
 
 
-def server_command(store_dir: str | Path, host: str, port: int, ui_only: bool = False) -> list[str]:
-    """The ``mlflow server``/``mlflow ui`` command line over the default store (the UI
-    with one web worker: it serves one user on this machine)."""
+def ui_command(store_dir: str | Path, host: str, port: int) -> list[str]:
+    """The ``mlflow ui`` command line over the default store, with one web worker (it
+    serves one user on this machine)."""
     store = Path(store_dir).resolve()
     store.mkdir(parents=True, exist_ok=True)
     return [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui" if ui_only else "server",
-        "--backend-store-uri",
-        store_uri(store),
-        "--default-artifact-root",
-        artifact_root(store),
-        "--host",
-        host,
-        "--port",
-        str(port),
-        *(["--workers", "1"] if ui_only else []),  # one user, this machine: one worker
-    ]
+        sys.executable, "-m", "mlflow", "ui",
+        "--backend-store-uri", store_uri(store),
+        "--default-artifact-root", artifact_root(store),
+        "--host", host, "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+
+
+def tracking_server_command(
+    backend_uri: str, artifacts_dir: str | Path, host: str, port: int, workers: int = 2
+) -> tuple[list[str], dict[str, str]]:
+    """The ``mlflow server`` command line, and the environment it adds, for a tracking
+    server on ``host``:``port`` over the SQLAlchemy store ``backend_uri`` that serves the
+    artifacts itself (``--serve-artifacts``) from ``artifacts_dir``: clients upload and
+    download through the server and need no shared file system. ``backend_uri`` may hold
+    a password, so it goes in the environment (``MLFLOW_BACKEND_STORE_URI``), not on the
+    command line that ``ps`` shows."""
+    artifacts = Path(artifacts_dir).expanduser().resolve()
+    artifacts.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--serve-artifacts", "--artifacts-destination", str(artifacts),
+        "--host", host, "--port", str(port), "--workers", str(workers),
+    ]  # fmt: skip
+    return command, {"MLFLOW_BACKEND_STORE_URI": backend_uri}
+
+
+def redact(uri: str) -> str:
+    """``uri`` with any password replaced by ``***``: for messages and logs."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
