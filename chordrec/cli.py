@@ -74,6 +74,8 @@ def _server(args: argparse.Namespace) -> int:
     else:
         backend = args.backend_store_uri or tracking.store_uri(args.store)
     try:
+        if not backend.startswith("sqlite:"):
+            tracking.check_database(backend)  # one line now, not minutes of retries
         command, env = tracking.tracking_server_command(
             backend, args.artifacts_dir, args.host, args.port, args.workers
         )

@@ -68,6 +68,7 @@ from chordrec.tracking.search import (
 from chordrec.tracking.store import (
     TrackingError,
     artifact_root,
+    check_database,
     check_server,
     configure,
     current_uri,
@@ -92,6 +93,7 @@ __all__ = [
     # store
     "TrackingError",
     "artifact_root",
+    "check_database",
     "check_server",
     "configure",
     "current_uri",
