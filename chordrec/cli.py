@@ -66,14 +66,14 @@ def _server(args: argparse.Namespace) -> int:
     from chordrec.postgres import LocalPostgres
 
     database = None
-    if args.postgres_dir is not None:
-        database = LocalPostgres(args.postgres_dir, args.postgres_port)
-        if not database.initialise():
-            database.start()
-        backend = database.url()
-    else:
-        backend = args.backend_store_uri or tracking.store_uri(args.store)
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # stop what started
     try:
+        if args.postgres_dir is not None:
+            database = LocalPostgres(args.postgres_dir, args.postgres_port)
+            database.open()
+            backend = database.url()
+        else:
+            backend = args.backend_store_uri or tracking.store_uri(args.store)
         if not backend.startswith("sqlite:"):
             tracking.check_database(backend)  # one line now, not minutes of retries
         command, env = tracking.tracking_server_command(
@@ -87,7 +87,10 @@ def _server(args: argparse.Namespace) -> int:
             flush=True,
         )
         return _serve(command, env)
+    except KeyboardInterrupt:
+        return 130
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if database is not None:
             database.stop()
 

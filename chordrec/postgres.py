@@ -5,6 +5,8 @@
 user ``chordrec``, mode 0600) and ``postgres.log``. It uses Debian's ``postgresql``
 binaries (``/usr/lib/postgresql/<version>/bin``), listens on 127.0.0.1 only, asks TCP
 clients for the password (SCRAM) and serves the database ``mlflow``.
+:meth:`LocalPostgres.open` creates what is missing and starts it; :meth:`LocalPostgres.stop`
+stops it.
 
 PostgreSQL refuses to run as root. Run as root, every PostgreSQL command runs as the
 ``postgres`` user (``runuser``) on directories that user owns; the password file stays
@@ -34,7 +36,7 @@ SERVICE_ACCOUNT = "postgres"
 """The system user that runs PostgreSQL when chordrec runs as root (Debian's)."""
 
 
-class PostgresError(UserError):
+class PostgresError(UserError, RuntimeError):
     """A local PostgreSQL cluster cannot be set up, started or stopped."""
 
 
@@ -91,10 +93,25 @@ class LocalPostgres:
         """:meth:`url` with the password replaced by ``***``: for messages."""
         return f"postgresql://{USER}:***@127.0.0.1:{self.port}/{DATABASE}"
 
+    def open(self) -> bool:
+        """Start the cluster, creating it first (:meth:`initialise`) when ``data/`` has
+        none, and the ``mlflow`` database when it is missing (a set-up cut short);
+        returns whether the cluster was created."""
+        created = self.initialise()
+        self.start()
+        found = self._run(
+            "psql", "-h", str(self.socket_dir), "-p", str(self.port), "-U", USER,
+            "-d", "postgres", "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'",
+        )  # fmt: skip
+        if found.stdout.strip() != "1":
+            self._run(
+                "createdb", "-h", str(self.socket_dir), "-p", str(self.port), "-U", USER, DATABASE
+            )
+        return created
+
     def initialise(self) -> bool:
-        """Create the cluster, its password and the ``mlflow`` database unless
-        ``data/`` exists already; returns whether it created them. Needs the cluster
-        stopped; :meth:`start` it afterwards."""
+        """Create the cluster and its password unless ``data/`` holds one already;
+        returns whether it created them. The cluster stays stopped."""
         if (self.data / "PG_VERSION").exists():
             return False
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -124,10 +141,6 @@ class LocalPostgres:
                 "-E",
                 "UTF8",
             )
-        self.start()
-        self._run(
-            "createdb", "-h", str(self.socket_dir), "-p", str(self.port), "-U", USER, DATABASE
-        )
         return True
 
     def start(self, timeout_s: int = 60) -> None:

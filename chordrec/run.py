@@ -309,7 +309,7 @@ def train(cfg: DictConfig, extra_tags: Mapping[str, str] | None = None) -> dict[
     (Ctrl-C, SIGTERM). ``extra_tags`` (e.g. the Hydra sweep) are added to a new run; one
     with a ``sweep_id`` tag nests under that sweep's parent run
     (:mod:`chordrec.sweeps`), unless ``tracking.parent_run_id`` names another."""
-    tracking.configure(cfg.tracking.store_dir, cfg.tracking.uri)
+    tracking.configure(cfg.tracking.store_dir, cfg.tracking.uri, cfg.tracking.server_wait_s)
     resume = None
     if cfg.resume:
         tracking.check_resumable(cfg.resume)
@@ -361,6 +361,7 @@ def train(cfg: DictConfig, extra_tags: Mapping[str, str] | None = None) -> dict[
         else:
             tracker.backfill_history(resume["history"])
         checkpoint_dir = _checkpoint_dir(cfg, tracker.run_id)
+        tracker.local_checkpoints = checkpoint_dir
         if cfg.init_from and resume is None:
             tracker.set_tags({"init_from": str(cfg.init_from)})
             load_initial_weights(

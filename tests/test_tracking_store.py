@@ -19,7 +19,6 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -238,24 +237,24 @@ def test_backfill_history_retries_the_write_that_found_the_store_locked(
 ) -> None:
     store = tmp_path / "mlruns"
     uri = tracking.configure(store)
-    real_log_metrics = mlflow.log_metrics
     tries: list[dict[str, float]] = []
     errors: list[str] = []
     with tracking.RunTracker(store_dir=store, system_metrics=False) as tracker:
         tracker.log_metrics({"val/loss": 1.0}, step=1)  # the epoch the run has
+        real_log_batch = tracker.client.log_batch
         with _write_lock(store / "mlflow.db") as lock:  # another process writing
 
-            def log_metrics(metrics: dict[str, float], *args: Any, **kwargs: Any) -> None:
-                tries.append(dict(metrics))
+            def log_batch(run_id: str, metrics: Any = (), **kwargs: Any) -> None:
+                tries.append({m.key: m.value for m in metrics})
                 try:
-                    real_log_metrics(metrics, *args, **kwargs)
+                    real_log_batch(run_id, metrics=metrics, **kwargs)
                 except Exception as exc:
                     errors.append(str(exc))
                     lock.release()
                     raise
 
             with monkeypatch.context() as patch:
-                patch.setattr(mlflow, "log_metrics", log_metrics)
+                patch.setattr(tracker.client, "log_batch", log_batch)
                 added = tracker.backfill_history({"val/loss": [1.0, 0.5, 0.25]})
     assert added == 2
     # epoch 2 was refused once ("database is locked", after MLflow's own wait), then landed

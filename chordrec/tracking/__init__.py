@@ -66,6 +66,8 @@ from chordrec.tracking.search import (
     start_parent_run,
 )
 from chordrec.tracking.store import (
+    SERVER_WAIT_S,
+    ServerUnavailable,
     TrackingError,
     artifact_root,
     check_database,
@@ -91,6 +93,8 @@ __all__ = [
     # legacy
     "current_metrics",
     # store
+    "SERVER_WAIT_S",
+    "ServerUnavailable",
     "TrackingError",
     "artifact_root",
     "check_database",

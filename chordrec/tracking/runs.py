@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -25,14 +26,21 @@ import numpy as np
 import psutil
 from mlflow.data.http_dataset_source import HTTPDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import Run, RunStatus
+from mlflow.entities import Metric, Run, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
 import chordrec
 from chordrec.constants import EXPERIMENT, STORE_DIR
 from chordrec.tracking.legacy import current_metric_names, current_metrics
-from chordrec.tracking.store import TrackingError, ensure_experiment, redact, retry_locked
+from chordrec.tracking.store import (
+    ServerUnavailable,
+    TrackingError,
+    ensure_experiment,
+    redact,
+    retry_locked,
+    server_answers,
+)
 
 
 def get_run(run_id: str, client: MlflowClient | None = None) -> Run:
@@ -175,6 +183,9 @@ class RunTracker:
         self.system_metrics = system_metrics
         self.interval = system_metrics_interval_s
         self.run_id = self.experiment_id = ""
+        self.local_checkpoints: Path | None = None
+        """Where the run's checkpoints are written before they are logged (named when
+        the server goes away)."""
         self.client = MlflowClient()
 
     def __enter__(self) -> RunTracker:
@@ -205,6 +216,21 @@ class RunTracker:
 
     def __exit__(self, kind, exc, tb) -> bool:
         signal.signal(signal.SIGTERM, self._previous_sigterm)
+        uri = mlflow.get_tracking_uri()
+        if kind is not None and uri.startswith("http") and not server_answers(uri):
+            self._leave_unended()
+            raise ServerUnavailable(
+                f"MLflow tracking server {redact(uri)} stopped answering and did not come back "
+                f"within tracking.server_wait_s ({_first_line(exc)}); run {self.run_id} is "
+                f"left RUNNING with the epochs it logged"
+                + (
+                    f", its last checkpoint is in {self.local_checkpoints}"
+                    if self.local_checkpoints
+                    else ""
+                )
+                + f". Once the server is back, finish it with: python -m chordrec.train "
+                f"resume={self.run_id} tracking.uri={redact(uri)}"
+            ) from exc
         if kind is None:
             status = RunStatus.to_string(RunStatus.FINISHED)
         elif issubclass(kind, KeyboardInterrupt | _Interrupted):
@@ -216,6 +242,17 @@ class RunTracker:
         if kind is _Interrupted:
             raise KeyboardInterrupt("terminated (SIGTERM)") from None
         return False
+
+    def _leave_unended(self) -> None:
+        """Forget the active run without telling the server (which does not answer), and
+        stop its system-metrics monitor."""
+        stack = mlflow.tracking.fluent._active_run_stack.get()
+        if stack and stack[-1].info.run_id == self.run_id:
+            stack.pop()
+        os.environ.pop("MLFLOW_RUN_ID", None)
+        monitor = mlflow.tracking.fluent.run_id_to_system_metrics_monitor.pop(self.run_id, None)
+        if monitor is not None:
+            monitor.finish()
 
     @property
     def artifact_uri(self) -> str:
@@ -251,8 +288,12 @@ class RunTracker:
         retry_locked(lambda: mlflow.set_tags({k: str(v) for k, v in tags.items()}))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        values = {k: float(v) for k, v in metrics.items()}
-        retry_locked(lambda: mlflow.log_metrics(values, step=step))
+        """Log ``metrics`` at ``step`` (0 if None) in one batch whose timestamp is fixed
+        before the first try, so that a retried write the store had already taken adds
+        nothing (MLflow keeps one point per key, step, timestamp and value)."""
+        timestamp = int(time.time() * 1000)
+        points = [Metric(k, float(v), timestamp, step or 0) for k, v in metrics.items()]
+        retry_locked(lambda: self.client.log_batch(self.run_id, metrics=points))
 
     def log_epoch(
         self, epoch: int, metrics: Mapping[str, float], checkpoints: Mapping[str, Path]
@@ -312,6 +353,12 @@ class RunTracker:
             )
         )
         return info.model_uri
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    """``exc``'s type and the first line of its message, at most ``limit`` characters."""
+    line = next((x for x in str(exc).splitlines() if x.strip()), "")
+    return f"{exc.__class__.__name__}: {line}"[:limit]
 
 
 def process_tags() -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import http.client
+import math
 import os
 import sys
 import time
@@ -25,7 +26,7 @@ import sqlalchemy
 from mlflow.tracking import MlflowClient
 
 from chordrec.constants import STORE_DIR
-from chordrec.errors import UserError
+from chordrec.errors import ConfigError, UserError
 
 T = TypeVar("T")
 
@@ -41,18 +42,59 @@ def store_uri(store_dir: str | Path) -> str:
     return f"sqlite:///{path / 'mlflow.db'}"
 
 
-def configure(store_dir: str | Path = STORE_DIR, tracking_uri: str | None = None) -> str:
+class ServerUnavailable(TrackingError):
+    """The tracking server stopped answering and did not come back in time."""
+
+
+SERVER_WAIT_S = 120.0
+"""How long a client waits for a tracking server that stops answering (MLflow's own
+retries, with backoff) before it gives up: the default of ``tracking.server_wait_s``."""
+
+
+def configure(
+    store_dir: str | Path = STORE_DIR,
+    tracking_uri: str | None = None,
+    server_wait_s: float = SERVER_WAIT_S,
+) -> str:
     """Point MLflow at ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else the SQLite
-    store in ``store_dir``. Checks that a server URI answers; returns the URI used."""
+    store in ``store_dir``. Checks that a server or database answers; returns the URI
+    used. A request to a server that stops answering (a restart) is retried by MLflow
+    for about ``server_wait_s`` seconds (:func:`bound_server_wait`)."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or store_uri(store_dir)
     if uri.startswith(("http://", "https://")):
         check_server(uri)
+        bound_server_wait(server_wait_s)
+    global _server_wait_s
+    _server_wait_s = server_wait_s
     mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite:///"):
         _create_sqlite_store(uri)
     elif "://" in uri and not uri.startswith(("http://", "https://", "file://")):
         check_database(uri)
     return uri
+
+
+def bound_server_wait(seconds: float) -> None:
+    """Make MLflow retry a request to a tracking server that does not answer for about
+    ``seconds`` in all (at least 1 s): retries after 1, 2, 4... s (backoff factor 1, no
+    jitter), each request waiting at most ``seconds``. Set through MLflow's environment
+    variables, read at every request."""
+    if not seconds > 0:
+        raise ConfigError(f"tracking.server_wait_s must be > 0 seconds, got {seconds!r}")
+    retries = max(1, math.ceil(math.log2(seconds + 1)))
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(seconds)))
+
+
+def server_answers(uri: str) -> bool:
+    """Whether the tracking server at ``uri`` answers /health now."""
+    try:
+        check_server(uri, timeout=5.0)
+    except TrackingError:
+        return False
+    return True
 
 
 def check_database(uri: str) -> None:
@@ -111,26 +153,57 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
         ) from exc
 
 
+_SERVER_GONE = (
+    "connection refused",
+    "connection reset",
+    "connection aborted",
+    "remote end closed",
+    "max retries exceeded",
+    "remotedisconnected",
+    "temporarily_unavailable",
+    "server closed the connection",
+    "bad gateway",
+    "service unavailable",
+)
+"""Lower-case fragments of the errors of a tracking server (or its database) that is
+restarting or gone, as MLflow's client reports them."""
+
+_server_wait_s = SERVER_WAIT_S
+
+
 def retry_locked(call: Callable[[], T], attempts: int = 8) -> T:
     """Run ``call``, retrying with backoff while SQLite reports the database locked
-    (several processes of a multirun writing at once); the last such error is raised
-    after ``attempts`` tries, any other error at once.
+    (several processes of a multirun writing at once), or while a tracking server does
+    not answer (a restart of it or of its database), for up to the server wait that
+    :func:`configure` set. The last such error is raised when the tries or the wait run
+    out, any other error at once. ``call`` must be safe to repeat (the same params,
+    tags, artifacts, or metrics with their timestamps fixed).
 
     MLflow's SQLite store itself waits for a lock (``PRAGMA busy_timeout``: 20 s in its
     sessions, Python's sqlite3 default of 5 s while it creates the tables) before it
-    reports it, so only a lock held longer than that is retried here."""
+    reports it, so only a lock held longer than that is retried here. MLflow's client
+    retries a refused connection itself, but not a request cut off mid-way."""
     if attempts < 1:
         raise ValueError(f"attempts must be at least 1, got {attempts}")
-    for attempt in range(attempts):
+    deadline = None
+    attempt = 0
+    while True:
         try:
             return call()
-        except Exception as exc:  # MlflowException wraps SQLAlchemy's OperationalError
+        except Exception as exc:  # MlflowException wraps SQLAlchemy's and requests' errors
+            message = str(exc).lower()
             # SQLite says "database is locked" (or "database table is locked"); a bare
             # "locked" would also match other errors, e.g. "blocked"
-            if "is locked" not in str(exc).lower() or attempt == attempts - 1:
+            if "is locked" in message and attempt < attempts - 1:
+                time.sleep(0.2 * 2**attempt)
+                attempt += 1
+                continue
+            if not any(fragment in message for fragment in _SERVER_GONE):
                 raise
-            time.sleep(0.2 * 2**attempt)
-    raise AssertionError("unreachable")
+            deadline = deadline or time.monotonic() + _server_wait_s
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
 
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}

@@ -1,0 +1,544 @@
+"""`chordrec server` end to end: a real local PostgreSQL cluster and ``mlflow server``
+(artifacts served through it), with real training runs, resume after SIGKILL, tables,
+the model registry and start-up errors against it. Nothing is mocked.
+
+One server (module-scoped) serves every test; it binds 127.0.0.1 on free ports, and
+its PostgreSQL directory lives under /var/tmp because, run as root, PostgreSQL runs as
+the ``postgres`` user, which cannot enter pytest's 0700 temporary directories.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psutil
+import pytest
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from chordrec.io.chord_files import read_lab
+from chordrec.postgres import LocalPostgres, PostgresError, postgres_bin_dir
+from tests.conftest import subprocess_env
+from tests.test_features import write_song
+
+pytestmark = pytest.mark.integration
+
+# What every training run here shares: test_study's TINY budget at beat level.
+TINY = [
+    "trainer.num_threads=1",
+    "trainer.progress=false",
+    "tracking.system_metrics=false",
+    "data.level=beat",
+    "seq_len=16",
+]
+
+# The run compared between the server and SQLite, then registered and transcribed with:
+# two songs per part, two epochs, the model logged (what `chordrec register` needs).
+COMPARED = [*TINY, "split.max_songs=2", "trainer.max_epochs=2", "tracking.log_model=true"]
+
+# The run killed and resumed: frame level in batches of 4 makes an epoch last about a
+# second, so the kill lands between epoch 1 and epoch 3.
+RESUMED_EPOCHS = 3
+RESUMED = [
+    *TINY,
+    "data.level=frame",
+    "data.batch_size=4",
+    "split.max_songs=2",
+    f"trainer.max_epochs={RESUMED_EPOCHS}",
+    "tracking.log_model=false",
+]
+
+# Each start-up error must come before any training: this budget is never reached.
+FAILING = [*TINY, "split.max_songs=1", "trainer.max_epochs=1", "tracking.log_model=false"]
+
+SERVER_START_S = 90
+TRAIN_TIMEOUT_S = 300
+
+
+@dataclass(frozen=True)
+class Server:
+    """A running `chordrec server` and what it was started with."""
+
+    process: subprocess.Popen
+    port: int
+    postgres_port: int
+    postgres_dir: Path
+    artifacts_dir: Path
+    log: Path
+
+    @property
+    def uri(self) -> str:
+        """The tracking URI runs reach the server with."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def password(self) -> str:
+        """The generated PostgreSQL password (root's file, mode 0600)."""
+        return (self.postgres_dir / "password").read_text().strip()
+
+    def client(self) -> MlflowClient:
+        """An MLflow client of the server."""
+        return MlflowClient(self.uri)
+
+    def output(self) -> str:
+        """Everything the server has printed so far."""
+        return self.log.read_text(errors="replace")
+
+
+@dataclass(frozen=True)
+class Trained:
+    """The same short run, logged once through the server and once to a SQLite store."""
+
+    server_run: str
+    sqlite_run: str
+    sqlite_uri: str
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def listeners(port: int) -> list[str]:
+    """The addresses of the TCP sockets listening on ``port`` (any interface)."""
+    return [
+        c.laddr.ip
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    ]
+
+
+def answers_health(uri: str) -> bool:
+    """Whether the MLflow server at ``uri`` answers /health now."""
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def all_runs(client: MlflowClient) -> list[Run]:
+    """Every run in every experiment of ``client``'s store."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, max_results=1000) if experiments else []
+
+
+def train(
+    workdir: Path,
+    name: str,
+    overrides: Sequence[str],
+    *,
+    tracking: Sequence[str],
+    merge_stderr: bool = False,
+) -> subprocess.Popen:
+    """Start ``python -m chordrec.train`` in its own session from ``workdir``, its Hydra
+    directory and in-progress checkpoints under ``workdir/name``; ``tracking`` says where
+    it logs (``tracking.uri=...`` or ``tracking.store_dir=...``). Its output is piped,
+    stderr into stdout with ``merge_stderr`` (for a caller reading stdout as it comes)."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "chordrec.train",
+            f"hydra.run.dir={workdir / name / 'hydra'}",
+            f"tracking.store_dir={workdir / name / 'mlruns'}",
+            *overrides,
+            *tracking,
+        ],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+        start_new_session=True,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = TRAIN_TIMEOUT_S) -> tuple[str, str]:
+    """Wait for ``process`` and return its stdout and stderr; its whole session is
+    killed if it runs past ``timeout``."""
+    try:
+        return process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_session(process)
+        out, err = process.communicate()
+        pytest.fail(f"{process.args} ran past {timeout} s:\n{out[-2000:]}\n{err[-3000:]}")
+
+
+def kill_session(process: subprocess.Popen) -> None:
+    """SIGKILL whatever is left of ``process``'s session (started with
+    ``start_new_session``: its process group), the process itself included."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # the group is empty
+    process.wait()
+
+
+def run_id_of(stdout: str) -> str:
+    """The MLflow run id a training process printed."""
+    match = re.search(r"MLflow run id: (\w+)", stdout)
+    assert match, f"no run id printed:\n{stdout[-2000:]}"
+    return match.group(1)
+
+
+def chordrec(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the ``chordrec`` command (``python -m chordrec``) and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "chordrec", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=timeout,
+    )
+
+
+# ------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the module's runs, downloads and outputs go."""
+    return tmp_path_factory.mktemp("server")
+
+
+@pytest.fixture(scope="module")
+def server(workdir: Path) -> Iterator[Server]:
+    """`chordrec server` over a fresh PostgreSQL cluster, on free 127.0.0.1 ports.
+
+    Teardown: SIGTERM to chordrec (it stops mlflow, then PostgreSQL), then both ports
+    must be free; whatever is left is killed and the cluster directory removed, also
+    when a check fails."""
+    try:
+        postgres_bin_dir()
+    except PostgresError as exc:
+        pytest.skip(str(exc))
+    postgres_dir = Path(tempfile.mkdtemp(prefix="chordrec-test-pg-", dir="/var/tmp"))
+    artifacts_dir = workdir / "server-artifacts"
+    log = workdir / "server.log"
+    port, postgres_port = free_port(), free_port()
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "chordrec",
+                "server",
+                "--postgres-dir",
+                str(postgres_dir),
+                "--postgres-port",
+                str(postgres_port),
+                "--artifacts-dir",
+                str(artifacts_dir),
+                "--port",
+                str(port),
+            ],
+            cwd=workdir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=subprocess_env(),
+            start_new_session=True,
+        )
+    started = Server(process, port, postgres_port, postgres_dir, artifacts_dir, log)
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while not answers_health(started.uri):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(
+                    f"chordrec server did not answer /health within {SERVER_START_S} s "
+                    f"(exit status {process.poll()}):\n{started.output()[-5000:]}"
+                )
+            time.sleep(0.25)
+        yield started
+    finally:
+        _stop(started)
+
+
+def _stop(server: Server) -> None:
+    """Stop ``server`` as Ctrl-C would (SIGTERM to chordrec) and check that it freed
+    both ports; kill what is left and remove the cluster directory in any case."""
+    problems = []
+    try:
+        if server.process.poll() is None:
+            server.process.send_signal(signal.SIGTERM)
+            try:
+                server.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                problems.append("chordrec server did not stop within 60 s of SIGTERM")
+        deadline = time.monotonic() + 10
+        while (busy := [p for p in (server.port, server.postgres_port) if listeners(p)]) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.2)
+        if busy:
+            problems.append(f"still listening after SIGTERM: ports {busy}")
+    finally:
+        kill_session(server.process)  # mlflow and its workers share chordrec's session
+        if (server.postgres_dir / "data" / "PG_VERSION").exists():
+            LocalPostgres(server.postgres_dir, server.postgres_port).stop()  # pg_ctl daemonises
+        shutil.rmtree(server.postgres_dir, ignore_errors=True)
+    assert not problems, f"{problems}\nserver output:\n{server.output()[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def trained(server: Server, workdir: Path, data_root: Path) -> Trained:
+    """The COMPARED run trained twice at once: through the server and into a SQLite
+    store; both must exit 0."""
+    sqlite_store = workdir / "sqlite" / "mlruns"
+    data = [f"data.root={data_root}", *COMPARED]
+    processes = {
+        "server": train(workdir, "server", data, tracking=[f"tracking.uri={server.uri}"]),
+        "sqlite": train(workdir, "sqlite", data, tracking=[f"tracking.store_dir={sqlite_store}"]),
+    }
+    outputs = {}
+    try:
+        for name, process in processes.items():
+            outputs[name] = finish(process)
+            assert process.returncode == 0, f"{name} run failed:\n{outputs[name][1][-3000:]}"
+    finally:
+        for process in processes.values():
+            kill_session(process)
+    return Trained(
+        server_run=run_id_of(outputs["server"][0]),
+        sqlite_run=run_id_of(outputs["sqlite"][0]),
+        sqlite_uri=f"sqlite:///{sqlite_store / 'mlflow.db'}",
+    )
+
+
+# ------------------------------------------------------------------------ the server
+
+
+def test_the_server_listens_locally_and_keeps_its_password_secret(server: Server) -> None:
+    password_file = server.postgres_dir / "password"
+    assert password_file.stat().st_mode & 0o777 == 0o600
+    password = server.password
+    assert len(password) >= 16
+    # mlflow runs under chordrec, and PostgreSQL answers on its port, 127.0.0.1 only
+    tree = psutil.Process(server.process.pid).children(recursive=True)
+    assert any("mlflow" in " ".join(p.cmdline()) and "server" in p.cmdline() for p in tree)
+    for port in (server.port, server.postgres_port):
+        addresses = listeners(port)
+        assert addresses and set(addresses) == {"127.0.0.1"}, (port, addresses)
+    # no process shows the password on its command line (`ps`), nor does the server say it
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        assert password not in " ".join(process.info["cmdline"] or []), process.info["pid"]
+    output = server.output()
+    assert password not in output
+    assert f"postgresql://chordrec:***@127.0.0.1:{server.postgres_port}/mlflow" in output
+
+
+# ------------------------------------------------------------------------ training
+
+
+def test_a_run_through_the_server_is_recorded_like_one_in_sqlite(
+    server: Server, trained: Trained, workdir: Path
+) -> None:
+    remote, local = server.client(), MlflowClient(trained.sqlite_uri)
+    ours, theirs = remote.get_run(trained.server_run), local.get_run(trained.sqlite_run)
+    assert ours.info.status == theirs.info.status == "FINISHED"
+
+    # the same metric keys, the same values (seeded, one thread) except wall times
+    assert set(ours.data.metrics) == set(theirs.data.metrics)
+    compared = {k for k in ours.data.metrics if not k.startswith("time/")}
+    differ = {k for k in compared if ours.data.metrics[k] != theirs.data.metrics[k]}
+    assert not differ, {k: (ours.data.metrics[k], theirs.data.metrics[k]) for k in differ}
+    for key in ("train/loss", "val/loss", "val/acc"):
+        history = [(m.step, m.value) for m in remote.get_metric_history(ours.info.run_id, key)]
+        expected = [(m.step, m.value) for m in local.get_metric_history(theirs.info.run_id, key)]
+        assert sorted(history) == sorted(expected) and len(history) == 2, key
+
+    # the same params but where it logs, the same data set inputs
+    def params(run: Run) -> dict[str, str]:
+        return {
+            k: v for k, v in run.data.params.items() if not k.startswith(("tracking.", "paths."))
+        }
+
+    assert params(ours) == params(theirs)
+    assert ours.data.params["tracking.uri"] == server.uri
+
+    def inputs(run: Run) -> set[tuple]:
+        return {
+            (
+                d.dataset.name,
+                d.dataset.digest,
+                d.dataset.source_type,
+                d.dataset.source,
+                tuple(sorted((t.key, t.value) for t in d.tags)),
+            )
+            for d in run.inputs.dataset_inputs
+        }
+
+    assert inputs(ours) == inputs(theirs) and len(inputs(ours)) == 3
+    assert ours.data.tags["dataset_sha256"] == theirs.data.tags["dataset_sha256"]
+
+    # artifacts go through the server into its --artifacts-dir, not a client-side path
+    uri = ours.info.artifact_uri
+    assert uri.startswith("mlflow-artifacts:"), uri
+    stored = server.artifacts_dir / urlsplit(uri).path.lstrip("/")
+    figures = sorted(a.path for a in local.list_artifacts(theirs.info.run_id, "figures"))
+    assert (
+        figures
+        and sorted(a.path for a in remote.list_artifacts(ours.info.run_id, "figures")) == figures
+    )
+    downloads = workdir / "downloads"
+    downloads.mkdir()
+    for path in ("checkpoints/best.pt", *figures):
+        downloaded = Path(remote.download_artifacts(ours.info.run_id, path, str(downloads)))
+        assert downloaded.read_bytes() == (stored / path).read_bytes(), path
+    assert not (workdir / "server" / "mlruns" / "artifacts").exists()
+
+
+def test_a_run_killed_with_sigkill_resumes_through_the_server(
+    server: Server, workdir: Path, data_root: Path
+) -> None:
+    client = server.client()
+    overrides = [f"data.root={data_root}", *RESUMED]
+    where = [f"tracking.uri={server.uri}"]
+    process = train(workdir, "killed", overrides, tracking=where, merge_stderr=True)
+    try:
+        run_id, lines = None, []
+        for line in process.stdout:
+            lines.append(line)
+            if match := re.search(r"MLflow run id: (\w+)", line):
+                run_id = match.group(1)
+                break
+        assert run_id, f"no run id printed: {''.join(lines)[-3000:]}"
+        deadline = time.monotonic() + TRAIN_TIMEOUT_S
+        while not client.get_metric_history(run_id, "val/acc"):
+            assert process.poll() is None, "training ended before epoch 1 was logged"
+            assert time.monotonic() < deadline, "epoch 1 was never logged"
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    finally:
+        kill_session(process)
+        process.stdout.close()
+    killed = client.get_run(run_id)
+    assert killed.info.status == "RUNNING"  # SIGKILL leaves no chance to end the run
+    logged = len(client.get_metric_history(run_id, "val/acc"))
+    assert 1 <= logged < RESUMED_EPOCHS
+    runs_before = {r.info.run_id for r in all_runs(client)}
+
+    resumed = train(workdir, "resumed", [*overrides, f"resume={run_id}"], tracking=where)
+    out, err = finish(resumed)
+    assert resumed.returncode == 0, err[-3000:]
+    assert run_id_of(out) == run_id
+
+    final = client.get_run(run_id)
+    assert final.info.status == "FINISHED"
+    assert {r.info.run_id for r in all_runs(client)} == runs_before  # no new run
+    for key in ("val/acc", "val/loss", "train/loss", "train/lr", "time/epoch_s"):
+        steps = sorted(m.step for m in client.get_metric_history(run_id, key))
+        assert steps == list(range(1, RESUMED_EPOCHS + 1)), (key, steps, logged)
+    assert final.data.metrics["fit/epochs_run"] == RESUMED_EPOCHS
+    assert "test/frame_acc" in final.data.metrics
+
+
+# ------------------------------------------------------------------------ reading runs
+
+
+def test_the_run_table_lists_the_servers_runs(
+    server: Server, trained: Trained, workdir: Path
+) -> None:
+    table = chordrec(
+        "table", "--runs", "--tracking-uri", server.uri, "--format", "csv", cwd=workdir
+    )
+    assert table.returncode == 0, table.stderr[-3000:]
+    rows = {line.split(",")[0] for line in table.stdout.splitlines()[1:]}
+    assert trained.server_run in rows, table.stdout
+    assert trained.sqlite_run not in rows
+    assert not (workdir / "mlruns").exists()  # nothing fell back to the local store
+
+
+def test_register_then_transcribe_from_the_servers_registry(
+    server: Server, trained: Trained, workdir: Path
+) -> None:
+    registered = chordrec("register", trained.server_run, "--tracking-uri", server.uri, cwd=workdir)
+    assert registered.returncode == 0, registered.stderr[-3000:]
+    assert "models:/chordrec/1" in registered.stdout, registered.stdout
+    version = server.client().get_model_version("chordrec", "1")
+    assert version.run_id == trained.server_run
+
+    audio = write_song(workdir / "chords.wav", [("C:maj", 2.0), ("G:maj", 2.0)], pulse=0.5)
+    lab = workdir / "chords.lab"
+    transcribed = chordrec(
+        "transcribe",
+        str(audio),
+        "--model",
+        "models:/chordrec/1",
+        "--tracking-uri",
+        server.uri,
+        "-o",
+        str(lab),
+        "--quiet",
+        cwd=workdir,
+    )
+    assert transcribed.returncode == 0, transcribed.stderr[-3000:]
+    assert str(lab) in transcribed.stdout
+    intervals, labels = read_lab(lab)
+    assert labels and intervals[0, 0] == 0
+    assert intervals[-1, 1] == pytest.approx(4.0, abs=0.05)
+
+
+# ------------------------------------------------------------------------ start-up errors
+
+
+def test_start_up_errors_are_one_line_naming_the_store_and_no_run_is_made(
+    server: Server, workdir: Path, data_root: Path
+) -> None:
+    client = server.client()
+    runs_before = {r.info.run_id for r in all_runs(client)}
+    wrong_password = "not-the-password-7Qx"
+    unused = free_port()
+    cases = {
+        "password": (
+            f"postgresql://chordrec:{wrong_password}@127.0.0.1:{server.postgres_port}/mlflow",
+            f"postgresql://chordrec:***@127.0.0.1:{server.postgres_port}/mlflow",
+            "password authentication failed",
+        ),
+        "port": (f"http://127.0.0.1:{unused}", f"http://127.0.0.1:{unused}", "unreachable"),
+        "protocol": (
+            f"http://127.0.0.1:{server.postgres_port}",
+            f"http://127.0.0.1:{server.postgres_port}",
+            "not an MLflow server",
+        ),
+    }
+    overrides = [f"data.root={data_root}", *FAILING]
+    processes = {
+        case: train(workdir, f"error-{case}", overrides, tracking=[f"tracking.uri={uri}"])
+        for case, (uri, _, _) in cases.items()
+    }
+    try:
+        outputs = {case: finish(process, timeout=120) for case, process in processes.items()}
+    finally:
+        for process in processes.values():
+            kill_session(process)
+    for case, (_, named, reason) in cases.items():
+        out, err = outputs[case]
+        assert processes[case].returncode == 1, (case, err[-3000:])
+        assert "Traceback" not in err, (case, err[-3000:])
+        errors = [line for line in err.splitlines() if "error:" in line]
+        assert len(errors) == 1, (case, err[-3000:])
+        assert errors[0].startswith("chordrec.train: error: "), (case, errors[0])
+        assert named in errors[0] and reason in errors[0], (case, errors[0])
+        assert "MLflow run id" not in out and "epoch" not in out + err, (case, out, err)
+        for secret in (wrong_password, server.password):
+            assert secret not in out + err, case
+    assert {r.info.run_id for r in all_runs(client)} == runs_before
