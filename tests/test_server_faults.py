@@ -80,12 +80,13 @@ class Lab:
         self.postgres.stop()
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """One lab for the module: each test leaves its server and database running."""
     # As root, PostgreSQL runs as the postgres user, who cannot enter pytest's tmp_path.
     directory = Path(tempfile.mkdtemp(prefix="chordrec-lab-", dir="/var/tmp"))
     directory.chmod(0o755)
-    started = Lab(directory, tmp_path / "server.log")
+    started = Lab(directory, tmp_path_factory.mktemp("lab") / "server.log")
     try:
         started.postgres.open()
         started.start_server()
@@ -95,11 +96,13 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _train(lab: Lab, data_root: Path, tmp_path: Path, *overrides: str) -> subprocess.Popen:
+def _train(
+    lab: Lab, data_root: Path, tmp_path: Path, experiment: str, *overrides: str
+) -> subprocess.Popen:
     return subprocess.Popen(
         [
             sys.executable, "-m", "chordrec.train",
-            f"data.root={data_root}", f"tracking.uri={lab.url}",
+            f"data.root={data_root}", f"tracking.uri={lab.url}", f"tracking.experiment={experiment}",
             f"tracking.store_dir={tmp_path / 'mlruns'}", f"hydra.run.dir={tmp_path / 'hydra'}",
             "split.max_songs=2", "data.level=beat", "seq_len=16", "trainer.num_threads=1",
             "trainer.progress=false", "tracking.log_model=false", "tracking.system_metrics=false",
@@ -110,12 +113,15 @@ def _train(lab: Lab, data_root: Path, tmp_path: Path, *overrides: str) -> subpro
     )  # fmt: skip
 
 
-def _wait_for_epoch(client: MlflowClient, epoch: int, run: subprocess.Popen) -> str:
-    """The run's id once its ``val/acc`` of ``epoch`` is on the server."""
+def _wait_for_epoch(
+    client: MlflowClient, experiment_name: str, epoch: int, run: subprocess.Popen
+) -> str:
+    """The id of the run in ``experiment_name`` once its ``val/acc`` of ``epoch`` is on
+    the server."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert run.poll() is None, run.stdout.read() if run.stdout else ""
-        experiment = client.get_experiment_by_name("chordrec")
+        experiment = client.get_experiment_by_name(experiment_name)
         runs = client.search_runs([experiment.experiment_id]) if experiment else []
         if runs and epoch in {
             m.step for m in client.get_metric_history(runs[0].info.run_id, "val/acc")
@@ -138,12 +144,12 @@ def _assert_complete(client: MlflowClient, run_id: str, epochs: int) -> None:
 
 def test_a_run_survives_the_server_and_then_postgresql_restarting(lab, data_root, tmp_path):
     client = MlflowClient(lab.url)
-    run = _train(lab, data_root, tmp_path, "trainer.max_epochs=5")
-    run_id = _wait_for_epoch(client, 1, run)
+    run = _train(lab, data_root, tmp_path, "restarts", "trainer.max_epochs=5")
+    run_id = _wait_for_epoch(client, "restarts", 1, run)
     lab.kill_server()  # the run's next writes wait in MLflow's retries
     time.sleep(3)
     lab.start_server()  # same port, same database
-    _wait_for_epoch(client, 3, run)
+    _wait_for_epoch(client, "restarts", 3, run)
     lab.postgres._run("pg_ctl", "-D", str(lab.postgres.data), "-m", "immediate", "-w", "stop")
     time.sleep(3)
     lab.postgres.start()
@@ -156,8 +162,10 @@ def test_a_run_survives_the_server_and_then_postgresql_restarting(lab, data_root
 
 def test_a_server_that_stays_down_stops_the_run_then_resume_finishes_it(lab, data_root, tmp_path):
     client = MlflowClient(lab.url)
-    run = _train(lab, data_root, tmp_path, "trainer.max_epochs=4", "tracking.server_wait_s=6")
-    run_id = _wait_for_epoch(client, 1, run)
+    run = _train(
+        lab, data_root, tmp_path, "down", "trainer.max_epochs=4", "tracking.server_wait_s=3"
+    )
+    run_id = _wait_for_epoch(client, "down", 1, run)
     lab.kill_server()
     started = time.monotonic()
     output, _ = run.communicate(timeout=300)
@@ -166,13 +174,13 @@ def test_a_server_that_stays_down_stops_the_run_then_resume_finishes_it(lab, dat
     message = output.strip().splitlines()[-1]
     assert message.startswith("chordrec.train: error: MLflow tracking server " + lab.url)
     assert f"resume={run_id} tracking.uri={lab.url}" in message
-    assert waited < 120, waited  # bounded: a few retries of about 6 s in all, not MLflow's minutes
+    assert waited < 60, waited  # bounded: retries of a few seconds, not MLflow's minutes
     local = tmp_path / "mlruns" / "checkpoints-in-progress" / run_id
     assert str(local) in message and (local / "last.pt").is_file()
 
     lab.start_server()
     assert client.get_run(run_id).info.status == "RUNNING"
-    resumed = _train(lab, data_root, tmp_path, f"resume={run_id}")
+    resumed = _train(lab, data_root, tmp_path, "down", f"resume={run_id}")
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output[-3000:]
     _assert_complete(client, run_id, 4)

@@ -66,7 +66,6 @@ from chordrec.tracking.search import (
     start_parent_run,
 )
 from chordrec.tracking.store import (
-    SERVER_WAIT_S,
     ServerUnavailable,
     TrackingError,
     artifact_root,
@@ -93,7 +92,6 @@ __all__ = [
     # legacy
     "current_metrics",
     # store
-    "SERVER_WAIT_S",
     "ServerUnavailable",
     "TrackingError",
     "artifact_root",
