@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -77,3 +80,22 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(extra)
     return env
+
+
+def free_port() -> int:
+    """A 127.0.0.1 port nothing listens on: bound once by the OS, then released."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_chordrec(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run the ``chordrec`` command (``python -m chordrec``) and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "chordrec", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=timeout,
+    )

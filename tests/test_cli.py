@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import pytest
 
 from chordrec import cli
 from tests import test_fetch
-from tests.conftest import REPO, subprocess_env
+from tests.conftest import REPO, free_port, subprocess_env
 from tests.test_fetch import CORRUPT_REL, _flip_byte
 
 # a fixture of test_fetch, reused: a closed port on 127.0.0.1
@@ -32,6 +31,7 @@ closed_port_url = test_fetch.closed_port_url
 COMMANDS = (
     "data",
     "ui",
+    "server",
     "train",
     "evaluate",
     "table",
@@ -177,10 +177,7 @@ def _answers(url: str) -> bool:
 def test_ui_serves_this_machine_only_and_stops_with_its_command(tmp_path: Path) -> None:
     if not Path("/proc/net/tcp").exists():
         pytest.skip("needs Linux /proc/net/tcp to see what the server binds")
-    # a port nothing listens on: bound once by the OS, then released
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     ui = subprocess.Popen(
         [sys.executable, "-m", "chordrec", "ui", "--store", str(tmp_path / "mlruns")]
         + ["--port", str(port)],

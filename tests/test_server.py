@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from mlflow.tracking import MlflowClient
 
 from chordrec.io.chord_files import read_lab
 from chordrec.postgres import LocalPostgres, PostgresError, postgres_bin_dir
-from tests.conftest import subprocess_env
+from tests.conftest import free_port, run_chordrec, subprocess_env
 from tests.test_features import write_song
 
 pytestmark = pytest.mark.integration
@@ -106,13 +105,6 @@ class Trained:
     server_run: str
     sqlite_run: str
     sqlite_uri: str
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def listeners(port: int) -> list[str]:
@@ -196,18 +188,6 @@ def run_id_of(stdout: str) -> str:
     match = re.search(r"MLflow run id: (\w+)", stdout)
     assert match, f"no run id printed:\n{stdout[-2000:]}"
     return match.group(1)
-
-
-def chordrec(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the ``chordrec`` command (``python -m chordrec``) and capture its output."""
-    return subprocess.run(
-        [sys.executable, "-m", "chordrec", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=timeout,
-    )
 
 
 # ------------------------------------------------------------------------ fixtures
@@ -457,7 +437,7 @@ def test_a_run_killed_with_sigkill_resumes_through_the_server(
 def test_the_run_table_lists_the_servers_runs(
     server: Server, trained: Trained, workdir: Path
 ) -> None:
-    table = chordrec(
+    table = run_chordrec(
         "table", "--runs", "--tracking-uri", server.uri, "--format", "csv", cwd=workdir
     )
     assert table.returncode == 0, table.stderr[-3000:]
@@ -470,7 +450,9 @@ def test_the_run_table_lists_the_servers_runs(
 def test_register_then_transcribe_from_the_servers_registry(
     server: Server, trained: Trained, workdir: Path
 ) -> None:
-    registered = chordrec("register", trained.server_run, "--tracking-uri", server.uri, cwd=workdir)
+    registered = run_chordrec(
+        "register", trained.server_run, "--tracking-uri", server.uri, cwd=workdir
+    )
     assert registered.returncode == 0, registered.stderr[-3000:]
     assert "models:/chordrec/1" in registered.stdout, registered.stdout
     version = server.client().get_model_version("chordrec", "1")
@@ -478,7 +460,7 @@ def test_register_then_transcribe_from_the_servers_registry(
 
     audio = write_song(workdir / "chords.wav", [("C:maj", 2.0), ("G:maj", 2.0)], pulse=0.5)
     lab = workdir / "chords.lab"
-    transcribed = chordrec(
+    transcribed = run_chordrec(
         "transcribe",
         str(audio),
         "--model",

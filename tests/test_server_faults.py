@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,17 +19,11 @@ from mlflow.tracking import MlflowClient
 
 from chordrec import tracking
 from chordrec.postgres import LocalPostgres
-from tests.conftest import subprocess_env
+from tests.conftest import free_port, subprocess_env
 
 pytestmark = pytest.mark.integration
 
 EPOCH_METRICS = ("train/loss", "train/acc", "train/lr", "val/loss", "val/acc", "time/epoch_s")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Lab:
@@ -38,9 +31,9 @@ class Lab:
     may stop and start again on the same port and database."""
 
     def __init__(self, directory: Path, log: Path) -> None:
-        self.postgres = LocalPostgres(directory / "postgres", _free_port())
+        self.postgres = LocalPostgres(directory / "postgres", free_port())
         self.artifacts = directory / "artifacts"
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self.server: subprocess.Popen | None = None

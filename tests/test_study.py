@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from chordrec import study
-from tests.conftest import REPO, subprocess_env
+from tests.conftest import REPO, run_chordrec, subprocess_env
 
 TINY = [
     "split.max_songs=1",
@@ -28,17 +28,6 @@ TINY = [
     "tracking.system_metrics=false",
     "tracking.log_model=false",
 ]
-
-
-def _chordrec(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "chordrec", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=900,
-    )
 
 
 def _sweep(data_root, tmp_path, *overrides, experiment="chordrec", succeeds=True):
@@ -127,7 +116,7 @@ def test_an_invalid_study_id_is_refused_before_any_run(tmp_path):
 @pytest.mark.integration
 def test_study_then_table_then_a_deleted_metric(data_root, tmp_path):
     store = tmp_path / "mlruns"
-    done = _chordrec(
+    done = run_chordrec(
         "study",
         "--store",
         str(store),
@@ -155,7 +144,7 @@ def test_study_then_table_then_a_deleted_metric(data_root, tmp_path):
     assert not client.search_runs([experiment.experiment_id], "tags.kind = 'sweep'")
 
     out = tmp_path / "table.csv"
-    table = _chordrec(
+    table = run_chordrec(
         "table",
         "--store",
         str(store),
@@ -181,7 +170,7 @@ def test_study_then_table_then_a_deleted_metric(data_root, tmp_path):
                 f"DELETE FROM {relation} WHERE run_uuid = ? AND key = 'test/frame_acc'",
                 (victim.info.run_id,),
             )
-    broken = _chordrec("table", "--store", str(store), "--study", "tiny", cwd=tmp_path)
+    broken = run_chordrec("table", "--store", str(store), "--study", "tiny", cwd=tmp_path)
     assert broken.returncode == 1
     assert victim.info.run_id in broken.stderr and "test/frame_acc" in broken.stderr
     assert broken.stdout == ""
@@ -191,7 +180,7 @@ def test_study_then_table_then_a_deleted_metric(data_root, tmp_path):
 def test_a_failed_member_is_reported_and_the_others_finish(data_root, tmp_path):
     store = tmp_path / "mlruns"
     # crnn2 (preset d) needs seq_len >= 12: d fails, a still runs and finishes.
-    done = _chordrec(
+    done = run_chordrec(
         "study",
         "--store",
         str(store),
@@ -240,7 +229,7 @@ def test_four_parallel_runs_all_finish_with_every_metric(data_root, tmp_path):
 
     # the seeds' run table: one row per run, then mean and sample std over the seeds
     store = str(tmp_path / "mlruns")
-    table = _chordrec("table", "--runs", "--store", store, "--format", "csv", cwd=tmp_path)
+    table = run_chordrec("table", "--runs", "--store", store, "--format", "csv", cwd=tmp_path)
     assert table.returncode == 0, table.stderr
     rows = {line.split(",")[0]: line.split(",") for line in table.stdout.splitlines()}
     header = rows.pop("")
@@ -251,7 +240,7 @@ def test_four_parallel_runs_all_finish_with_every_metric(data_root, tmp_path):
     assert float(rows["mean"][column]) == pytest.approx(statistics.mean(accs), abs=0.006)
     assert float(rows["std"][column]) == pytest.approx(statistics.stdev(accs), abs=0.006)
     # logged too: a table run holds it, and it is not itself a row the next time
-    again = _chordrec("table", "--runs", "--store", store, "--format", "csv", cwd=tmp_path)
+    again = run_chordrec("table", "--runs", "--store", store, "--format", "csv", cwd=tmp_path)
     assert again.stdout == table.stdout
 
     # the sweep is one parent run, FINISHED, holding the same run table
@@ -373,7 +362,7 @@ def test_sweep_over_models_and_lengths(data_root, tmp_path):
     assert len({r.data.tags["sweep_job"] for r in runs}) == 4
 
     # the sweep's run table names its two factors; no mean over different configs
-    table = _chordrec("table", "--runs", "--store", str(tmp_path / "mlruns"), cwd=tmp_path)
+    table = run_chordrec("table", "--runs", "--store", str(tmp_path / "mlruns"), cwd=tmp_path)
     assert table.returncode == 0, table.stderr
     assert table.stdout.splitlines()[0].startswith("| | model | seq_len | val % (argmax) |")
     assert "mean" not in table.stdout and len(table.stdout.splitlines()) == 2 + 4

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -47,7 +46,7 @@ from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
 from chordrec import tracking
-from tests.conftest import subprocess_env
+from tests.conftest import free_port, subprocess_env
 
 pytestmark = pytest.mark.integration
 
@@ -214,12 +213,6 @@ class Ui:
     """The link it printed: "training runs of experiment chordrec: <URL>"."""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
@@ -252,7 +245,7 @@ def _stop(server: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def ui(sweep: Sweep) -> Iterator[Ui]:
     """``chordrec ui --store <store> --port <free port>``, stopped at the end."""
-    port = _free_port()
+    port = free_port()
     log = sweep.store.parent / "ui.log"
     with log.open("w") as out:
         server = subprocess.Popen(
