@@ -11,6 +11,7 @@ has reported it once: that wait is their cost.
 from __future__ import annotations
 
 import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -24,6 +25,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from chordrec import tracking
+from chordrec.errors import ConfigError
+from chordrec.tracking import store
 
 
 class _HeldLock:
@@ -262,3 +265,23 @@ def test_backfill_history_retries_the_write_that_found_the_store_locked(
     assert len(errors) == 1 and "database is locked" in errors[0]
     logged = MlflowClient(uri).get_metric_history(tracker.run_id, "val/loss")
     assert sorted((m.step, m.value) for m in logged) == [(1, 1.0), (2, 0.5), (3, 0.25)]
+
+
+def test_redact_hides_a_password_and_nothing_else() -> None:
+    assert tracking.redact("postgresql://u:p%40ss@h:5432/db") == "postgresql://u:***@h:5432/db"
+    for uri in ("http://127.0.0.1:5000", "sqlite:////x/mlflow.db", "postgresql://u@h/db", "0.001"):
+        assert tracking.redact(uri) == uri
+
+
+def test_the_server_wait_bounds_mlflows_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("MAX_RETRIES", "BACKOFF_FACTOR", "BACKOFF_JITTER", "TIMEOUT"):
+        monkeypatch.setenv(f"MLFLOW_HTTP_REQUEST_{key}", "unset")  # restored afterwards
+    store.bound_server_wait(60)  # retries after 1, 2, 4, 8, 16, 32 s: 63 s in all
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "6"
+    assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "1"
+    assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] == "0"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "60"
+    store.bound_server_wait(0.5)
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
+    with pytest.raises(ConfigError, match="tracking.server_wait_s"):
+        store.bound_server_wait(0)
