@@ -301,6 +301,7 @@ def test_makefile_has_the_documented_targets() -> None:
         "train": "-m chordrec.train",
         "test": "-m pytest",
         "ui": "chordrec ui",
+        "server": "chordrec server --postgres-dir",
         "study": "chordrec study",
         "table": "chordrec table",
         "bench": "-m chordrec.bench.training",
