@@ -71,6 +71,10 @@ log = logging.getLogger(__name__)
 PARTS = ("train", "validation", "test")
 DATASET_CONTEXTS = {"train": "training", "validation": "validation", "test": "test"}
 """Each part's context as an MLflow dataset input."""
+DATASET_PROFILE = ("songs", "frames", "beats")
+"""What a part's MLflow dataset profile holds: only what the songs fix. MLflow keeps one
+dataset per experiment for a name and digest, the first run's, so counts that depend on
+a run's level or sequence length (steps, examples) are params ``sizes.*`` only."""
 EXAMPLE_COLUMNS = {"chroma": "float", "chord": "integer"}
 """One step of the data set: a 12-bin chroma vector and its chord class (0-24)."""
 
@@ -204,7 +208,8 @@ def dataset_summary(context: RunContext) -> dict[tuple[str, str], int]:
 def record_dataset(tracker: tracking.RunTracker, context: RunContext) -> None:
     """Log the data set: its identity (tags ``dataset_sha256``, ``dataset_root``), one
     MLflow dataset input per part (contexts ``training``, ``validation``, ``test``, with
-    the part's sizes as its profile) and the sizes as params ``sizes.<part>.<what>``."""
+    :data:`DATASET_PROFILE` as its profile) and every size as params
+    ``sizes.<part>.<what>``."""
     root = Path(context.config.data.root)
     try:
         digest = dataset_digest(root)
@@ -213,9 +218,8 @@ def record_dataset(tracker: tracking.RunTracker, context: RunContext) -> None:
     tracker.set_tags({"dataset_sha256": digest, "dataset_root": str(root.resolve())})
     sizes = dataset_summary(context)
     tracker.log_params({f"sizes.{part}.{what}": n for (part, what), n in sizes.items()})
-    level = context.config.data.level
     for part, dataset_context in DATASET_CONTEXTS.items():
-        profile = {what: n for (p, what), n in sizes.items() if p == part}
+        profile = {what: sizes[part, what] for what in DATASET_PROFILE}
         tracker.log_dataset(
             tracking.DatasetRecord(
                 name=f"{DATASET_NAME}/{part}",  # one MLflow dataset per part: MLflow keeps
@@ -223,7 +227,7 @@ def record_dataset(tracker: tracking.RunTracker, context: RunContext) -> None:
                 version=DATASET_VERSION,
                 digest=digest,
                 source=GCT634_BASE_URL,  # mirrors hold the same files, same checksums
-                profile={"level": level, **profile},
+                profile=profile,
                 columns=EXAMPLE_COLUMNS,
             ),
             dataset_context,

@@ -528,7 +528,7 @@ def test_c_the_dataset_column_shows_rwc_pop(browser: Browser, sweep: Sweep, ui: 
         for line in (
             RUN_NAMES[0],
             "3 datasets used",
-            "level: beat",
+            "version: gct634-2018@fb408ed",
             "songs: 3",
             f"Digest: {sweep.digest}",
             "Source type: HTTP",
