@@ -9,8 +9,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from chordrec.tracking import flatten
-from tests.conftest import CONF, compose_train
-from tests.test_study import _chordrec, _sweep
+from tests.conftest import CONF, compose_train, run_chordrec
+from tests.test_study import _sweep
 
 OPTIONS = sorted(p.stem for p in (CONF / "ablation").glob("*.yaml"))
 # what each option changes in experiment=best
@@ -55,7 +55,7 @@ def test_ablation_sweep_logs_one_run_per_option_and_tabulates(data_root, tmp_pat
     assert len(runs) == len(OPTIONS) and all(r.info.status == "FINISHED" for r in runs)
     assert sorted(r.data.params["seq_len"] for r in runs) == ["128", "256", "256", "512"]
 
-    table = _chordrec(
+    table = run_chordrec(
         "table",
         "--runs",
         "--experiment",

@@ -152,6 +152,10 @@ class _ProfiledDataset(MetaDataset):
         return {**super().to_dict(), "profile": json.dumps(self._profile)}
 
 
+_DUPLICATE_ROW = ("unique constraint failed", "uniqueviolation", "duplicate key")
+"""Lower-case fragments of a store's error for a row that another process inserted first."""
+
+
 class _Interrupted(BaseException):
     """Raised in place of SIGTERM so the run is closed as KILLED."""
 
@@ -280,9 +284,21 @@ class RunTracker:
         """Log ``record`` as the run's MLflow dataset input in ``context`` ('training',
         'validation', 'test'), tagged with its version: the UI's Dataset column."""
         dataset = _ProfiledDataset(record)
-        retry_locked(
-            lambda: mlflow.log_input(dataset, context=context, tags={"version": record.version})
-        )
+        for attempt in range(5):
+            try:
+                retry_locked(
+                    lambda: mlflow.log_input(
+                        dataset, context=context, tags={"version": record.version}
+                    )
+                )
+                return
+            except mlflow.exceptions.MlflowException as exc:
+                # MLflow looks the dataset up, then inserts it: runs of one experiment
+                # starting together can both insert it. Again, the lookup finds it.
+                duplicate = any(m in str(exc).lower() for m in _DUPLICATE_ROW)
+                if not duplicate or attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         retry_locked(lambda: mlflow.set_tags({k: str(v) for k, v in tags.items()}))

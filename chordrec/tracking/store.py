@@ -114,6 +114,12 @@ def check_database(uri: str) -> None:
         raise TrackingError(f"tracking store {redact(uri)} cannot be used: {reason[:300]}") from exc
 
 
+def mlflow_client(uri: str) -> MlflowClient:
+    """A plain MLflow client of the store at ``uri``: for code that measures MLflow
+    itself (``chordrec.bench.tracking``), not for logging runs."""
+    return MlflowClient(uri)
+
+
 def current_uri() -> str:
     """The tracking URI MLflow writes to now (see :func:`configure`)."""
     return mlflow.get_tracking_uri()
