@@ -13,3 +13,9 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A setting that is out of range or contradicts another."""
+
+
+class TrialPruned(Exception):
+    """A search trial that its pruner stopped early (not an error): the run ends KILLED
+    with the tag ``pruned=true`` and keeps the epochs it logged; the sweeper records the
+    trial as pruned. The message says at which epoch and why."""

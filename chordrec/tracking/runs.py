@@ -32,6 +32,7 @@ from mlflow.types import ColSpec, Schema
 
 import chordrec
 from chordrec.constants import EXPERIMENT, STORE_DIR
+from chordrec.errors import TrialPruned
 from chordrec.tracking.legacy import current_metric_names, current_metrics
 from chordrec.tracking.store import (
     ServerUnavailable,
@@ -239,6 +240,9 @@ class RunTracker:
             status = RunStatus.to_string(RunStatus.FINISHED)
         elif issubclass(kind, KeyboardInterrupt | _Interrupted):
             status = RunStatus.to_string(RunStatus.KILLED)
+        elif issubclass(kind, TrialPruned):
+            status = RunStatus.to_string(RunStatus.KILLED)
+            retry_locked(lambda: mlflow.set_tags({"pruned": "true", "pruned_reason": str(exc)}))
         else:
             status = RunStatus.to_string(RunStatus.FAILED)
             retry_locked(lambda: mlflow.set_tag("error", f"{kind.__name__}: {exc}"[:5000]))
