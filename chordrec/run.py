@@ -45,6 +45,7 @@ from chordrec.data.songs import load_songs, song_names, split_songs
 from chordrec.decoding import DECODE_METHODS, decode, tune_self_transition
 from chordrec.errors import ConfigError
 from chordrec.fit import (
+    EpochObserver,
     FitResult,
     TrainerSettings,
     build_optimizer,
@@ -65,6 +66,7 @@ from chordrec.metrics import (
 )
 from chordrec.models import build_model, describe_model
 from chordrec.report import figures
+from chordrec.tuning import TrialReporter
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +308,17 @@ def run_predictor(
     )
 
 
+def _reporting(tracker: tracking.RunTracker, reporter: TrialReporter) -> EpochObserver:
+    """The epoch observer of a search trial: log the epoch, then report it to the study
+    (which may prune the trial: :class:`~chordrec.errors.TrialPruned`)."""
+
+    def observe(epoch: int, metrics: dict[str, float], written: dict[str, Path]) -> None:
+        tracker.log_epoch(epoch, metrics, written)
+        reporter(epoch, metrics)
+
+    return observe
+
+
 def train(cfg: DictConfig, extra_tags: Mapping[str, str] | None = None) -> dict[str, float]:
     """Train, score and log one run (or resume ``cfg.resume``); returns its final metrics.
 
@@ -331,6 +344,12 @@ def train(cfg: DictConfig, extra_tags: Mapping[str, str] | None = None) -> dict[
         tags["preset"] = str(cfg.preset)
     tags.update(extra_tags or {})
     tags["mlflow.note.content"] = describe_run(cfg)
+    reporter = None
+    if cfg.optuna.trial is not None:  # a trial of an Optuna search
+        reporter = TrialReporter(
+            str(cfg.optuna.storage), str(cfg.optuna.study), int(cfg.optuna.trial), cfg.optuna.metric
+        )
+        tags.update({"optuna_study": str(cfg.optuna.study), "optuna_trial": str(cfg.optuna.trial)})
     if cfg.tracking.parent_run_id:
         tags["mlflow.parentRunId"] = str(cfg.tracking.parent_run_id)
     elif "sweep_id" in tags:  # a Hydra multirun's job: nest under the sweep's parent run
@@ -350,6 +369,8 @@ def train(cfg: DictConfig, extra_tags: Mapping[str, str] | None = None) -> dict[
     ) as tracker:
         tracker.set_tags({**tracking.process_tags(), "device": str(device)})  # a resumed run's own
         log.info("MLflow run %s in %s", tracker.run_id, tracker.artifact_uri)
+        if reporter is not None:
+            reporter.attach_run(tracker.run_id)
         page = tracking.run_url(
             tracking.ui_base_url(tracking.current_uri()), tracker.experiment_id, tracker.run_id
         )
@@ -383,7 +404,7 @@ def train(cfg: DictConfig, extra_tags: Mapping[str, str] | None = None) -> dict[
                 device,
                 checkpoint_dir,
                 run_predictor(model, cfg, device),
-                observer=tracker.log_epoch,
+                observer=tracker.log_epoch if reporter is None else _reporting(tracker, reporter),
                 resume_from=resume,
                 checkpoint_extra={"config": config},
             )

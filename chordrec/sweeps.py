@@ -34,10 +34,22 @@ from chordrec.study import RUN_TABLE_ARTIFACT
 log = logging.getLogger(__name__)
 
 
-def sweep_id(sweep_dir: str | Path) -> str:
-    """The id of the sweep writing to ``sweep_dir``: 16 hex digits of the sha256 of its
-    absolute path (safe in an MLflow filter, the same for a relaunch in that directory)."""
-    return hashlib.sha256(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:16]
+def sweep_key(hydra: DictConfig) -> str:
+    """What a sweep's parent run stands for, from the ``hydra`` config node: the Optuna
+    study when the sweeper keeps it in a storage it names (every sweep process working on
+    that study shares one parent), else the sweep directory (absolute)."""
+    sweeper = hydra.sweeper
+    storage = sweeper.get("storage") if "study_name" in sweeper else None
+    if storage:
+        return f"optuna study {sweeper.study_name} in {tracking.redact(str(storage))}"
+    return str(Path(str(hydra.sweep.dir)).resolve())
+
+
+def sweep_id(hydra: DictConfig) -> str:
+    """The id of the sweep the ``hydra`` config node runs: 16 hex digits of the sha256
+    of its :func:`sweep_key` (safe in an MLflow filter, the same for a relaunch in that
+    directory or for another worker of that study)."""
+    return hashlib.sha256(sweep_key(hydra).encode()).hexdigest()[:16]
 
 
 class SweepParentRun(Callback):
@@ -53,27 +65,35 @@ class SweepParentRun(Callback):
             return
         directory = Path(str(config.hydra.sweep.dir)).resolve()
         overrides = " ".join(config.hydra.overrides.task)
+        key = sweep_key(config.hydra)
         tags = {
             "kind": "sweep",
-            "sweep_id": sweep_id(directory),
+            "sweep_id": sweep_id(config.hydra),
             "sweep_dir": str(directory),
             "sweep_overrides": overrides,
             "mlflow.note.content": f"Hydra multirun: {overrides or '(no overrides)'}",
         }
+        name = f"sweep {directory.parent.name}/{directory.name}"
+        if key.startswith("optuna study "):
+            study = str(config.hydra.sweeper.study_name)
+            tags.update({"optuna_study": study, "optuna_storage": key.split(" in ", 1)[1]})
+            tags["mlflow.note.content"] = f"Optuna study {study}: {tags['mlflow.note.content']}"
+            name = f"study {study}"
         self.experiment = str(config.tracking.experiment)
         tracking.configure(config.tracking.store_dir, config.tracking.uri)
         found = tracking.find_sweep_parent(self.experiment, tags["sweep_id"])
         if found is None:
-            self.parent_run_id = tracking.start_parent_run(
-                self.experiment,
-                f"sweep {directory.parent.name}/{directory.name}",
-                tags,
-                config.tracking.store_dir,
-            )
-        else:
-            self.parent_run_id = found
-            tracking.reopen_parent_run(found, tags)
-        log.info("sweep %s: parent MLflow run %s", directory, self.parent_run_id)
+            made = tracking.start_parent_run(self.experiment, name, tags, config.tracking.store_dir)
+            # Workers of one study starting together may each make a parent: every one
+            # keeps the earliest (find_sweep_parent) and a later one deletes its own.
+            found = tracking.find_sweep_parent(self.experiment, tags["sweep_id"])
+            if found != made:
+                tracking.delete_run(made)
+        if found is None:
+            raise tracking.TrackingError(f"sweep {key}: its parent run vanished")
+        self.parent_run_id = found
+        tracking.reopen_parent_run(found, tags)
+        log.info("sweep %s: parent MLflow run %s", key, self.parent_run_id)
 
         atexit.register(self.end_parent, ended_early=True)
 
@@ -90,11 +110,18 @@ class SweepParentRun(Callback):
         if parent is None:
             return
         children = tracking.find_runs(self.experiment, parent_run_id=parent)
-        unfinished = [f"{r.run_id} ({r.status})" for r in children if r.status != "FINISHED"]
+        # A pruned trial ended KILLED on purpose; a RUNNING child belongs to another
+        # worker of the same Optuna study (or was killed outright) and is left out.
+        finished = [r for r in children if r.status == "FINISHED"]
+        broken = [
+            f"{r.run_id} ({r.status})"
+            for r in children
+            if r.status not in ("FINISHED", "RUNNING") and r.tags.get("pruned") != "true"
+        ]
         problems = ["the sweep ended early: a job failed or it was interrupted"] * ended_early
-        if unfinished:
-            problems.append(f"runs not FINISHED: {', '.join(unfinished)}")
-        succeeded = bool(children) and not problems
+        if broken:
+            problems.append(f"runs not FINISHED: {', '.join(broken)}")
+        succeeded = bool(finished) and not problems
         if problems:
             tracking.set_run_tags(parent, {"error": "; ".join(problems)})
         try:

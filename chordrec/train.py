@@ -64,7 +64,7 @@ def sweep_tags() -> dict[str, str]:
     tags = {"hydra_mode": str(hc.mode.name).lower()}
     if str(hc.mode.name) == "MULTIRUN":
         tags["sweep_dir"] = str(Path(hc.sweep.dir).resolve())
-        tags["sweep_id"] = sweep_id(tags["sweep_dir"])
+        tags["sweep_id"] = sweep_id(hc)
         tags["sweep_job"] = str(hc.job.num)
         tags["sweep_overrides"] = " ".join(hc.overrides.task)
     return tags

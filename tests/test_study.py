@@ -3,7 +3,6 @@ Table 5 from MLflow, sweeps and parallel runs."""
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import statistics
@@ -12,10 +11,8 @@ import sys
 from pathlib import Path
 
 import mlflow
-import optuna
 import pytest
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
 
 from chordrec import study
 from tests.conftest import REPO, run_chordrec, subprocess_env
@@ -292,60 +289,6 @@ def test_a_sweep_with_a_failed_job_ends_its_parent_failed_with_the_finished_runs
     (again,) = client.search_runs([experiment], "tags.kind = 'sweep'")
     assert again.info.run_id == parent.info.run_id and again.info.status == "FAILED"
     assert again.data.tags["error"] == f"runs not FINISHED: {failed.info.run_id} (FAILED)"
-
-
-class TrialsToFile(optuna.storages.InMemoryStorage):
-    """Optuna's in-memory storage that also appends each finished trial (number, state,
-    value, params) as a JSON line to ``path``: what a sweep's Optuna study recorded,
-    readable once the sweep's process has ended (Optuna 2's RDB storage does not run
-    on SQLAlchemy 2). A sweep names it in ``hydra.sweeper.storage``."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self.path = Path(path)
-
-    def set_trial_state(self, trial_id: int, state: optuna.trial.TrialState) -> bool:
-        changed = super().set_trial_state(trial_id, state)
-        if state.is_finished():
-            trial = self.get_trial(trial_id)
-            record = {"number": trial.number, "state": state.name, "value": trial.value}
-            with self.path.open("a") as out:
-                out.write(json.dumps({**record, "params": trial.params}) + "\n")
-        return changed
-
-
-@pytest.mark.integration
-def test_optuna_sweep_runs_each_trial_as_a_run(data_root: Path, tmp_path: Path) -> None:
-    trials_file = tmp_path / "trials.jsonl"
-    _, _, runs = _sweep(
-        data_root,
-        tmp_path,
-        "hparams_search=optuna",
-        "hydra.sweeper.n_trials=2",
-        f"hydra.sweeper.storage={{_target_:{__name__}.TrialsToFile,path:'{trials_file}'}}",
-    )
-    trials = [json.loads(line) for line in trials_file.read_text().splitlines()]
-    assert [(t["number"], t["state"]) for t in trials] == [(0, "COMPLETE"), (1, "COMPLETE")]
-    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
-    by_job = {int(r.data.tags["sweep_job"]): r for r in runs}
-    for trial in trials:
-        run, sampled = by_job[trial["number"]], trial["params"]
-        # the objective Optuna maximised is the run's validation frame accuracy...
-        assert trial["value"] == run.data.metrics["val/frame_acc"]
-        # ...of a run trained with the parameters Optuna sampled for that trial
-        params = run.data.params
-        assert float(params["optimizer.lr"]) == pytest.approx(sampled["optimizer.lr"])
-        assert float(params["model.head_dropout"]) == pytest.approx(sampled["model.head_dropout"])
-        assert int(params["model.rnn.hidden_size"]) == sampled["model.rnn.hidden_size"]
-        assert int(params["seq_len"]) == sampled["seq_len"]
-    # the check tells validation from test accuracy; the trials explored
-    assert any(r.data.metrics["val/frame_acc"] != r.data.metrics["test/frame_acc"] for r in runs)
-    first, second = (t["params"] for t in trials)
-    assert first["optimizer.lr"] != second["optimizer.lr"]
-    assert first["model.head_dropout"] != second["model.head_dropout"]
-    # the sweep's result is the better trial
-    result = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")
-    assert result.best_value == max(t["value"] for t in trials)
 
 
 @pytest.mark.integration

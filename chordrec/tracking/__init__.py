@@ -24,7 +24,8 @@ concern and imports only those beneath it (``store`` ← ``runs`` ← ``registry
 - :mod:`~chordrec.tracking.search`: runs across an experiment: :func:`find_runs` and
   :func:`runs_by_id` (as :class:`RunRecord` values), the parent run of a study or a
   sweep (:func:`start_parent_run`, :func:`find_sweep_parent`, :func:`reopen_parent_run`,
-  :func:`end_parent_run`, :func:`set_run_tags`, :func:`check_study_id`) and runs holding one text such as a
+  :func:`end_parent_run`, :func:`set_run_tags`, :func:`delete_run`,
+  :func:`check_study_id`), an Optuna study's standing on its parent (:func:`record_study`) and runs holding one text such as a
   result table (:func:`create_run_with_text`, :func:`log_text_to_run`).
 - :mod:`~chordrec.tracking.ui`: addresses in the MLflow UI, pure functions of strings:
   where it is (:func:`ui_base_url`), an experiment's and a run's pages (:func:`experiment_url`,
@@ -55,11 +56,13 @@ from chordrec.tracking.search import (
     RunRecord,
     check_study_id,
     create_run_with_text,
+    delete_run,
     end_parent_run,
     find_experiment_id,
     find_runs,
     find_sweep_parent,
     log_text_to_run,
+    record_study,
     reopen_parent_run,
     runs_by_id,
     set_run_tags,
@@ -126,11 +129,13 @@ __all__ = [
     "RunRecord",
     "check_study_id",
     "create_run_with_text",
+    "delete_run",
     "end_parent_run",
     "find_experiment_id",
     "find_runs",
     "find_sweep_parent",
     "log_text_to_run",
+    "record_study",
     "reopen_parent_run",
     "runs_by_id",
     "set_run_tags",

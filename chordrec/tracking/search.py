@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
-from mlflow.entities import Run, RunStatus
+import yaml
+from mlflow.entities import Metric, Run, RunStatus
 from mlflow.tracking import MlflowClient
 
 from chordrec.errors import ConfigError
@@ -133,7 +136,8 @@ def find_experiment_id(experiment: str) -> str | None:
 
 def find_sweep_parent(experiment: str, sweep_id: str) -> str | None:
     """The id of the parent run of sweep ``sweep_id`` (tags ``kind=sweep``,
-    ``sweep_id``) in ``experiment``, the newest if several, or None."""
+    ``sweep_id``) in ``experiment``, the earliest if several (the one that every worker
+    of a sweep keeps), or None."""
     if not sweep_id.isalnum():
         raise ConfigError(f"not a sweep id: {sweep_id!r}")
     experiment_id = find_experiment_id(experiment)
@@ -143,7 +147,7 @@ def find_sweep_parent(experiment: str, sweep_id: str) -> str | None:
         lambda: MlflowClient().search_runs(
             [experiment_id],
             filter_string=f"tags.kind = 'sweep' and tags.sweep_id = '{sweep_id}'",
-            order_by=["attributes.start_time DESC"],
+            order_by=["attributes.start_time ASC", "attributes.run_id ASC"],
             max_results=1,
         )
     )
@@ -159,6 +163,31 @@ def reopen_parent_run(run_id: str, tags: Mapping[str, str]) -> None:
     if "error" in run.data.tags:
         retry_locked(lambda: client.delete_tag(run_id, "error"))
     set_run_tags(run_id, tags)
+
+
+def delete_run(run_id: str) -> None:
+    """Delete run ``run_id`` (MLflow keeps it in the trash)."""
+    retry_locked(lambda: MlflowClient().delete_run(run_id))
+
+
+def record_study(run_id: str, results: Mapping[str, Any]) -> None:
+    """Log an Optuna study's standing to its parent run ``run_id``: ``results`` as
+    ``study.yaml``; tags ``best_trial``, ``best_run_id`` and ``best.<setting>`` for each
+    best param; metrics ``study/best_value`` and ``study/trials_<state>`` at the step of
+    the study's trial count (tags and metrics, not params: every worker of a study
+    updates them)."""
+    client = MlflowClient()
+    counts = dict(results.get("trials") or {})
+    step = sum(counts.values())
+    tags = {"best_trial": results.get("best_trial"), "best_run_id": results.get("best_run_id")}
+    tags.update({f"best.{k}": v for k, v in dict(results.get("best_params") or {}).items()})
+    set_run_tags(run_id, {k: str(v) for k, v in tags.items() if v is not None})
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"study/trials_{state}", float(n), now, step) for state, n in counts.items()]
+    if results.get("best_value") is not None:
+        metrics.append(Metric("study/best_value", float(results["best_value"]), now, step))
+    retry_locked(lambda: client.log_batch(run_id, metrics=metrics))
+    log_text_to_run(run_id, yaml.safe_dump(dict(results), sort_keys=False), "study.yaml")
 
 
 def set_run_tags(run_id: str, tags: Mapping[str, str]) -> None:

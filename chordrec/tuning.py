@@ -1,0 +1,223 @@
+"""Hyperparameter search on Optuna: the study a sweep shares, and a trial's run reporting
+to it.
+
+The sweeper plugin (``hydra_plugins/chordrec_optuna``) opens one study in an Optuna RDB
+storage (:func:`open_study`), asks it for trials, launches each trial as a training run
+and tells it how the run ended (:func:`tell`). Several sweep processes, on one machine
+or many, can work on one study: trial numbers come from the storage. A trial's run
+reports its per-epoch validation accuracy to the study (:class:`TrialReporter`), and the
+study's pruner may stop it early (:class:`chordrec.errors.TrialPruned`).
+
+The pruner is part of the study, kept in the storage as the study's user attribute
+``pruner`` (its ``_target_`` and arguments), so that a run on another machine prunes
+with the same rule as the sweeper that created the study. This module is the only one
+that imports Optuna.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from chordrec.errors import ConfigError, TrialPruned
+from chordrec.tracking import redact
+
+log = logging.getLogger(__name__)
+
+PRUNER_ATTR = "pruner"
+RUN_ID_ATTR = "mlflow_run_id"
+
+# How a trial ended, as the sweeper tells the study.
+COMPLETE, PRUNED, FAIL = "complete", "pruned", "fail"
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched setting: ``choices`` (categorical), or a ``low``..``high`` range
+    (both included) of ints (``integer``, every ``step``-th) or floats, sampled on a log
+    scale with ``log``."""
+
+    name: str
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    integer: bool = False
+    log: bool = False
+    step: int = 1
+
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        """The Optuna distribution of this dimension."""
+        if self.choices is not None:
+            return optuna.distributions.CategoricalDistribution(self.choices)
+        if self.low is None or self.high is None or self.low > self.high:
+            raise ConfigError(f"search dimension {self.name}: bad range {self.low}..{self.high}")
+        if self.integer:
+            return optuna.distributions.IntDistribution(
+                int(self.low), int(self.high), log=self.log, step=self.step
+            )
+        return optuna.distributions.FloatDistribution(
+            float(self.low), float(self.high), log=self.log
+        )
+
+
+@dataclass(frozen=True)
+class Asked:
+    """A trial the study handed out: its number and the values it sampled."""
+
+    number: int
+    params: dict[str, Any]
+    trial: optuna.trial.Trial
+
+
+def instantiate(spec: Mapping[str, Any] | None) -> Any:
+    """The object ``spec`` describes (``{"_target_": "module.Class", **kwargs}``), e.g. a
+    sampler or pruner; None for None."""
+    if not spec:
+        return None
+    kwargs = dict(spec)
+    target = str(kwargs.pop("_target_", ""))
+    module, _, name = target.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(
+            f"cannot import {target!r} (a sampler or pruner _target_): {exc}"
+        ) from exc
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{target}({kwargs}): {exc}") from exc
+
+
+def open_study(
+    storage: str,
+    name: str,
+    direction: str,
+    sampler: Mapping[str, Any] | None = None,
+    pruner: Mapping[str, Any] | None = None,
+) -> optuna.Study:
+    """Create study ``name`` in RDB ``storage`` (an SQLAlchemy URL), or load it when
+    another sweep made it already (``load_if_exists``). ``sampler`` and ``pruner`` are
+    ``_target_`` specs; the pruner spec is stored with a new study (see the module)."""
+    made_sampler, made_pruner = instantiate(sampler), instantiate(pruner)
+    try:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=name,
+            direction=direction,
+            sampler=made_sampler,
+            pruner=made_pruner or optuna.pruners.NopPruner(),
+            load_if_exists=True,
+        )
+    except (ValueError, ImportError) as exc:  # a direction or URL Optuna refuses
+        raise ConfigError(f"Optuna study {name!r} in {redact(storage)}: {exc}") from exc
+    except Exception as exc:  # SQLAlchemy: unreachable database, wrong password
+        raise ConfigError(
+            f"Optuna storage {redact(storage)}: {type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
+    if study.direction != optuna.study.StudyDirection[direction.upper()]:
+        raise ConfigError(
+            f"Optuna study {name!r} in {redact(storage)} exists with direction "
+            f"{study.direction.name.lower()}, not {direction}"
+        )
+    if PRUNER_ATTR not in study.user_attrs:
+        study.set_user_attr(PRUNER_ATTR, dict(pruner) if pruner else None)
+    return study
+
+
+def ask(study: optuna.Study, dimensions: Sequence[Dimension]) -> Asked:
+    """A new trial of ``study`` with a value sampled for every dimension."""
+    trial = study.ask({d.name: d.distribution() for d in dimensions})
+    return Asked(trial.number, dict(trial.params), trial)
+
+
+def tell(study: optuna.Study, asked: Asked, outcome: str, value: float | None = None) -> None:
+    """Record how trial ``asked`` ended: COMPLETE with its objective ``value`` (a
+    non-finite value fails the trial), PRUNED, or FAIL."""
+    if outcome == COMPLETE and value is not None and math.isfinite(value):
+        study.tell(asked.trial, value)
+    elif outcome == PRUNED:
+        study.tell(asked.trial, state=optuna.trial.TrialState.PRUNED)
+    else:
+        study.tell(asked.trial, state=optuna.trial.TrialState.FAIL)
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """Where a study stands: its trial counts by state and its best trial."""
+
+    name: str
+    counts: dict[str, int]
+    best_number: int | None
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_run_id: str | None
+
+
+def summarize(study: optuna.Study) -> StudySummary:
+    """The trial counts (``complete``, ``pruned``, ``fail``, ``running``...) and the
+    best complete trial of ``study``, as the storage has them now."""
+    trials = study.get_trials(deepcopy=False)
+    counts: dict[str, int] = {}
+    for trial in trials:
+        counts[trial.state.name.lower()] = counts.get(trial.state.name.lower(), 0) + 1
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        return StudySummary(study.study_name, counts, None, None, {}, None)
+    best = study.best_trial
+    return StudySummary(
+        study.study_name,
+        counts,
+        best.number,
+        best.value,
+        dict(best.params),
+        best.user_attrs.get(RUN_ID_ATTR),
+    )
+
+
+class TrialReporter:
+    """A training run's link to its trial: called after every epoch with the epoch's
+    metrics, it reports ``metric`` at step ``epoch`` and raises
+    :class:`~chordrec.errors.TrialPruned` when the study's pruner says to stop."""
+
+    def __init__(self, storage: str, study_name: str, number: int, metric: str) -> None:
+        try:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+        except Exception as exc:
+            raise ConfigError(
+                f"Optuna study {study_name!r} in {redact(storage)} (optuna.study, "
+                f"optuna.storage): {type(exc).__name__}: {_first_line(exc)}"
+            ) from exc
+        study.pruner = instantiate(study.user_attrs.get(PRUNER_ATTR)) or optuna.pruners.NopPruner()
+        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        self.trial = optuna.trial.Trial(study, trial_id)
+        self.number = number
+        self.metric = metric
+
+    def attach_run(self, run_id: str) -> None:
+        """Note the trial's MLflow run (user attribute ``mlflow_run_id``)."""
+        self.trial.set_user_attr(RUN_ID_ATTR, run_id)
+
+    def __call__(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Report this epoch's ``metric``; raise TrialPruned if the pruner stops the trial."""
+        if self.metric not in metrics:
+            raise ConfigError(
+                f"optuna.metric {self.metric!r} is not an epoch metric "
+                f"(one of: {', '.join(sorted(metrics))})"
+            )
+        value = float(metrics[self.metric])
+        self.trial.report(value, epoch)
+        if self.trial.should_prune():
+            raise TrialPruned(
+                f"trial {self.number} pruned after epoch {epoch}: {self.metric} = {value:.4f}"
+            )
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]
