@@ -46,12 +46,15 @@ ui: install  ## MLflow UI over mlruns/ on http://127.0.0.1:5000
 server: install  ## a shared MLflow tracking server on a local PostgreSQL in mlserver/ (127.0.0.1:5000)
 	$(VENV)/bin/chordrec server --postgres-dir mlserver/postgres --artifacts-dir mlserver/artifacts $(ARGS)
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), one test file per process at a time.
+TEST_WORKERS ?= 2
+
 test: install data  ## the test suite (unit tests and short runs on the real data)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 lint: install  ## ruff
-	$(VENV)/bin/ruff check chordrec tests experiments
-	$(VENV)/bin/ruff format --check chordrec tests
+	$(VENV)/bin/ruff check chordrec hydra_plugins tests experiments
+	$(VENV)/bin/ruff format --check chordrec hydra_plugins tests
 
 bench: install data  ## training throughput benchmark (see README)
 	$(PY) -m chordrec.bench.training $(ARGS)
