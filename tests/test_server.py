@@ -9,6 +9,8 @@ the ``postgres`` user, which cannot enter pytest's 0700 temporary directories.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
 import shutil
@@ -60,6 +62,9 @@ RESUMED = [
     f"trainer.max_epochs={RESUMED_EPOCHS}",
     "tracking.log_model=false",
 ]
+
+# The study compared between the server and SQLite: test_study's tiny budget.
+STUDIED = ["split.max_songs=1", "trainer.max_epochs=1", *TINY[:3], "tracking.log_model=false"]
 
 # Each start-up error must come before any training: this budget is never reached.
 FAILING = [*TINY, "split.max_songs=1", "trainer.max_epochs=1", "tracking.log_model=false"]
@@ -431,52 +436,154 @@ def test_a_run_killed_with_sigkill_resumes_through_the_server(
     assert "test/frame_acc" in final.data.metrics
 
 
+def test_a_study_through_the_server_is_recorded_like_one_in_sqlite(
+    server: Server, workdir: Path, data_root: Path
+) -> None:
+    """`chordrec study` (presets a and d) through the server and into a SQLite store at
+    the same time: the same members, metrics and Table 5."""
+    stores = {"server": ["--tracking-uri", server.uri], "sqlite": ["--store", "study-sqlite"]}
+    studies = {
+        name: subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "chordrec",
+                "study",
+                "--presets",
+                "a,d",
+                "--study-id",
+                f"study-{name}",
+                "--jobs",
+                "1",
+                *where,
+                f"data.root={data_root}",
+                f"hydra.sweep.dir={workdir / f'study-{name}'}",
+                *STUDIED,
+            ],
+            cwd=workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=subprocess_env(),
+            start_new_session=True,
+        )
+        for name, where in stores.items()
+    }
+    try:
+        outputs = {name: finish(process) for name, process in studies.items()}
+    finally:
+        for process in studies.values():
+            kill_session(process)
+    for name, process in studies.items():
+        assert process.returncode == 0, (name, outputs[name][1][-3000:])
+
+    clients = {
+        "server": server.client(),
+        "sqlite": MlflowClient(f"sqlite:///{workdir}/study-sqlite/mlflow.db"),
+    }
+    members = {}
+    for name, client in clients.items():
+        experiment = client.get_experiment_by_name("chordrec").experiment_id
+        runs = client.search_runs([experiment], f"tags.study = 'study-{name}'")
+        (parent,) = [r for r in runs if r.data.tags.get("kind") == "study"]
+        assert parent.info.status == "FINISHED"
+        assert "table5.md" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+        members[name] = {r.data.tags["preset"]: r for r in runs if r is not parent}
+    assert sorted(members["server"]) == sorted(members["sqlite"]) == ["a", "d"]
+    for preset, ours in members["server"].items():
+        theirs = members["sqlite"][preset]
+        assert ours.info.status == theirs.info.status == "FINISHED"
+        assert set(ours.data.metrics) == set(theirs.data.metrics)
+        differ = {
+            k: (v, theirs.data.metrics[k])
+            for k, v in ours.data.metrics.items()
+            if not k.startswith("time/") and v != theirs.data.metrics[k]
+        }
+        assert not differ, (preset, differ)
+        assert ours.info.artifact_uri.startswith("mlflow-artifacts:")
+
+    # the study's run table rebuilt from each store: the same rows but for run ids and
+    # training times
+    def rows(name: str) -> list[list[str]]:
+        table = run_chordrec(
+            "table",
+            "--runs",
+            "--study",
+            f"study-{name}",
+            *stores[name],
+            "--format",
+            "csv",
+            cwd=workdir,
+        )
+        assert table.returncode == 0, (name, table.stderr[-3000:])
+        header, *lines = list(csv.reader(io.StringIO(table.stdout)))
+        assert header[-1] == "training time" and len(lines) == 2, table.stdout
+        by_id = {run.info.run_id: preset for preset, run in members[name].items()}
+        return sorted([by_id[line[0]], *line[1:-1]] for line in lines)
+
+    assert rows("server") == rows("sqlite")
+
+
 # ------------------------------------------------------------------------ reading runs
 
 
-def test_the_run_table_lists_the_servers_runs(
+def run_table_row(uri: str, run_id: str, workdir: Path) -> dict[str, str]:
+    """Run ``run_id``'s row of `chordrec table --runs` over the store at ``uri``, as
+    column -> value, without the columns that depend on the store's other runs (the
+    settings that differ between them) or on wall time."""
+    table = run_chordrec("table", "--runs", "--tracking-uri", uri, "--format", "csv", cwd=workdir)
+    assert table.returncode == 0, table.stderr[-3000:]
+    header, *lines = list(csv.reader(io.StringIO(table.stdout)))
+    assert header[0] == "" and all(len(line) == len(header) for line in lines), table.stdout
+    (row,) = [dict(zip(header, line, strict=True)) for line in lines if line[0] == run_id]
+    return {k: v for k, v in row.items() if "%" in k or k.startswith("epochs")}
+
+
+def test_the_run_table_lists_the_servers_runs_as_sqlite_does(
     server: Server, trained: Trained, workdir: Path
 ) -> None:
-    table = run_chordrec(
-        "table", "--runs", "--tracking-uri", server.uri, "--format", "csv", cwd=workdir
-    )
-    assert table.returncode == 0, table.stderr[-3000:]
-    rows = {line.split(",")[0] for line in table.stdout.splitlines()[1:]}
-    assert trained.server_run in rows, table.stdout
-    assert trained.sqlite_run not in rows
+    ours = run_table_row(server.uri, trained.server_run, workdir)
+    theirs = run_table_row(trained.sqlite_uri, trained.sqlite_run, workdir)
+    assert ours == theirs and len(ours) >= 7, (ours, theirs)
     assert not (workdir / "mlruns").exists()  # nothing fell back to the local store
 
 
-def test_register_then_transcribe_from_the_servers_registry(
-    server: Server, trained: Trained, workdir: Path
-) -> None:
-    registered = run_chordrec(
-        "register", trained.server_run, "--tracking-uri", server.uri, cwd=workdir
-    )
+def register_and_transcribe(uri: str, run_id: str, audio: Path, lab: Path) -> None:
+    """`chordrec register` run ``run_id`` in the registry at ``uri`` as the first version
+    of model chordrec, then `chordrec transcribe` ``audio`` into ``lab`` with it."""
+    registered = run_chordrec("register", run_id, "--tracking-uri", uri, cwd=lab.parent)
     assert registered.returncode == 0, registered.stderr[-3000:]
     assert "models:/chordrec/1" in registered.stdout, registered.stdout
-    version = server.client().get_model_version("chordrec", "1")
-    assert version.run_id == trained.server_run
-
-    audio = write_song(workdir / "chords.wav", [("C:maj", 2.0), ("G:maj", 2.0)], pulse=0.5)
-    lab = workdir / "chords.lab"
     transcribed = run_chordrec(
         "transcribe",
         str(audio),
         "--model",
         "models:/chordrec/1",
         "--tracking-uri",
-        server.uri,
+        uri,
         "-o",
         str(lab),
         "--quiet",
-        cwd=workdir,
+        cwd=lab.parent,
     )
     assert transcribed.returncode == 0, transcribed.stderr[-3000:]
     assert str(lab) in transcribed.stdout
-    intervals, labels = read_lab(lab)
+
+
+def test_register_then_transcribe_from_the_servers_registry(
+    server: Server, trained: Trained, workdir: Path
+) -> None:
+    audio = write_song(workdir / "chords.wav", [("C:maj", 2.0), ("G:maj", 2.0)], pulse=0.5)
+    labs = {"server": workdir / "server.lab", "sqlite": workdir / "sqlite.lab"}
+    register_and_transcribe(server.uri, trained.server_run, audio, labs["server"])
+    register_and_transcribe(trained.sqlite_uri, trained.sqlite_run, audio, labs["sqlite"])
+    version = server.client().get_model_version("chordrec", "1")
+    assert version.run_id == trained.server_run
+    intervals, labels = read_lab(labs["server"])
     assert labels and intervals[0, 0] == 0
     assert intervals[-1, 1] == pytest.approx(4.0, abs=0.05)
+    # the same model from either registry writes the same chords
+    assert labs["server"].read_bytes() == labs["sqlite"].read_bytes()
 
 
 # ------------------------------------------------------------------------ start-up errors

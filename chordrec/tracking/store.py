@@ -61,6 +61,10 @@ def configure(
     used. A request to a server that stops answering (a restart) is retried by MLflow
     for about ``server_wait_s`` seconds (:func:`bound_server_wait`)."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or store_uri(store_dir)
+    # MLflow writes "View run ... at: <url>" to stdout when a run ends on a server, into
+    # the output of commands such as `chordrec table --format csv`; chordrec prints its
+    # own links.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if uri.startswith(("http://", "https://")):
         check_server(uri)
         bound_server_wait(server_wait_s)
