@@ -31,6 +31,7 @@ from chordrec.data.fetch import (
     GCT634_BASE_URL,
     DataFetchError,
     dataset_digest,
+    ensure_dataset,
 )
 from chordrec.data.sequences import (
     LEVELS,
@@ -155,9 +156,13 @@ def check_settings(cfg: Any) -> None:
 
 
 def build_context(cfg: Any) -> RunContext:
-    """Load the split's songs at the configured level, the training examples, the model."""
+    """Load the split's songs at the configured level, the training examples, the model.
+    With ``data.fetch_source`` set, first make sure ``data.root`` holds the verified data
+    set, fetching it from that source if it is missing (a machine of a cluster)."""
     check_settings(cfg)
     root = Path(cfg.data.root)
+    if cfg.data.get("fetch_source"):
+        ensure_dataset(str(cfg.data.fetch_source), root)
     names = song_names(root)
     split = split_songs(
         names, cfg.split.train, cfg.split.test, cfg.split.validation, cfg.split.max_songs

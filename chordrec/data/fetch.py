@@ -23,11 +23,14 @@ The environment variable ``CHORDREC_DATA_SOURCE`` overrides the default source.
 
 A fetch writes into a temporary directory next to the destination and renames it
 into place only once every file has verified, so the destination is either the
-complete, verified data set or untouched.
+complete, verified data set or untouched. :func:`ensure_dataset` is the fetch a run
+makes on a machine of a cluster (``data.fetch_source``): under a file lock, so that
+concurrent runs on one machine fetch once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import http.client
 import logging
@@ -719,3 +722,44 @@ def _install(tmp: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         old.unlink(missing_ok=True)
+
+
+def ensure_dataset(
+    source: str | os.PathLike[str] | None,
+    dest: str | Path,
+    *,
+    progress: bool = False,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> Path:
+    """Make sure ``dest`` holds the verified data set, fetching it from ``source`` if it
+    is missing (:func:`fetch_dataset`, same sources, same checks).
+
+    The check and the fetch hold an exclusive lock on ``.<dest name>.lock`` beside
+    ``dest`` (``fcntl.flock``), so the runs on one machine that start together fetch
+    once: the first fetches, the others wait and then find ``dest`` verified. A ``dest``
+    that verifies is returned without fetching (hashing the data set takes a fraction
+    of a second); one that exists but does not verify raises, as in
+    :func:`fetch_dataset` without ``force``.
+
+    Returns
+    -------
+    Path
+        ``dest`` (absolute), holding the verified data set.
+
+    Raises
+    ------
+    DataFetchError
+        As :func:`fetch_dataset`: the fetch failed, or ``dest`` holds something else.
+    """
+    dest = Path(dest).expanduser().absolute()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.parent / f".{dest.name}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("%s: waiting for another process fetching the data set", dest)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return fetch_dataset(source, dest, progress=progress, timeout=timeout)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
