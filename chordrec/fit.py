@@ -162,7 +162,7 @@ def train_epoch(
     for x, y in bar:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-            logits = model(x)[:, -1] if train.mode == "window" else model.step_logits(x)
+            logits = model.last_step_logits(x) if train.mode == "window" else model.step_logits(x)
             loss = loss_fn(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

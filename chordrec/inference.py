@@ -203,7 +203,7 @@ def _batched_logits(
         x = torch.from_numpy(np.array(inputs[start : start + batch_size], dtype=np.float32))
         with torch.autocast("cuda", dtype=torch.float16, enabled=uses_mixed_precision(device, amp)):
             x = x.to(device)
-            logits = model(x)[:, -1] if mode == "window" else model.step_logits(x)
+            logits = model.last_step_logits(x) if mode == "window" else model.step_logits(x)
         outputs.append(logits.float().cpu())
     return torch.cat(outputs)
 

@@ -214,3 +214,41 @@ def test_template_preset_scores_chroma_without_parameters():
     logits = model.step_logits(c_major)
     assert logits.shape == (1, 3, 25)
     assert (logits.argmax(-1) == 1).all()  # class 1 = C:maj
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"rnn": {"type": "lstm", "hidden_size": 8, "bidirectional": True}},
+        {"rnn": {"type": "gru", "hidden_size": 8, "bidirectional": True}, "head_dropout": 0.3},
+        {"rnn": {"type": "lstm", "hidden_size": 8, "bidirectional": False}},
+        {"rnn": {"type": "gru", "hidden_size": 8, "num_layers": 2, "bidirectional": True}},
+        {
+            "conv_blocks": [{"channels": 4, "kernel": 3, "padding": 1, "pool": [1, 2]}],
+            "rnn": {"type": "lstm", "hidden_size": 8, "bidirectional": True},
+        },
+        {"rnn": None},
+    ],
+)
+def test_last_step_logits_equal_forward_at_the_last_step_with_the_same_gradients(spec):
+    """Window mode's shortcut (the head on the last step; a one-layer bidirectional RNN's
+    reverse direction as one cell step) gives forward's values and gradients."""
+    torch.manual_seed(0)
+    model = CRNN(**spec)
+    x = torch.randn(5, 9, 12)
+    y = torch.randint(0, 25, (5,))
+    # in training, head dropout draws a mask over all steps or over the last one: the
+    # same distribution, other draws; without dropout both modes must agree
+    for training in (False, True) if not spec.get("head_dropout") else (False,):
+        model.train(training)
+        outputs, grads = [], []
+        for logits_of in (lambda m: m(x)[:, -1], lambda m: m.last_step_logits(x)):
+            model.zero_grad()
+            logits = logits_of(model)
+            nn.functional.cross_entropy(logits, y).backward()
+            outputs.append(logits.detach())
+            grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+        assert torch.allclose(outputs[0], outputs[1], atol=1e-6)
+        assert len(grads[0]) == len(grads[1])
+        for full, short in zip(grads[0], grads[1], strict=True):
+            assert torch.allclose(full, short, atol=1e-6)

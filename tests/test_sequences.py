@@ -415,3 +415,18 @@ def test_overlap_needs_two_steps():
             torch.device("cpu"),
             overlap=True,
         )
+
+
+def test_the_course_baseline_trains_on_the_same_windows_as_window_mode():
+    """The benchmark's course loop (windows built up front, float64) and window mode
+    (views of one stream) give the same examples and labels, in the same order."""
+    from chordrec.bench.course_baseline import course_windows
+
+    songs = [song_steps(_song(f"s{n}", n, seed=n), "frame") for n in (5, 2, 7)]
+    for seq_len in (1, 3, 8):
+        windows, labels = course_windows(songs, seq_len)
+        assert windows.dtype == np.float64 and windows.shape == (14, seq_len, 12)
+        ours = BatchedExamples(songs, seq_len, "window")
+        x, y = ours[list(range(len(ours)))]
+        assert np.array_equal(windows.astype(np.float32), x.numpy())
+        assert np.array_equal(labels, y.numpy())

@@ -180,21 +180,65 @@ class CRNN(nn.Module):
         b, c, f, t = h.shape
         return h.reshape(b, c * f, t).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(batch, time, features) → logits (batch, time', classes)."""
+    def _rnn_input(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, time, features) → the conv blocks' output as a sequence (batch, time',
+        size), or ``x`` itself without conv blocks."""
         if x.shape[1] < self.min_input_length:
             raise ValueError(
                 f"input of {x.shape[1]} steps is shorter than this model's minimum "
                 f"{self.min_input_length} (raise seq_len)"
             )
-        if self.conv:
-            h = x.transpose(1, 2).unsqueeze(1)
-            for block in self.conv:
-                h = block(h)
-            x = self._to_sequence(h)
+        if not self.conv:
+            return x
+        h = x.transpose(1, 2).unsqueeze(1)
+        for block in self.conv:
+            h = block(h)
+        return self._to_sequence(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, time, features) → logits (batch, time', classes)."""
+        x = self._rnn_input(x)
         if self.rnn is not None:
             x, _ = self.rnn(x)
         return self.head(self.dropout(x))
+
+    def last_step_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the last output step only: (batch, time, features) → (batch,
+        classes), what window mode (many-to-one) trains on and predicts; equal to
+        ``forward(x)[:, -1]`` up to float rounding, with less work. The head runs on
+        that step alone. A one-layer bidirectional RNN runs its forward direction over
+        the sequence and its reverse direction as one cell step on the last step: at the
+        last step the reverse direction has seen that step only, from a zero state."""
+        seq = self._rnn_input(x)
+        rnn = self.rnn
+        if rnn is None:
+            last = seq[:, -1]
+        elif rnn.num_layers == 1 and rnn.bidirectional and rnn.bias:
+            last = self._last_bidirectional(seq)
+        else:
+            last = rnn(seq)[0][:, -1]
+        return self.head(self.dropout(last))
+
+    def _last_bidirectional(self, seq: torch.Tensor) -> torch.Tensor:
+        """The one-layer bidirectional RNN's output at the last step: (batch, 2 * hidden)."""
+        rnn = self.rnn
+        assert rnn is not None
+        forward = [rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0]
+        reverse = [
+            rnn.weight_ih_l0_reverse,
+            rnn.weight_hh_l0_reverse,
+            rnn.bias_ih_l0_reverse,
+            rnn.bias_hh_l0_reverse,
+        ]
+        h0 = seq.new_zeros(1, seq.shape[0], rnn.hidden_size)
+        arguments = (True, 1, 0.0, self.training, False, True)  # bias, layers, dropout, ...
+        if isinstance(rnn, nn.LSTM):
+            _, h_n, _ = torch.lstm(seq, (h0, h0), forward, *arguments)
+            back, _ = torch.lstm_cell(seq[:, -1], (h0[0], h0[0]), *reverse)
+        else:
+            _, h_n = torch.gru(seq, h0, forward, *arguments)
+            back = torch.gru_cell(seq[:, -1], h0[0], *reverse)
+        return torch.cat([h_n[0], back], dim=-1)
 
     def step_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for every input step: (batch, time, classes). When the conv blocks pool
@@ -238,6 +282,10 @@ class ChromaTemplates(nn.Module):
 
     def step_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x)
+
+    def last_step_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, time, 12) → the last step's logits (batch, 25)."""
+        return self.forward(x[:, -1:])[:, -1]
 
 
 MODELS: dict[str, type[nn.Module]] = {

@@ -269,7 +269,9 @@ def tracking_server_command(
     artifacts itself (``--serve-artifacts``) from ``artifacts_dir``: clients upload and
     download through the server and need no shared file system. ``backend_uri`` may hold
     a password, so it goes in the environment (``MLFLOW_BACKEND_STORE_URI``), not on the
-    command line that ``ps`` shows."""
+    command line that ``ps`` shows. MLflow's job runner (GenAI jobs, which chordrec does
+    not use: a process and five queue workers more) stays off unless
+    ``$MLFLOW_SERVER_ENABLE_JOB_EXECUTION`` says otherwise."""
     artifacts = Path(artifacts_dir).expanduser().resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
     command = [
@@ -277,7 +279,11 @@ def tracking_server_command(
         "--serve-artifacts", "--artifacts-destination", str(artifacts),
         "--host", host, "--port", str(port), "--workers", str(workers),
     ]  # fmt: skip
-    return command, {"MLFLOW_BACKEND_STORE_URI": backend_uri}
+    jobs = os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    return command, {
+        "MLFLOW_BACKEND_STORE_URI": backend_uri,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": jobs,
+    }
 
 
 def redact(uri: str) -> str:
