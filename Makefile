@@ -12,7 +12,7 @@ DATA_DIR := data/rwc-pop
 DATA_SOURCE ?= $(or $(CHORDREC_DATA_SOURCE),$(if $(wildcard $(SHARED_DATA)/SHA256SUMS),$(SHARED_DATA),github))
 ARGS ?=
 
-.PHONY: help install data train study table ui server test lint bench bench-tracking gpu-check clean-venv
+.PHONY: help install data train study table ui server test lint bench bench-tracking bench-launchers gpu-check clean-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ bench: install data  ## training throughput benchmark (see README)
 
 bench-tracking: install data  ## tracking stores under load: SQLite, server+SQLite, server+PostgreSQL (ARGS="--runs 4")
 	$(PY) -m chordrec.bench.tracking $(ARGS)
+
+bench-launchers: install data  ## one tiny sweep (8 jobs) through joblib, then a local Ray: overhead per job (ARGS="--jobs 4")
+	$(PY) -m chordrec.bench.launchers $(ARGS)
 
 gpu-check: install data  ## on a GPU machine: device tests, experiment=best on CUDA, resumed on CPU, epoch times
 	$(PY) -m chordrec.bench.gpu_check $(ARGS)

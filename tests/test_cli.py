@@ -237,9 +237,24 @@ def test_table_with_unreachable_server(closed_port_url: str, tmp_path: Path) -> 
 @pytest.mark.integration
 def test_training_benchmark(data_root: Path) -> None:
     result = _run(
-        "-m", "chordrec.bench.training", "--data", str(data_root), "--songs", "2", "--seconds", "1"
+        "-m",
+        "chordrec.bench.training",
+        "--data",
+        str(data_root),
+        "--songs",
+        "2",
+        "--seconds",
+        "1",
+        "--course-seconds",
+        "1.5",
     )
     assert result.returncode == 0, result.stderr
+    for seq_len in (16, 128):
+        assert re.search(
+            rf"L=\s*{seq_len}, 2 songs: course [\d,]+ examples/s, chordrec [\d,]+ examples/s: "
+            r"ratio \d+\.\d\d; examples held: course [\d,]+ MiB, chordrec [\d,.]+ MiB",
+            result.stdout,
+        ), result.stdout
     for mode in ("window", "sequence"):
         assert re.search(rf"^{mode}\s+L=128: [\d,]+ frames/s", result.stdout, re.M), result.stdout
 
@@ -305,6 +320,7 @@ def test_makefile_has_the_documented_targets() -> None:
         "study": "chordrec study",
         "table": "chordrec table",
         "bench": "-m chordrec.bench.training",
+        "bench-launchers": "-m chordrec.bench.launchers",
         "lint": "ruff check",
         "gpu-check": "-m chordrec.bench.gpu_check",
     }

@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from chordrec.data.fetch import (
     DataFetchError,
     dataset_digest,
     default_source,
+    ensure_dataset,
     fetch_dataset,
     pinned_checksums,
     pinned_checksums_text,
@@ -422,3 +424,73 @@ def test_readme_that_is_not_the_pinned_one_is_not_copied(
     problem = "sha256 mismatch" if change == "edited" else "larger than its pinned size"
     assert f"README.md not copied from {base}: README.md: {problem}" in caplog.text
     assert _leftovers(tmp_path) == []
+
+
+# ------------------------------------------------------------------ ensure_dataset (a run's fetch)
+
+
+@pytest.fixture
+def tiny_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A generated four-file data set (one small file per folder, no README) in a mirror
+    directory, pinned in place of the real list."""
+    mirror = tmp_path / "mirror"
+    files = {}
+    lines = []
+    for index, rel in enumerate(("beat/s.npy", "chord/s.npy", "chroma/s.npy", "labs/s.lab")):
+        content = f"song file {index}\n".encode() * (index + 1)
+        (mirror / rel).parent.mkdir(parents=True)
+        (mirror / rel).write_bytes(content)
+        digest = hashlib.sha256(content).hexdigest()
+        files[rel] = fetch.PinnedFile(digest, len(content))
+        lines.append(f"{digest}  ./{rel}\n")
+    pins = fetch._Pins("".join(lines).encode(), files, fetch.PinnedFile("0" * 64, 1))
+    monkeypatch.setattr(fetch, "_pins", lambda: pins)
+    return mirror
+
+
+def test_ensure_dataset_fetches_once_for_runs_starting_together(
+    tiny_mirror: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    dest = tmp_path / "node" / "rwc-pop"
+    fetching = threading.Event()
+    fetches = []
+    fetch_all = fetch._fetch_all
+
+    def slow_fetch_all(*args: Any) -> int:
+        fetches.append(args)
+        fetching.set()
+        time.sleep(0.5)  # the second caller arrives while the first one fetches
+        return fetch_all(*args)
+
+    monkeypatch.setattr(fetch, "_fetch_all", slow_fetch_all)
+    results: list[Path] = []
+    callers = [
+        threading.Thread(target=lambda: results.append(ensure_dataset(str(tiny_mirror), dest)))
+        for _ in range(2)
+    ]
+    with caplog.at_level(logging.INFO, logger="chordrec.data.fetch"):
+        callers[0].start()
+        assert fetching.wait(timeout=30)
+        callers[1].start()
+        for caller in callers:
+            caller.join(timeout=30)
+    assert results == [dest, dest] and len(fetches) == 1
+    assert "waiting for another process fetching the data set" in caplog.text
+    assert "already present and verified" in caplog.text  # the second caller's
+    verify_dataset(dest)
+    assert sorted(p.name for p in dest.parent.iterdir()) == [".rwc-pop.lock", "rwc-pop"]
+
+
+def test_ensure_dataset_keeps_a_verified_dest_and_refuses_a_corrupted_one(
+    tiny_mirror: Path, tmp_path: Path
+) -> None:
+    dest = tmp_path / "rwc-pop"
+    assert ensure_dataset(str(tiny_mirror), dest) == dest
+    # verified: returned without looking at the source
+    assert ensure_dataset(str(tmp_path / "no-such-mirror"), dest) == dest
+    _flip_byte(dest / "labs" / "s.lab")
+    with pytest.raises(DataFetchError, match=r"exists but does not verify: labs/s\.lab: sha256"):
+        ensure_dataset(str(tiny_mirror), dest)
