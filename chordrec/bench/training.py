@@ -178,7 +178,7 @@ def main() -> None:
             side = against_course(songs[:n_songs], seq_len, args.course_seconds)
             results[f"course_L{seq_len}"] = side
             print(
-                f"  L={seq_len:3d}, {n_songs} songs: course {side['course_examples_per_s']:,.0f} "
+                f"  L={seq_len:3d}, {side['songs']} songs: course {side['course_examples_per_s']:,.0f} "
                 f"examples/s, chordrec {side['chordrec_examples_per_s']:,.0f} examples/s: "
                 f"ratio {side['ratio']:.2f}; examples held: course "
                 f"{side['course_bytes'] / 2**20:,.0f} MiB, chordrec "
