@@ -251,6 +251,6 @@ class OptunaSweeper(Sweeper):
 
 def _plain(value: Any) -> Any:
     """``value`` as plain Python containers (an OmegaConf node resolved)."""
-    if isinstance(value, DictConfig) or OmegaConf.is_config(value):
+    if OmegaConf.is_config(value):
         return OmegaConf.to_container(value, resolve=True)
     return value
