@@ -10,7 +10,21 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
-import torch
+
+# librosa's numba functions cache their compiled code (cache=True) beside librosa in the
+# venv. The suite's two xdist workers compiling them at once in a fresh venv can load a
+# half-written cache file; a fresh clone's CI run crashed with a segfault in librosa's
+# beat tracker that way. Each worker (and the processes its tests start) gets a cache of
+# its own.
+os.environ.setdefault(
+    "NUMBA_CACHE_DIR",
+    str(
+        Path(os.environ.get("TMPDIR", "/tmp"))
+        / f"chordrec-numba-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.getuid()}"
+    ),
+)
+
+import torch  # noqa: E402
 from omegaconf import DictConfig
 
 from chordrec.train import compose_config
