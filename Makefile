@@ -8,6 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 SHARED_DATA := ../shared/datasets/rwc-pop
 DATA_DIR := data/rwc-pop
+OOD_DIR := data/ood-synth
 # Data source: $CHORDREC_DATA_SOURCE, else the shared copy beside the checkout, else GitHub.
 DATA_SOURCE ?= $(or $(CHORDREC_DATA_SOURCE),$(if $(wildcard $(SHARED_DATA)/SHA256SUMS),$(SHARED_DATA),github))
 ARGS ?=
@@ -29,7 +30,11 @@ install: $(VENV)/.installed  ## create .venv: torch first, then chordrec (editab
 $(DATA_DIR)/SHA256SUMS: | $(VENV)/.installed
 	$(VENV)/bin/chordrec data fetch --source "$(DATA_SOURCE)" --dest $(DATA_DIR)
 
-data: $(DATA_DIR)/SHA256SUMS  ## fetch and verify the RWC-Pop data set into data/rwc-pop
+# The synthesized out-of-domain songs (fluidsynth and three Debian soundfonts; a few minutes).
+$(OOD_DIR)/manifest.json: | $(VENV)/.installed
+	$(VENV)/bin/chordrec data synth --dest $(OOD_DIR)
+
+data: $(DATA_DIR)/SHA256SUMS $(OOD_DIR)/manifest.json  ## RWC-Pop into data/rwc-pop (verified), synthesized out-of-domain songs into data/ood-synth
 
 train: install data  ## train the default experiment (ARGS="key=value ..." to override), log to mlruns/
 	$(PY) -m chordrec.train $(ARGS)

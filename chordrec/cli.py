@@ -21,6 +21,7 @@ from chordrec.constants import (
     CHAMPION,
     DATA_DIR,
     EXPERIMENT,
+    OOD_DIR,
     PRESETS,
     REGISTERED_MODEL,
     STORE_DIR,
@@ -43,6 +44,14 @@ def _data_verify(args: argparse.Namespace) -> int:
 
     verify_dataset(args.root)
     print(f"{args.root}: all files match the pinned checksums")
+    return 0
+
+
+def _data_synth(args: argparse.Namespace) -> int:
+    from chordrec.data.synthetic import ensure_ood_set
+
+    dest = ensure_ood_set(args.dest, seed=args.seed, songs_per_part=args.songs_per_part)
+    print(f"out-of-domain set ready in {dest} (songs per part: {args.songs_per_part})")
     return 0
 
 
@@ -291,7 +300,9 @@ def _add_tracking_options(
 
 
 def _add_data_parser(commands: argparse._SubParsersAction) -> None:
-    data = commands.add_parser("data", help="fetch or verify the RWC-Pop data set")
+    data = commands.add_parser(
+        "data", help="fetch or verify the RWC-Pop data set; synthesize the out-of-domain songs"
+    )
     actions = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     fetch = actions.add_parser(
         "fetch",
@@ -323,6 +334,29 @@ def _add_data_parser(commands: argparse._SubParsersAction) -> None:
         "--root", type=Path, default=DATA_DIR, help="data directory (default: %(default)s)"
     )
     verify.set_defaults(func=_data_verify)
+    synth = actions.add_parser(
+        "synth",
+        help="synthesize the out-of-domain evaluation songs with exact chord labels (fluidsynth)",
+        description=(
+            "Draw songs from the seed, write their MIDI and .lab files and render them with "
+            "fluidsynth into DEST/validation and DEST/test, with DEST/manifest.json. A set "
+            "already there whose manifest matches the settings and every file's sha256 is "
+            "kept; anything else is rebuilt (in a temporary directory, moved into place at "
+            "the end). Needs the Debian packages fluidsynth, fluid-soundfont-gm, "
+            "timgm6mb-soundfont and musescore-general-soundfont-small."
+        ),
+    )
+    synth.add_argument(
+        "--dest", type=Path, default=OOD_DIR, help="target directory (default: %(default)s)"
+    )
+    synth.add_argument("--seed", type=int, default=0, help="the set's seed (default: %(default)s)")
+    synth.add_argument(
+        "--songs-per-part",
+        type=int,
+        default=16,
+        help="songs in each part, validation and test (default: %(default)s)",
+    )
+    synth.set_defaults(func=_data_synth)
 
 
 def _add_ui_parser(commands: argparse._SubParsersAction) -> None:

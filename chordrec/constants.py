@@ -22,6 +22,9 @@ FRAME_RATE = SAMPLE_RATE / HOP_LENGTH
 DATA_DIR = Path("data/rwc-pop")
 """Where ``chordrec data fetch`` puts the data set, relative to the working directory."""
 
+OOD_DIR = Path("data/ood-synth")
+"""Where ``chordrec data synth`` puts the synthesized out-of-domain songs (same base)."""
+
 STORE_DIR = Path("mlruns")
 """The default tracking store: SQLite database and artifacts."""
 

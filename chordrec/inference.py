@@ -23,6 +23,7 @@ from torch import nn
 from chordrec.data.sequences import LEVELS, MODES, SongSteps, song_chunks, song_steps, song_windows
 from chordrec.data.songs import Song
 from chordrec.decoding import DECODE_METHODS, decode
+from chordrec.models.templates import template_scores
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,9 @@ class InferenceRecipe:
     """``level`` 'frame' | 'beat'; ``seq_mode`` 'window' | 'sequence'; ``seq_len`` steps per
     evaluation chunk (or window); ``overlap``: half-overlapping chunks, averaged
     (sequence mode); ``decode`` 'argmax' | 'viterbi'; ``self_transition``: Viterbi's
-    self-transition probability in (0, 1), None until tuned."""
+    self-transition probability in (0, 1), None until tuned; ``template_weight``: the
+    weight ``w >= 0`` of the triad templates in a product of experts with the network
+    (:func:`with_templates`; 0: the network alone)."""
 
     level: str
     seq_mode: str
@@ -38,6 +41,7 @@ class InferenceRecipe:
     overlap: bool
     decode: str
     self_transition: float | None = None
+    template_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
@@ -50,6 +54,8 @@ class InferenceRecipe:
             raise ValueError(f"evaluation chunk length must be >= 1, got {self.seq_len}")
         if self.self_transition is not None and not 0.0 < self.self_transition < 1.0:
             raise ValueError(f"self-transition must lie in (0, 1), got {self.self_transition}")
+        if not (np.isfinite(self.template_weight) and self.template_weight >= 0):
+            raise ValueError(f"template_weight must be >= 0, got {self.template_weight}")
 
     @classmethod
     def from_config(
@@ -65,6 +71,7 @@ class InferenceRecipe:
             overlap=bool(trainer.get("eval_overlap", False)),
             decode=str(config.get("decode", "argmax")),
             self_transition=self_transition,
+            template_weight=float(config.get("template_weight") or 0.0),
         )
 
     @classmethod
@@ -79,6 +86,7 @@ class InferenceRecipe:
             self_transition=None
             if data.get("self_transition") is None
             else float(data["self_transition"]),
+            template_weight=float(data.get("template_weight") or 0.0),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,7 +123,8 @@ class Predictor:
         """Log posteriors of every frame of ``song`` (its ``chroma`` and, at beat level,
         ``beats``): (frames, classes) float32."""
         steps = song_steps(song, self.recipe.level)
-        return steps.to_frames(self.step_log_probs(steps))
+        frame_lp = steps.to_frames(self.step_log_probs(steps))
+        return with_templates(frame_lp, song.chroma, self.recipe.template_weight)
 
     def evaluate(self, songs: Sequence[SongSteps]) -> Evaluation:
         """Loss, argmax frame accuracy and frame log posteriors of ``songs``."""
@@ -129,6 +138,7 @@ class Predictor:
             self.batch_size,
             overlap=r.overlap,
             amp=self.amp,
+            template_weight=r.template_weight,
         )
 
     def classes(self, frame_log_probs: np.ndarray) -> np.ndarray:
@@ -265,20 +275,37 @@ def evaluate(
     batch_size: int = 1024,
     overlap: bool = False,
     amp: bool = False,
+    template_weight: float = 0.0,
 ) -> Evaluation:
     """Score every frame of ``songs`` with argmax: beat-level predictions are spread over
-    their frames; ``overlap`` and ``amp`` as in :func:`predict_log_probs`."""
+    their frames; ``overlap`` and ``amp`` as in :func:`predict_log_probs`. The loss is the
+    network's own (per step); frame posteriors and accuracy include the templates when
+    ``template_weight`` > 0 (:func:`with_templates`)."""
     loss_sum, n_steps, correct, n_frames, frame_log_probs = 0.0, 0, 0, 0, []
     for steps in songs:
         log_probs = predict_log_probs(model, steps, seq_len, mode, device, batch_size, overlap, amp)
         loss_sum += float(-log_probs[np.arange(steps.n_steps), steps.labels].sum())
         n_steps += steps.n_steps
-        frame_lp = steps.to_frames(log_probs)
+        frame_lp = with_templates(steps.to_frames(log_probs), steps.song.chroma, template_weight)
         predicted = frame_lp.argmax(axis=1)
         correct += int((predicted == steps.song.labels).sum())
         n_frames += steps.song.n_frames
         frame_log_probs.append(frame_lp)
     return Evaluation(loss_sum / n_steps, correct / n_frames, n_frames, frame_log_probs)
+
+
+def with_templates(frame_log_probs: np.ndarray, chroma: np.ndarray, weight: float) -> np.ndarray:
+    """A product of experts: the network's frame log posteriors plus ``weight`` times
+    the triad templates' (:func:`~chordrec.models.templates.template_scores` of the
+    song's ``chroma``), renormalised per frame. ``frame_log_probs`` (frames, 25),
+    ``chroma`` (frames, 12); returns (frames, 25) float32, ``frame_log_probs`` itself
+    when ``weight`` is 0. Silent frames (all-zero chroma) become N with certainty."""
+    if weight == 0:
+        return frame_log_probs
+    combined = frame_log_probs + weight * template_scores(chroma)
+    peak = combined.max(axis=1, keepdims=True)  # N is finite on every frame
+    normaliser = peak + np.log(np.exp(combined - peak).sum(axis=1, keepdims=True))
+    return (combined - normaliser).astype(np.float32)
 
 
 def uses_mixed_precision(device: torch.device, amp: bool) -> bool:

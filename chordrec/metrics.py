@@ -22,6 +22,8 @@ __all__ = [
     "SCORE_KEYS",
     "frame_accuracy",
     "frames_to_segments",
+    "harte_class",
+    "reference_frame_classes",
     "chord_scores",
     "aggregate_chord_scores",
     "confusion_matrix",
@@ -111,6 +113,46 @@ def frames_to_segments(
     ends = np.r_[starts[1:], cls.size]
     intervals = np.stack([starts / fr, ends / fr], axis=1)
     return intervals, class_to_harte(cls[starts])
+
+
+def harte_class(label: str) -> int:
+    """The 25-class index of a Harte label by its major/minor reduction, or -1.
+
+    ``N`` is 0; a chord whose triad is major (major third and fifth, e.g. ``C:maj``,
+    ``C:7``, ``C:maj7``, ``C:maj/3``) is ``1 + root``, one whose triad is minor (minor
+    third and fifth: ``A:min``, ``A:min7``) ``13 + root``; anything else (``X``,
+    ``sus4``, ``dim``, ``aug``, power chords) is -1, outside the vocabulary. Raises
+    ValueError for a label mir_eval cannot parse.
+    """
+    try:
+        root, semitones, _ = mir_eval.chord.encode(label)
+    except mir_eval.chord.InvalidChordException as exc:
+        raise ValueError(f"not a Harte chord label: {label!r} ({exc})") from None
+    if label == mir_eval.chord.NO_CHORD:
+        return 0
+    if root < 0 or not semitones[7]:
+        return -1
+    if semitones[4] and not semitones[3]:
+        return 1 + int(root)
+    if semitones[3] and not semitones[4]:
+        return 13 + int(root)
+    return -1
+
+
+def reference_frame_classes(
+    intervals: np.ndarray, labels: Sequence[str], n_frames: int, frame_rate: float = FRAME_RATE
+) -> np.ndarray:
+    """The annotated class of each frame, shape (n_frames,) int64: the
+    :func:`harte_class` of the segment holding the frame's centre ``i / frame_rate``
+    (seconds); -1 for a frame outside every segment or with a label outside the
+    vocabulary. ``intervals`` (n, 2) seconds, sorted, with ``labels`` (n,)."""
+    ref = _check_intervals(intervals, labels, "reference")
+    fr = _check_frame_rate(frame_rate)
+    classes = np.array([harte_class(label) for label in labels], dtype=np.int64)
+    times = np.arange(n_frames) / fr
+    segment = np.searchsorted(ref[:, 0], times, side="right") - 1
+    inside = (segment >= 0) & (times < ref[np.maximum(segment, 0), 1])
+    return np.where(inside, classes[np.maximum(segment, 0)], -1)
 
 
 def chord_scores(

@@ -14,7 +14,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from chordrec import tracking
+from chordrec import ood, tracking
 from chordrec.data.chords import class_names
 from chordrec.data.fetch import (
     DATASET_NAME,
@@ -37,6 +37,7 @@ from chordrec.data.sequences import (
     LEVELS,
     MODES,
     BatchedExamples,
+    ChromaAugment,
     SongSteps,
     count_chunks,
     song_chunks,
@@ -44,7 +45,7 @@ from chordrec.data.sequences import (
 )
 from chordrec.data.songs import load_songs, song_names, split_songs
 from chordrec.decoding import DECODE_METHODS, decode, tune_self_transition
-from chordrec.errors import ConfigError
+from chordrec.errors import ConfigError, UserError
 from chordrec.fit import (
     EpochObserver,
     FitResult,
@@ -67,6 +68,7 @@ from chordrec.metrics import (
 )
 from chordrec.models import build_model, describe_model
 from chordrec.report import figures
+from chordrec.transcribe import predictor_model
 from chordrec.tuning import TrialReporter
 
 log = logging.getLogger(__name__)
@@ -84,12 +86,15 @@ EXAMPLE_COLUMNS = {"chroma": "float", "chord": "integer"}
 
 @dataclass
 class RunContext:
-    """Everything a run trains and evaluates on."""
+    """Everything a run trains and evaluates on: the split's songs, the training
+    examples, the model and the out-of-domain songs it is scored on at the end
+    (``(audio, lab)`` files of part ``ood.part``; none when that is null)."""
 
     config: Any
     parts: dict[str, list[SongSteps]]
     train_examples: BatchedExamples
     model: nn.Module
+    ood_songs: list[tuple[Path, Path]]
 
     @property
     def validation(self) -> list[SongSteps]:
@@ -187,9 +192,39 @@ def build_context(cfg: Any) -> RunContext:
             "(crnn_tagging is the report's Table 1 reference, not a chroma model)"
         )
     examples = BatchedExamples(
-        parts["train"], cfg.seq_len, cfg.seq_mode, cfg.data.augment, cfg.data.random_offset
+        parts["train"],
+        cfg.seq_len,
+        cfg.seq_mode,
+        cfg.data.augment,
+        cfg.data.random_offset,
+        chroma_augment(cfg),
     )
-    return RunContext(cfg, parts, examples, model)
+    return RunContext(cfg, parts, examples, model, out_of_domain_songs(cfg))
+
+
+def chroma_augment(cfg: Any) -> ChromaAugment | None:
+    """The run's chroma augmentation (``data.chroma_augment``; absent in older configs).
+    Raises ConfigError naming a bad setting."""
+    settings = cfg.data.get("chroma_augment")
+    if not settings:
+        return None
+    try:
+        return ChromaAugment(**{k: float(v) for k, v in settings.items()})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"data.chroma_augment: {exc}") from None
+
+
+def out_of_domain_songs(cfg: Any) -> list[tuple[Path, Path]]:
+    """The ``(audio, lab)`` files a run is scored on out of domain (config ``ood``),
+    checked before training so that a missing set fails the run at once; none when
+    ``ood.part`` is null. Raises ConfigError naming the setting or the missing set."""
+    settings = cfg.get("ood") or {}
+    if not settings.get("part"):
+        return []
+    try:
+        return ood.songs_of(settings["root"], settings["part"], settings.get("max_songs"))
+    except (UserError, ValueError) as exc:  # the set's own errors name `make data`
+        raise ConfigError(f"ood: {exc} (ood.part=null scores no out-of-domain songs)") from None
 
 
 def dataset_summary(context: RunContext) -> dict[tuple[str, str], int]:
@@ -247,12 +282,15 @@ MACHINE_SETTINGS = (
     "trainer.progress",
     "data.root",
     "data.num_workers",
+    "ood",
     "paths",
     "tracking",
 )
 """Settings a resumed or re-evaluated run takes from the command line, not from the
 run's own config: where it runs, where its data and tracking store are. Everything
-that shapes its results stays as the run began."""
+that shapes its results stays as the run began. The out-of-domain songs (``ood``) are
+the command line's too: an older run is scored on today's set, and ``ood.part=test``
+reports on the test part."""
 
 
 def resumed_config(saved: Mapping[str, Any], command_line: DictConfig) -> DictConfig:
@@ -420,6 +458,9 @@ def train(cfg: DictConfig, extra_tags: Mapping[str, str] | None = None) -> dict[
         scores = score_run(context, run_predictor(model, cfg, device), result)
         log_scores(tracker, context, scores, result, checkpoint_dir / "best.pt", config)
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # both are in the run's artifacts
+        if context.ood_songs:
+            predictor = replace(run_predictor(model.to(device), cfg, device), recipe=scores.recipe)
+            scores.metrics.update(score_out_of_domain(tracker, predictor, context))
     log.info(
         "test frame accuracy %.4f (validation %.4f)",
         scores.metrics["test/frame_acc"],
@@ -578,6 +619,27 @@ def log_scores(
     if context.config.tracking.log_model:
         example = song_chunks(song.features, song.labels, scores.recipe.seq_len)[0][:2]
         tracker.log_model(model.cpu().eval(), example.astype(np.float32))
+
+
+def score_out_of_domain(
+    tracker: tracking.RunTracker, predictor: Predictor, context: RunContext
+) -> dict[str, float]:
+    """Transcribe the run's out-of-domain songs with ``predictor`` (the scored weights
+    and recipe) as ``chordrec transcribe`` would, log the part's metrics
+    (``ood_val/…`` or ``ood_test/…``) and each song's scores (``ood/<part>.json``);
+    returns the metrics."""
+    part = context.config.ood.part
+    source = f"run {tracker.run_id}"
+    scored = ood.score_part(predictor_model(predictor, source), part, context.ood_songs)
+    tracker.log_metrics(scored.metrics)
+    tracker.log_dict({name: asdict(s) for name, s in scored.songs.items()}, f"ood/{part}.json")
+    log.info(
+        "out of domain (%s, %d songs): majmin %.4f, root %.4f, frame accuracy %.4f",
+        part,
+        len(scored.songs),
+        *(scored.metrics[f"{ood.PREFIXES[part]}/{key}"] for key in ood.KEYS),
+    )
+    return scored.metrics
 
 
 def write_recipe(

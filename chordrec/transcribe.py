@@ -126,10 +126,18 @@ def network_model(
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ValueError(f"{source}: the weights do not fit the model config ({exc})") from None
     device = torch.device(device)
-    predictor = Predictor(network.to(device).eval(), recipe, device)
+    return predictor_model(Predictor(network.to(device).eval(), recipe, device), source)
+
+
+def predictor_model(predictor: Predictor, source: str) -> ChordModel:
+    """A network run by ``predictor`` as a :class:`ChordModel`, decoding with its
+    recipe (a Viterbi recipe without a tuned self-transition gets
+    :data:`VITERBI_SELF_TRANSITION`). Training runs score out-of-domain audio through
+    this (:mod:`chordrec.ood`), the way ``chordrec transcribe`` runs their checkpoints."""
+    recipe = predictor.recipe
 
     def scores(song: Song) -> np.ndarray:
-        with _one_cpu_thread(device):
+        with _one_cpu_thread(predictor.device):
             return predictor.frame_log_probs(song)
 
     return ChordModel(

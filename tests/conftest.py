@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-# librosa's numba functions cache their compiled code (cache=True) beside librosa in the
-# venv. The suite's two xdist workers compiling them at once in a fresh venv can load a
-# half-written cache file; a fresh clone's CI run crashed with a segfault in librosa's
-# beat tracker that way. Each worker (and the processes its tests start) gets a cache of
-# its own.
-os.environ.setdefault(
-    "NUMBA_CACHE_DIR",
-    str(
-        Path(os.environ.get("TMPDIR", "/tmp"))
-        / f"chordrec-numba-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.getuid()}"
-    ),
+# librosa's numba functions cache their compiled code (cache=True). A cache left by an
+# earlier session crashed librosa's beat tracker with a segfault on loading (a fresh
+# clone's CI run, and again on this machine until the cache was removed), and two
+# processes compiling into one cache can load a half-written file. So each test session
+# compiles into a cache of its own, one per xdist worker (shared with the processes its
+# tests start), removed when the session ends.
+if "CHORDREC_TEST_NUMBA_ROOT" not in os.environ:
+    os.environ["CHORDREC_TEST_NUMBA_ROOT"] = tempfile.mkdtemp(prefix="chordrec-numba-")
+    atexit.register(shutil.rmtree, os.environ["CHORDREC_TEST_NUMBA_ROOT"], ignore_errors=True)
+os.environ["NUMBA_CACHE_DIR"] = str(
+    Path(os.environ["CHORDREC_TEST_NUMBA_ROOT"]) / os.environ.get("PYTEST_XDIST_WORKER", "main")
 )
 
 import torch  # noqa: E402
@@ -32,6 +35,7 @@ from chordrec.train import compose_config
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 DATA = REPO / "data" / "rwc-pop"
+OOD = REPO / "data" / "ood-synth"  # the synthesized out-of-domain songs (`make data`)
 
 # Short real runs: two songs per part, no progress bars.
 QUICK = [
@@ -65,6 +69,7 @@ def train_config(data_root: Path, tmp_path: Path) -> Callable[..., DictConfig]:
         return compose_train(
             [
                 f"data.root={data_root}",
+                f"ood.root={OOD}",
                 f"tracking.store_dir={tmp_path / 'mlruns'}",
                 *(QUICK if quick else []),
                 *overrides,

@@ -16,7 +16,9 @@ from chordrec.metrics import (
     confusion_matrix,
     frame_accuracy,
     frames_to_segments,
+    harte_class,
     per_class_recall,
+    reference_frame_classes,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -175,3 +177,45 @@ def test_chord_labels_agree_with_lab_annotations():
     # README: 99.4 % frame agreement where the major/minor reduction exists
     assert scores["majmin"] > 0.99
     assert scores["root"] > 0.99
+
+
+@pytest.mark.parametrize(
+    ("label", "expected"),
+    [
+        ("N", 0),
+        ("C:maj", 1),
+        ("C:7", 1),
+        ("C:maj7", 1),
+        ("E:maj/3", 5),
+        ("A:min", 22),
+        ("A:min7", 22),
+        ("C#:min/b3", 14),
+        ("Db:min", 14),
+        ("C:sus4", -1),
+        ("C:dim", -1),
+        ("C:aug", -1),
+        ("C:5", -1),
+        ("X", -1),
+    ],
+)
+def test_harte_class_reduces_to_major_minor(label: str, expected: int):
+    assert harte_class(label) == expected
+
+
+def test_harte_class_names_a_bad_label():
+    with pytest.raises(ValueError, match="C:nonsense"):
+        harte_class("C:nonsense")
+
+
+def test_reference_frame_classes_take_the_label_at_each_frame_centre():
+    intervals = np.array([[0.0, 1.0], [1.0, 2.5], [2.5, 3.0]])
+    labels = ["N", "G:maj", "E:dim"]
+    n = int(3.5 * FRAME_RATE)
+    classes = reference_frame_classes(intervals, labels, n)
+    times = np.arange(n) / FRAME_RATE
+    assert classes.shape == (n,) and classes.dtype == np.int64
+    assert (classes[times < 1.0] == 0).all()
+    assert (classes[(times >= 1.0) & (times < 2.5)] == 8).all()
+    assert (classes[times >= 2.5] == -1).all()  # dim: outside the vocabulary; past the end
+    late = reference_frame_classes(np.array([[0.5, 1.0]]), ["C:maj"], 200)
+    assert (late[: int(0.5 * FRAME_RATE)] == -1).all()  # before the first segment

@@ -12,6 +12,7 @@ import tracemalloc
 from collections.abc import Sequence
 from pathlib import Path
 
+import librosa
 import numpy as np
 import pytest
 import soundfile as sf
@@ -22,6 +23,7 @@ from chordrec.audio.features import (
     AudioError,
     beat_frames,
     chroma_features,
+    estimate_tuning,
     fill_beat_gaps,
     load_audio,
     write_wav,
@@ -58,9 +60,12 @@ def chord_notes(label: str) -> list[int]:
     return [36 + root, 60 + root, 60 + root + third, 60 + root + 7]
 
 
-def harmonic_tone(midi: int, n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
-    """Eight harmonics (amplitude 1/h, random phases) of MIDI note ``midi``, shape (n,)."""
-    f0 = 440.0 * 2 ** ((midi - 69) / 12)
+def harmonic_tone(
+    midi: int, n: int, sr: int, rng: np.random.Generator, cents: float = 0.0
+) -> np.ndarray:
+    """Eight harmonics (amplitude 1/h, random phases) of MIDI note ``midi`` tuned
+    ``cents`` away from A440, shape (n,)."""
+    f0 = 440.0 * 2 ** ((midi - 69 + cents / 100) / 12)
     t = np.arange(n) / sr
     return sum(
         np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 2 * np.pi)) / h
@@ -74,10 +79,12 @@ def render_song(
     sr: int = SR,
     seed: int = 0,
     pulse: float | None = None,
+    cents: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Audio (samples,) float32 of ``(label, seconds)`` segments, with the reference
     intervals (segments, 2) in seconds and labels. Each chord sounds once, decaying
-    slowly, or, with ``pulse`` (seconds), is struck anew every pulse with a faster decay."""
+    slowly, or, with ``pulse`` (seconds), is struck anew every pulse with a faster decay;
+    every note is tuned ``cents`` away from A440."""
     rng = np.random.default_rng(seed)
     parts, intervals, labels, start = [], [], [], 0.0
     for label, seconds in segments:
@@ -85,7 +92,7 @@ def render_song(
         if label == "N":
             parts.append(np.zeros(n))
         else:
-            tones = sum(harmonic_tone(m, n, sr, rng) for m in chord_notes(label))
+            tones = sum(harmonic_tone(m, n, sr, rng, cents) for m in chord_notes(label))
             edge = np.minimum(np.arange(n), n - 1 - np.arange(n)) / (0.01 * sr)
             since = np.arange(n) / sr if pulse is None else (np.arange(n) / sr) % pulse
             envelope = np.minimum(1.0, edge) * np.exp(-(0.5 if pulse is None else 4.0) * since)
@@ -239,6 +246,22 @@ def test_chroma_bins_start_at_c_and_silence_is_zero(song, chroma) -> None:
         notes = {m % 12 for m in chord_notes(label)}
         top3 = {int(i) for i in np.argsort(rows.mean(axis=0))[-3:]}
         assert top3 == notes, f"{label} at {start:.1f} s: strongest bins {top3}"
+
+
+@pytest.mark.parametrize("cents", [-40.0, 25.0, 45.0])
+def test_detuned_audio_keeps_its_pitch_classes(cents: float) -> None:
+    """Tuning is estimated within a semitone: librosa's default estimate, within one of
+    the CQT's 36 bins per octave, wraps these deviations round to the wrong side."""
+    y, intervals, labels = render_song(SONG[:6], cents=cents)
+    assert estimate_tuning(y, SR) == pytest.approx(cents / 100, abs=0.03)
+    per_bin = librosa.estimate_tuning(y=y, sr=SR, bins_per_octave=36) * 100 / 3  # cents
+    assert abs(per_bin - cents) > 15  # what the chroma would have been computed with
+    chroma = chroma_features(y, SR)
+    for (start, end), label in zip(intervals, labels, strict=True):
+        if label == "N":
+            continue
+        top3 = {int(i) for i in np.argsort(chroma[_frames(start, end)].mean(axis=0))[-3:]}
+        assert top3 == {m % 12 for m in chord_notes(label)}, f"{label} at {start:.1f} s"
 
 
 def test_chroma_is_smoothed_over_tens_of_frames() -> None:

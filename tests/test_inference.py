@@ -12,9 +12,10 @@ import torch
 from chordrec.data.sequences import BatchedExamples, song_steps
 from chordrec.data.songs import Song
 from chordrec.fit import TrainerSettings, fit, seed_everything
-from chordrec.inference import InferenceRecipe, build_predictor
+from chordrec.inference import InferenceRecipe, build_predictor, with_templates
 from chordrec.io.checkpoints import load_checkpoint
 from chordrec.models import build_model
+from chordrec.models.templates import template_scores
 from chordrec.transcribe import network_model
 from tests.test_device import SPEC
 
@@ -33,8 +34,13 @@ def _songs(n: int, seed: int) -> list[Song]:
     return songs
 
 
-@pytest.mark.parametrize(("level", "overlap"), [("frame", True), ("beat", False)])
-def test_validation_evaluation_and_transcription_agree(tmp_path: Path, level, overlap) -> None:
+@pytest.mark.parametrize(
+    ("level", "overlap", "template_weight"),
+    [("frame", True, 0.0), ("beat", False, 0.0), ("frame", False, 0.5)],
+)
+def test_validation_evaluation_and_transcription_agree(
+    tmp_path: Path, level, overlap, template_weight
+) -> None:
     seed_everything(0)
     config = {
         "model": SPEC,
@@ -42,6 +48,7 @@ def test_validation_evaluation_and_transcription_agree(tmp_path: Path, level, ov
         "seq_len": 16,
         "seq_mode": "sequence",
         "decode": "viterbi",
+        "template_weight": template_weight,
         "trainer": {"eval_seq_len": 32 if overlap else None, "eval_overlap": overlap},
     }
     model = build_model(SPEC)
@@ -85,14 +92,17 @@ def network_decode(model, log_probs: np.ndarray) -> np.ndarray:
 
 
 def test_a_recipe_round_trips_and_refuses_bad_settings() -> None:
-    recipe = InferenceRecipe("beat", "sequence", 64, True, "viterbi", 0.99)
+    recipe = InferenceRecipe("beat", "sequence", 64, True, "viterbi", 0.99, 0.5)
     assert InferenceRecipe.from_dict(recipe.to_dict()) == recipe
+    older = {k: v for k, v in recipe.to_dict().items() if k != "template_weight"}
+    assert InferenceRecipe.from_dict(older).template_weight == 0.0  # a checkpoint before it
     for field, value, match in (
         ("level", "bar", "level must be one of"),
         ("seq_mode", "chunks", "sequence mode must be one of"),
         ("decode", "beam", "decoding must be one of"),
         ("seq_len", 0, "chunk length must be >= 1"),
         ("self_transition", 1.0, "self-transition must lie in"),
+        ("template_weight", -0.5, "template_weight must be >= 0"),
     ):
         with pytest.raises(ValueError, match=match):
             InferenceRecipe.from_dict({**recipe.to_dict(), field: value})
@@ -104,3 +114,22 @@ def test_the_evaluation_chunk_length_is_eval_seq_len_else_seq_len() -> None:
     config = {**base, "trainer": {"eval_seq_len": 48, "eval_overlap": True}}
     assert InferenceRecipe.from_config(config).seq_len == 48
     assert InferenceRecipe.from_config(config).overlap
+
+
+def test_templates_join_the_network_as_a_product_of_experts() -> None:
+    rng = np.random.default_rng(0)
+    chroma = rng.random((50, 12)).astype(np.float32)
+    chroma[10] = 0.0  # silence
+    network = np.log(rng.dirichlet(np.ones(25), 50)).astype(np.float32)
+    assert with_templates(network, chroma, 0.0) is network
+    combined = with_templates(network, chroma, 0.7)
+    assert combined.shape == (50, 25) and combined.dtype == np.float32
+    np.testing.assert_allclose(np.exp(combined).sum(axis=1), 1.0, rtol=1e-5)
+    assert combined[10, 0] == pytest.approx(0.0, abs=1e-6)  # silent: N with certainty
+    expected = network + 0.7 * template_scores(chroma)
+    loud = np.arange(50) != 10
+    np.testing.assert_allclose(  # the same ranking as the weighted sum on every loud frame
+        combined[loud] - combined[loud, :1], (expected - expected[:, :1])[loud], rtol=1e-4
+    )
+    dominated = with_templates(network, chroma, 1e3)
+    np.testing.assert_array_equal(dominated.argmax(axis=1), template_scores(chroma).argmax(axis=1))

@@ -11,6 +11,7 @@ from chordrec.data.chords import N_CLASSES, transpose_chroma, transpose_labels
 from chordrec.data.sequences import (
     IGNORE_LABEL,
     BatchedExamples,
+    ChromaAugment,
     count_chunks,
     song_chunks,
     song_steps,
@@ -430,3 +431,41 @@ def test_the_course_baseline_trains_on_the_same_windows_as_window_mode():
         x, y = ours[list(range(len(ours)))]
         assert np.array_equal(windows.astype(np.float32), x.numpy())
         assert np.array_equal(labels, y.numpy())
+
+
+def test_chroma_augment_keeps_silence_unit_norms_and_is_seeded():
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 16, 12)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=-1, keepdims=True)
+    x[:, :3] = 0.0  # silent steps
+    augment = ChromaAugment(bin_gain_db=6.0, noise=0.05, mix=0.5, mix_prob=1.0)
+    torch.manual_seed(0)
+    first = augment(x)
+    torch.manual_seed(0)
+    np.testing.assert_array_equal(augment(x), first)  # torch's RNG decides
+    assert first.dtype == np.float32 and first.shape == x.shape
+    assert (first[:, :3] == 0).all()
+    np.testing.assert_allclose(np.linalg.norm(first[:, 3:], axis=-1), 1.0, rtol=1e-5)
+    assert not np.allclose(first, x)
+    assert (x[:, 3:] != 0).all()  # the input is left as it was
+    assert not ChromaAugment().active and ChromaAugment(noise=0.1).active
+    with pytest.raises(ValueError, match="chroma_augment.noise must be >= 0"):
+        ChromaAugment(noise=-1.0)
+    with pytest.raises(ValueError, match="mix_prob must lie in"):
+        ChromaAugment(mix_prob=2.0)
+
+
+def test_batched_examples_apply_the_chroma_augment_to_each_batch():
+    steps = [song_steps(s, "frame") for s in SONGS]
+    plain = BatchedExamples(steps, 8, "sequence")
+    augment = ChromaAugment(bin_gain_db=3.0)
+    augmented = BatchedExamples(steps, 8, "sequence", chroma_augment=augment)
+    assert (
+        BatchedExamples(steps, 8, "sequence", chroma_augment=ChromaAugment()).chroma_augment is None
+    )
+    x, y = plain[[0, 3]]
+    torch.manual_seed(1)
+    xa, ya = augmented[[0, 3]]
+    torch.manual_seed(1)
+    np.testing.assert_array_equal(xa.numpy(), augment(x.numpy()))
+    np.testing.assert_array_equal(ya.numpy(), y.numpy())  # the chords stay

@@ -86,3 +86,17 @@ def test_a_missing_metric_or_no_run_is_an_error_naming_it():
         build_run_table([broken])
     with pytest.raises(IncompleteTableError, match="no FINISHED run"):
         build_run_table([_run("r2", 1, "seed=0", status="FAILED")])
+
+
+def test_out_of_domain_scores_are_columns_when_a_run_has_them():
+    runs = [
+        _run("r1", 1, "experiment=best seed=0", ood_val__majmin=0.80, ood_val__root=0.90),
+        _run("r2", 2, "experiment=best seed=1", ood_val__majmin=0.84, ood_val__root=0.86),
+        _run("old", 0, "experiment=best seed=2"),  # logged before the out-of-domain set
+    ]
+    table = build_run_table(runs)
+    assert table.loc["r1", "OOD val majmin %"] == "80.00"
+    assert table.loc["old", "OOD val root %"] == "-"
+    assert table.loc["mean", "OOD val majmin %"] == "82.00"  # over the runs that have it
+    assert "OOD test majmin %" not in table.columns  # no run was scored on the test part
+    assert "OOD val majmin %" not in build_run_table(runs[2:]).columns

@@ -7,10 +7,14 @@ soundfile user).
   float32 with ``frames = 1 + samples // HOP_LENGTH``, frame ``i`` centred on sample ``i * HOP_LENGTH`` (``i / FRAME_RATE``
   seconds), pitch classes C..B, each non-silent row of unit L2 norm, silent rows
   all zero. It is librosa's ``chroma_cens`` at its defaults (CQT from C1 over 7
-  octaves at 36 bins per octave, tuning estimated per file, 4-level quantisation,
-  41-frame Hann smoothing) except for silence: frames :data:`SILENCE_DB` below the
-  loudest are zeroed, as in the data set, where librosa would normalise the CQT's
-  leakage into full-scale rows.
+  octaves at 36 bins per octave, 4-level quantisation, 41-frame Hann smoothing)
+  except for two things. Silence: frames :data:`SILENCE_DB` below the loudest are
+  zeroed, as in the data set, where librosa would normalise the CQT's leakage into
+  full-scale rows. Tuning: estimated per file within a semitone (±50 cents, see
+  :func:`estimate_tuning`), where librosa's default estimates it within one of the
+  CQT's 36 bins per octave (±16.7 cents) and wraps further deviations round to the
+  wrong side, smearing the chroma into the neighbouring pitch class. Near A440, as
+  RWC-Pop is recorded, the two agree.
 * :func:`beat_frames` tracks beats as chroma frame indices, shape (beats,) int64.
 
 ``docs/features.md`` compares this chroma with the data set's.
@@ -145,6 +149,13 @@ def silent_frames(y: np.ndarray) -> np.ndarray:
     return rms <= rms.max() * 10 ** (SILENCE_DB / 20)
 
 
+def estimate_tuning(y: np.ndarray, sr: int = SAMPLE_RATE) -> float:
+    """The audio's deviation from A440 tuning in semitones, in [-0.5, 0.5) at a
+    resolution of 0.01 (librosa's pitch-tracking estimate on a 12-bin-per-octave grid).
+    ``y``: mono samples at ``sr`` Hz, shape (samples,)."""
+    return float(librosa.estimate_tuning(y=y, sr=sr, bins_per_octave=12))
+
+
 def chroma_features(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     """CENS chroma like the data set's: shape (frames, 12) float32, frames = ``1 + len(y) // 512``.
 
@@ -152,6 +163,7 @@ def chroma_features(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     non-silent row has unit L2 norm, silent rows (see :data:`SILENCE_DB`) are zero.
     """
     y = _check_signal(y, sr)
+    tuning_bins = estimate_tuning(y, sr) * _BINS_PER_OCTAVE / 12  # librosa's unit: CQT bins
     with warnings.catch_warnings():
         # Under ~2.5 s the CQT's lowest, most downsampled octave is shorter than its
         # FFT; librosa zero-pads it and says so. Harmless: the frames stay aligned.
@@ -163,6 +175,7 @@ def chroma_features(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
                 hop_length=HOP_LENGTH,
                 n_bins=_N_OCTAVES * _BINS_PER_OCTAVE,
                 bins_per_octave=_BINS_PER_OCTAVE,
+                tuning=tuning_bins,
             )
         )
     # The CQT's downsampled octaves round up a frame for some lengths: keep the grid.

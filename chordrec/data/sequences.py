@@ -88,6 +88,57 @@ def song_chunks(
     return x.reshape(n_chunks, seq_len, -1), y.reshape(n_chunks, seq_len)
 
 
+@dataclass(frozen=True)
+class ChromaAugment:
+    """Random changes to training chroma that keep its chords, so that a model does not
+    learn one recording style (config ``data.chroma_augment``); all zero: none.
+
+    Per example: every pitch-class bin is scaled by a gain of ``bin_gain_db`` dB
+    standard deviation (an instrument mix or a microphone's colour); with probability
+    ``mix_prob`` another example of the batch is added at a weight drawn uniformly in
+    ``[0, mix]`` (a second, unrelated sound: the label stays the first one's); then
+    half-normal noise of ``noise`` standard deviation is added to every bin of every
+    non-silent step. Steps are L2-normalised again; silent (all-zero) steps stay
+    silent."""
+
+    bin_gain_db: float = 0.0
+    noise: float = 0.0
+    mix: float = 0.0
+    mix_prob: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("bin_gain_db", "noise", "mix"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value >= 0):
+                raise ValueError(f"chroma_augment.{name} must be >= 0, got {value}")
+        if not 0.0 <= self.mix_prob <= 1.0:
+            raise ValueError(f"chroma_augment.mix_prob must lie in [0, 1], got {self.mix_prob}")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.bin_gain_db or self.noise or self.mix)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Augment a batch ``x`` (batch, steps, 12) float32; returns a new array. Random
+        draws come from torch's RNG (seeded per run, DataLoader worker and epoch)."""
+        batch = x.shape[0]
+        silent = ~(x != 0).any(axis=-1, keepdims=True)
+        out = x.astype(np.float32, copy=True)
+        if self.bin_gain_db:
+            gain_db = torch.randn(batch, 1, 12, dtype=torch.float64).numpy() * self.bin_gain_db
+            out *= (10.0 ** (gain_db / 20)).astype(np.float32)
+        if self.mix:
+            partner = torch.randperm(batch).numpy()
+            use = torch.rand(batch, dtype=torch.float64).numpy() < self.mix_prob
+            weight = torch.rand(batch, dtype=torch.float64).numpy() * self.mix * use
+            out += weight[:, None, None].astype(np.float32) * x[partner]
+        if self.noise:
+            out += np.abs(torch.randn(out.shape, dtype=torch.float32).numpy()) * self.noise
+        norms = np.linalg.norm(out, axis=-1, keepdims=True)
+        out = np.where(silent, 0.0, out / np.maximum(norms, 1e-12)).astype(np.float32)
+        return out
+
+
 class BatchedExamples(torch.utils.data.Dataset):
     """Training examples of several songs, indexed by *lists* of example indices.
 
@@ -101,6 +152,9 @@ class BatchedExamples(torch.utils.data.Dataset):
     after its fixed start (at most at the song's last step), drawn per example, so chunk
     boundaries move from epoch to epoch; steps past a song's end are padding
     (:data:`IGNORE_LABEL`). Off, the chunks are exactly :func:`song_chunks`.
+
+    ``chroma_augment`` (:class:`ChromaAugment`) changes each batch's chroma after the
+    transposition.
     """
 
     def __init__(
@@ -110,6 +164,7 @@ class BatchedExamples(torch.utils.data.Dataset):
         mode: str,
         augment: str = "none",
         random_offset: bool = False,
+        chroma_augment: ChromaAugment | None = None,
     ):
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
@@ -121,6 +176,7 @@ class BatchedExamples(torch.utils.data.Dataset):
             raise ValueError("random_offset applies to sequence mode only")
         self.seq_len, self.mode, self.augment = seq_len, mode, augment
         self.random_offset = random_offset
+        self.chroma_augment = chroma_augment if chroma_augment and chroma_augment.active else None
         if mode == "window":
             # One padded stream: each song preceded by seq_len - 1 zero rows.
             parts, targets, labels, offset = [], [], [], 0
@@ -171,4 +227,6 @@ class BatchedExamples(torch.utils.data.Dataset):
             shift = torch.randint(0, 12, (len(indices),)).numpy()
             x = transpose_chroma(x, shift[:, None])
             y = transpose_labels(y, shift if y.ndim == 1 else shift[:, None])
+        if self.chroma_augment is not None:
+            x = self.chroma_augment(x)
         return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)

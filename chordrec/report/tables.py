@@ -244,6 +244,14 @@ RUN_COLUMNS = {
     "test/majmin": "test majmin %",
     "test/root": "test root %",
 }
+OOD_COLUMNS = {
+    "ood_val/majmin": "OOD val majmin %",
+    "ood_val/root": "OOD val root %",
+    "ood_test/majmin": "OOD test majmin %",
+    "ood_test/root": "OOD test root %",
+}
+"""Out-of-domain scores (:mod:`chordrec.ood`): shown when some run has them, ``-`` for a
+run without (one logged before the out-of-domain set, or not scored on the test part)."""
 BOOKKEEPING = ("study", "sweep", "table")  # tag ``kind`` of parent and table runs
 # Settings that differ between runs without making them different experiments.
 NOT_A_FACTOR = (
@@ -279,8 +287,8 @@ def run_factors(runs: Sequence[RunRecord]) -> dict[str, dict[str, str]]:
 
 def build_run_table(runs: Sequence[RunRecord]) -> pd.DataFrame:
     """One row per FINISHED run of a sweep (oldest first): the settings that vary between
-    the runs (:func:`run_factors`), accuracies in %, epochs (best) and training time,
-    indexed by run id.
+    the runs (:func:`run_factors`), accuracies in %, the out-of-domain scores some run
+    has (:data:`OOD_COLUMNS`), epochs (best) and training time, indexed by run id.
 
     When the runs differ in ``seed`` only (replicates), mean and sample standard deviation
     rows follow. Raises :class:`IncompleteTableError` for no finished run or a run
@@ -292,8 +300,9 @@ def build_run_table(runs: Sequence[RunRecord]) -> pd.DataFrame:
     if not finished:
         raise IncompleteTableError("no FINISHED run to tabulate")
     factors = run_factors(finished)
+    ood = {k: v for k, v in OOD_COLUMNS.items() if any(k in r.metrics for r in finished)}
     rows: dict[str, dict[str, object]] = {}
-    values: dict[str, list[float]] = {label: [] for label in RUN_COLUMNS.values()}
+    values: dict[str, list[float]] = {label: [] for label in [*RUN_COLUMNS.values(), *ood.values()]}
     for r in finished:
         column = Column(r.tags.get("preset", "?"), r)
         row: dict[str, object] = dict(factors[r.run_id])
@@ -301,6 +310,11 @@ def build_run_table(runs: Sequence[RunRecord]) -> pd.DataFrame:
             value = 100 * _metric(column, key)
             values[label].append(value)
             row[label] = f"{value:.2f}"
+        for key, label in ood.items():
+            found = r.metrics.get(key)
+            if found is not None and found == found:
+                values[label].append(100 * found)
+            row[label] = "-" if found is None or found != found else f"{100 * found:.2f}"
         row["epochs (best)"] = (
             f"{int(_metric(column, 'fit/epochs_run'))} ({int(_metric(column, 'fit/best_epoch'))})"
         )
@@ -309,5 +323,7 @@ def build_run_table(runs: Sequence[RunRecord]) -> pd.DataFrame:
     if len(finished) > 1 and list(factors[finished[0].run_id]) == ["seed"]:
         for name, stat in (("mean", pd.Series.mean), ("std", pd.Series.std)):
             rows[name] = {"seed": "-", "epochs (best)": "", "training time": ""}
-            rows[name].update({k: f"{stat(pd.Series(v)):.2f}" for k, v in values.items()})
+            rows[name].update(
+                {k: f"{stat(pd.Series(v)):.2f}" if v else "-" for k, v in values.items()}
+            )
     return pd.DataFrame(rows).T.fillna("")

@@ -1,0 +1,110 @@
+"""Out-of-domain evaluation: a model transcribes audio it never trained on, whose exact
+chords are known, through the same path as ``chordrec transcribe``.
+
+The songs are the synthesized set of :mod:`chordrec.data.synthetic` (``make data``
+builds it in ``data/ood-synth``): a ``validation`` part to choose models on, which
+every training run scores (metrics ``ood_val/majmin``, ``ood_val/root``,
+``ood_val/frame_acc``), and a ``test`` part to report on only (``ood_test/…``, e.g.
+``chordrec evaluate RUN_ID ood.part=test``). Each song goes audio file →
+:func:`~chordrec.audio.features.load_audio` → :func:`~chordrec.transcribe.transcribe_audio`
+(chroma, beats at beat level, the model, decoding) and is scored against its ``.lab``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from chordrec.audio.features import load_audio
+from chordrec.data.synthetic import ood_songs
+from chordrec.io.chord_files import read_lab
+from chordrec.metrics import aggregate_chord_scores, chord_scores, reference_frame_classes
+from chordrec.transcribe import ChordModel, transcribe_audio
+
+PREFIXES = {"validation": "ood_val", "test": "ood_test"}
+"""The metric section of each part."""
+KEYS = ("majmin", "root", "frame_acc")
+"""What each part's metrics hold, after the prefix."""
+
+
+@dataclass(frozen=True)
+class SongScores:
+    """One song's scores: ``majmin`` and ``root`` (mir_eval WCSR, in [0, 1]),
+    ``frame_acc`` over its ``frames`` in the 25-class vocabulary, and the annotation's
+    ``duration`` in seconds."""
+
+    majmin: float
+    root: float
+    frame_acc: float
+    frames: int
+    duration: float
+
+
+def score_song(model: ChordModel, audio: Path, lab: Path) -> SongScores:
+    """Transcribe ``audio`` with ``model`` and score it against the annotation ``lab``.
+
+    Frame accuracy compares each chroma frame's decoded class with the annotated class
+    at the frame's centre (:func:`~chordrec.metrics.reference_frame_classes`), over the
+    frames whose label lies in the vocabulary. Raises AudioError or ValueError naming
+    the file."""
+    intervals, labels = read_lab(lab)
+    result = transcribe_audio(load_audio(audio), model)
+    scores = chord_scores(result.classes, intervals, labels)
+    reference = reference_frame_classes(intervals, labels, len(result.classes))
+    known = reference >= 0
+    if not known.any():
+        raise ValueError(f"{lab}: no frame has a label in the 25-class vocabulary")
+    return SongScores(
+        majmin=scores["majmin"],
+        root=scores["root"],
+        frame_acc=float(np.mean(result.classes[known] == reference[known])),
+        frames=int(known.sum()),
+        duration=float(intervals[-1, 1] - intervals[0, 0]),
+    )
+
+
+@dataclass(frozen=True)
+class PartScores:
+    """A part's ``metrics`` (``<prefix>/majmin|root|frame_acc``: majmin and root
+    duration-weighted over songs, frame accuracy over all their frames) and each
+    song's :class:`SongScores` by name."""
+
+    metrics: dict[str, float]
+    songs: dict[str, SongScores]
+
+
+def songs_of(root: str | Path, part: str, max_songs: int | None = None) -> list[tuple[Path, Path]]:
+    """The ``(audio, lab)`` files of ``part`` of the set in ``root``, the first
+    ``max_songs`` only when given. Raises ValueError for an unknown part or a
+    ``max_songs`` below 1, and :mod:`chordrec.data.synthetic`'s error naming ``make
+    data`` when the set is missing."""
+    if part not in PREFIXES:
+        raise ValueError(f"ood.part must be one of {sorted(PREFIXES)} or null, got {part!r}")
+    if max_songs is not None and max_songs < 1:
+        raise ValueError(f"ood.max_songs must be at least 1 or null, got {max_songs}")
+    songs = ood_songs(Path(root), part)
+    return songs if max_songs is None else songs[:max_songs]
+
+
+def score_part(model: ChordModel, part: str, songs: Sequence[tuple[Path, Path]]) -> PartScores:
+    """Score ``model`` on ``songs`` (``(audio, lab)`` pairs of ``part``, from
+    :func:`songs_of`)."""
+    if not songs:
+        raise ValueError(f"out-of-domain part {part!r} holds no songs")
+    per_song = {audio.stem: score_song(model, audio, lab) for audio, lab in songs}
+    weighted = aggregate_chord_scores(
+        [{"majmin": s.majmin, "root": s.root} for s in per_song.values()],
+        [s.duration for s in per_song.values()],
+    )
+    frames = sum(s.frames for s in per_song.values())
+    correct = sum(s.frame_acc * s.frames for s in per_song.values())
+    prefix = PREFIXES[part]
+    metrics = {
+        f"{prefix}/majmin": weighted["majmin"],
+        f"{prefix}/root": weighted["root"],
+        f"{prefix}/frame_acc": correct / frames,
+    }
+    return PartScores(metrics, per_song)
