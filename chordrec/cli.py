@@ -159,6 +159,32 @@ def _transcribe(args: argparse.Namespace) -> int:
     return 1 if outcome.failed else 0
 
 
+def _ood(args: argparse.Namespace) -> int:
+    from chordrec import ood
+    from chordrec.transcribe import load_model, model_kind
+
+    songs = ood.songs_of(args.root, args.part, args.max_songs)
+    if model_kind(args.model) in ("registry", "run"):
+        _configure_tracking(args)
+    model = load_model(args.model, args.device)
+    scored = ood.score_part(model, args.part, songs)
+    print(f"{'song':<16} {'majmin':>7} {'root':>7} {'frame':>7}  seconds")
+    for name, song in scored.songs.items():
+        print(
+            f"{name:<16} {song.majmin:7.4f} {song.root:7.4f} {song.frame_acc:7.4f}"
+            f"  {song.duration:7.1f}"
+        )
+    prefix = ood.PREFIXES[args.part]
+    total = sum(s.duration for s in scored.songs.values())
+    print(
+        f"{'all':<16} "
+        + " ".join(f"{scored.metrics[f'{prefix}/{key}']:7.4f}" for key in ood.KEYS)
+        + f"  {total:7.1f}  ({len(scored.songs)} songs; {model.source}, {model.decode}"
+        + (f" {model.self_transition:g})" if model.decode == "viterbi" else ")")
+    )
+    return 0
+
+
 def _print_failures(failed: Sequence[tuple[Path, str]], total: int) -> None:
     """The files a transcription could not do: one error line, or a list of them."""
     if total == 1 and failed:
@@ -494,6 +520,35 @@ def _add_transcribe_parser(commands: argparse._SubParsersAction) -> None:
     transcribe.set_defaults(func=_transcribe)
 
 
+def _add_ood_parser(commands: argparse._SubParsersAction) -> None:
+    scorer = commands.add_parser(
+        "ood",
+        help="score a model on the synthesized out-of-domain songs (make data builds them)",
+        description=(
+            "Transcribe a part of the out-of-domain set as `chordrec transcribe` would and "
+            "score it against the songs' labels: majmin and root (mir_eval, weighted by "
+            "duration) and frame accuracy, per song and in all. Choose models on the "
+            "validation part; the test part is for reporting."
+        ),
+    )
+    scorer.add_argument(
+        "-m",
+        "--model",
+        default=CHAMPION,
+        help="as for transcribe: registry, run, .pt file or 'templates' (default: %(default)s)",
+    )
+    scorer.add_argument("--part", choices=["validation", "test"], default="validation")
+    scorer.add_argument(
+        "--root", type=Path, default=OOD_DIR, help="the set's directory (default: %(default)s)"
+    )
+    scorer.add_argument("--max-songs", type=int, help="the first N songs of the part only")
+    scorer.add_argument(
+        "--device", default="auto", help="auto | cpu | cuda[:N] (default: %(default)s)"
+    )
+    _add_tracking_options(scorer)
+    scorer.set_defaults(func=_ood)
+
+
 def _add_table_parser(commands: argparse._SubParsersAction) -> None:
     table = commands.add_parser(
         "table",
@@ -617,6 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_parser(commands)
     _add_forwarded_parsers(commands)
     _add_transcribe_parser(commands)
+    _add_ood_parser(commands)
     _add_table_parser(commands)
     _add_compare_parser(commands)
     _add_study_parser(commands)

@@ -103,3 +103,21 @@ def test_the_default_run_scores_the_whole_validation_part():
     assert cfg.ood.part == "validation" and cfg.ood.max_songs is None
     assert Path(cfg.ood.root) == Path("data/ood-synth")
     assert np.all([a.exists() and b.exists() for a, b in ood_songs(OOD, "validation")])
+
+
+def test_chordrec_ood_scores_a_model_per_song_and_in_all(tmp_path: Path):
+    done = run_chordrec("ood", "--model", "templates", "--max-songs", "2", cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [
+        "song",
+        "validation-000",
+        "validation-001",
+        "all",
+    ]
+    total = lines[-1].split()
+    assert 0.5 < float(total[1]) <= float(total[2]) <= 1.0  # majmin <= root
+    assert "(2 songs; templates, viterbi 0.9995)" in lines[-1]
+    missing = run_chordrec("ood", "--model", "templates", "--root", str(tmp_path), cwd=REPO)
+    assert missing.returncode != 0
+    assert str(tmp_path) in missing.stderr and "make data" in missing.stderr
