@@ -168,18 +168,27 @@ def _ood(args: argparse.Namespace) -> int:
         _configure_tracking(args)
     model = load_model(args.model, args.device)
     scored = ood.score_part(model, args.part, songs)
-    print(f"{'song':<16} {'majmin':>7} {'root':>7} {'frame':>7}  seconds")
+    errors = ("chord_as_n", "n_as_chord", "wrong_root")
+    print(
+        f"{'song':<16} {'majmin':>7} {'root':>7} {'frame':>7}  seconds"
+        "  chord->N  N->chord  wrong root"
+    )
     for name, song in scored.songs.items():
         print(
             f"{name:<16} {song.majmin:7.4f} {song.root:7.4f} {song.frame_acc:7.4f}"
-            f"  {song.duration:7.1f}"
+            f"  {song.duration:7.1f}" + "".join(f"  {getattr(song, e):8.4f}" for e in errors)
         )
     prefix = ood.PREFIXES[args.part]
-    total = sum(s.duration for s in scored.songs.values())
+    songs_ = scored.songs.values()
+    frames = sum(s.frames for s in songs_)
     print(
         f"{'all':<16} "
         + " ".join(f"{scored.metrics[f'{prefix}/{key}']:7.4f}" for key in ood.KEYS)
-        + f"  {total:7.1f}  ({len(scored.songs)} songs; {model.source}, {model.decode}"
+        + f"  {sum(s.duration for s in songs_):7.1f}"
+        + "".join(
+            f"  {sum(getattr(s, e) * s.frames for s in songs_) / frames:8.4f}" for e in errors
+        )
+        + f"  ({len(scored.songs)} songs; {model.source}, {model.decode}"
         + (f" {model.self_transition:g})" if model.decode == "viterbi" else ")")
     )
     return 0

@@ -34,13 +34,18 @@ KEYS = ("majmin", "root", "frame_acc")
 class SongScores:
     """One song's scores: ``majmin`` and ``root`` (mir_eval WCSR, in [0, 1]),
     ``frame_acc`` over its ``frames`` in the 25-class vocabulary, and the annotation's
-    ``duration`` in seconds."""
+    ``duration`` in seconds. Of those frames, ``chord_as_n`` is the fraction labelled
+    with a chord but decoded N, ``n_as_chord`` the reverse, ``wrong_root`` the fraction
+    decoded as a chord with another root (the errors that are not major/minor mix-ups)."""
 
     majmin: float
     root: float
     frame_acc: float
     frames: int
     duration: float
+    chord_as_n: float
+    n_as_chord: float
+    wrong_root: float
 
 
 def score_song(model: ChordModel, audio: Path, lab: Path) -> SongScores:
@@ -57,12 +62,17 @@ def score_song(model: ChordModel, audio: Path, lab: Path) -> SongScores:
     known = reference >= 0
     if not known.any():
         raise ValueError(f"{lab}: no frame has a label in the 25-class vocabulary")
+    ref, est = reference[known], result.classes[known]
+    chords = (ref != 0) & (est != 0)
     return SongScores(
         majmin=scores["majmin"],
         root=scores["root"],
-        frame_acc=float(np.mean(result.classes[known] == reference[known])),
+        frame_acc=float(np.mean(est == ref)),
         frames=int(known.sum()),
         duration=float(intervals[-1, 1] - intervals[0, 0]),
+        chord_as_n=float(np.mean((ref != 0) & (est == 0))),
+        n_as_chord=float(np.mean((ref == 0) & (est != 0))),
+        wrong_root=float(np.mean(chords & ((ref - 1) % 12 != (est - 1) % 12))),
     )
 
 

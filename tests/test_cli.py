@@ -22,7 +22,7 @@ import pytest
 
 from chordrec import cli
 from tests import test_fetch
-from tests.conftest import REPO, free_port, subprocess_env
+from tests.conftest import OOD, REPO, free_port, subprocess_env
 from tests.test_fetch import CORRUPT_REL, _flip_byte
 
 # a fixture of test_fetch, reused: a closed port on 127.0.0.1
@@ -30,6 +30,7 @@ closed_port_url = test_fetch.closed_port_url
 
 COMMANDS = (
     "data",
+    "ood",
     "ui",
     "server",
     "train",
@@ -280,6 +281,7 @@ def test_gpu_check_runs_its_cpu_part(data_root: Path, tmp_path: Path) -> None:
         "--store",
         str(tmp_path / "mlruns"),
         f"data.root={data_root}",
+        f"ood.root={OOD}",
         "split.max_songs=1",
         "trainer.num_threads=1",
         "tracking.log_model=false",

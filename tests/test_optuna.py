@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from chordrec import tuning
 from chordrec.errors import ConfigError, TrialPruned
 from hydra_plugins.chordrec_optuna.optuna_sweeper import OptunaSweeper, dimension, hydra_value
-from tests.conftest import subprocess_env
+from tests.conftest import OOD, subprocess_env
 from tests.test_study import TINY
 
 
@@ -143,6 +143,7 @@ def test_two_sweep_processes_share_one_study_and_prune(data_root: Path, tmp_path
                 "hydra.sweeper.pruner.lower=1.01",
                 f"hydra.sweep.dir={tmp_path / f'worker{seed}'}",
                 f"data.root={data_root}",
+                f"ood.root={OOD}",
                 f"tracking.store_dir={store}",
                 "data.level=beat",
                 *TINY,

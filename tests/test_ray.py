@@ -34,7 +34,7 @@ from mlflow.tracking import MlflowClient
 
 from chordrec.bench.launchers import TINY
 from chordrec.data.fetch import dataset_digest, verify_dataset
-from tests.conftest import free_port, subprocess_env
+from tests.conftest import OOD, free_port, subprocess_env
 from tests.test_server import answers_health, kill_session
 
 pytestmark = pytest.mark.integration
@@ -190,7 +190,7 @@ def test_a_sweep_runs_its_jobs_on_both_nodes_and_reports_the_failed_one(
         "hydra/launcher=ray", f"hydra.launcher.address={cluster.address}",
         f"hydra.sweep.dir={workdir / 'sweep'}",
         f"tracking.uri={uri}", f"tracking.store_dir={workdir / 'local'}",
-        f"data.root={node_data}", f"data.fetch_source={data_root}",
+        f"data.root={node_data}", f"data.fetch_source={data_root}", f"ood.root={OOD}",
         *TINY, "model=crnn2", f"seq_len={','.join(map(str, SEQ_LENS))}",
     ]  # fmt: skip
     with Listeners(exclude=psutil.Process(services.server.pid)) as listeners:

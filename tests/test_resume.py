@@ -12,7 +12,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO, subprocess_env
+from tests.conftest import OOD, REPO, subprocess_env
 
 pytestmark = pytest.mark.integration
 
@@ -26,6 +26,7 @@ def _train(data_root, store, *extra):
             "-m",
             "chordrec.train",
             f"data.root={data_root}",
+            f"ood.root={OOD}",
             f"tracking.store_dir={store}",
             "split.max_songs=2",
             "trainer.num_threads=1",

@@ -21,7 +21,7 @@ from chordrec.io.checkpoints import load_checkpoint
 from chordrec.run import resumed_config
 from chordrec.train import run
 from chordrec.transcribe import VITERBI_SELF_TRANSITION, load_model, network_model
-from tests.conftest import REPO, subprocess_env
+from tests.conftest import OOD, REPO, subprocess_env
 from tests.test_transcribe import LINEAR
 
 # experiment=best's decoding and evaluation chunking, on one song per part
@@ -263,6 +263,7 @@ def _evaluate_cli(tmp_path, data_root, *arguments: str) -> subprocess.CompletedP
             *arguments,
             f"tracking.store_dir={tmp_path / 'mlruns'}",
             f"data.root={data_root}",
+            f"ood.root={OOD}",
             "trainer.num_threads=1",
             "trainer.progress=false",
             "tracking.system_metrics=false",

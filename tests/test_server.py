@@ -33,7 +33,7 @@ from mlflow.tracking import MlflowClient
 
 from chordrec.io.chord_files import read_lab
 from chordrec.postgres import LocalPostgres, PostgresError, postgres_bin_dir
-from tests.conftest import free_port, run_chordrec, subprocess_env
+from tests.conftest import OOD, free_port, run_chordrec, subprocess_env
 from tests.test_features import write_song
 
 pytestmark = pytest.mark.integration
@@ -287,7 +287,7 @@ def trained(server: Server, workdir: Path, data_root: Path) -> Trained:
     """The COMPARED run trained twice at once: through the server and into a SQLite
     store; both must exit 0."""
     sqlite_store = workdir / "sqlite" / "mlruns"
-    data = [f"data.root={data_root}", *COMPARED]
+    data = [f"data.root={data_root}", f"ood.root={OOD}", *COMPARED]
     processes = {
         "server": train(workdir, "server", data, tracking=[f"tracking.uri={server.uri}"]),
         "sqlite": train(workdir, "sqlite", data, tracking=[f"tracking.store_dir={sqlite_store}"]),
@@ -394,7 +394,7 @@ def test_a_run_killed_with_sigkill_resumes_through_the_server(
     server: Server, workdir: Path, data_root: Path
 ) -> None:
     client = server.client()
-    overrides = [f"data.root={data_root}", *RESUMED]
+    overrides = [f"data.root={data_root}", f"ood.root={OOD}", *RESUMED]
     where = [f"tracking.uri={server.uri}"]
     process = train(workdir, "killed", overrides, tracking=where, merge_stderr=True)
     try:
@@ -457,6 +457,7 @@ def test_a_study_through_the_server_is_recorded_like_one_in_sqlite(
                 "1",
                 *where,
                 f"data.root={data_root}",
+                f"ood.root={OOD}",
                 f"hydra.sweep.dir={workdir / f'study-{name}'}",
                 *STUDIED,
             ],
@@ -610,7 +611,7 @@ def test_start_up_errors_are_one_line_naming_the_store_and_no_run_is_made(
             "not an MLflow server",
         ),
     }
-    overrides = [f"data.root={data_root}", *FAILING]
+    overrides = [f"data.root={data_root}", f"ood.root={OOD}", *FAILING]
     processes = {
         case: train(workdir, f"error-{case}", overrides, tracking=[f"tracking.uri={uri}"])
         for case, (uri, _, _) in cases.items()

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from chordrec import tracking
 from chordrec.postgres import LocalPostgres
-from tests.conftest import free_port, subprocess_env
+from tests.conftest import OOD, free_port, subprocess_env
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +95,7 @@ def _train(
     return subprocess.Popen(
         [
             sys.executable, "-m", "chordrec.train",
-            f"data.root={data_root}", f"tracking.uri={lab.url}", f"tracking.experiment={experiment}",
+            f"data.root={data_root}", f"ood.root={OOD}", f"tracking.uri={lab.url}", f"tracking.experiment={experiment}",
             f"tracking.store_dir={tmp_path / 'mlruns'}", f"hydra.run.dir={tmp_path / 'hydra'}",
             "split.max_songs=2", "data.level=beat", "seq_len=16", "trainer.num_threads=1",
             "trainer.progress=false", "tracking.log_model=false", "tracking.system_metrics=false",

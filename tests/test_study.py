@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from chordrec import study
-from tests.conftest import REPO, run_chordrec, subprocess_env
+from tests.conftest import OOD, REPO, run_chordrec, subprocess_env
 
 TINY = [
     "split.max_songs=1",
@@ -40,6 +40,7 @@ def _sweep(data_root, tmp_path, *overrides, experiment="chordrec", succeeds=True
             "chordrec.train",
             "-m",
             f"data.root={data_root}",
+            f"ood.root={OOD}",
             f"tracking.store_dir={store}",
             f"hydra.sweep.dir={tmp_path / 'sweep'}",
             *TINY,
@@ -120,6 +121,7 @@ def test_study_then_table_then_a_deleted_metric(data_root, tmp_path):
         "--study-id",
         "tiny",
         f"data.root={data_root}",
+        f"ood.root={OOD}",
         *TINY,
         cwd=tmp_path,
     )
@@ -188,6 +190,7 @@ def test_a_failed_member_is_reported_and_the_others_finish(data_root, tmp_path):
         "--jobs",
         "1",
         f"data.root={data_root}",
+        f"ood.root={OOD}",
         "seq_len=4",
         *TINY,
         cwd=tmp_path,

@@ -131,7 +131,7 @@ def test_a_run_logs_everything(train_config, tmp_path):
     # the final evaluation scores the best epoch's weights as that epoch was scored
     assert m["val/frame_acc_argmax"] == max(val_acc)
     # every metric sits in a section of the UI (the prefix before '/')
-    sections = {"train", "val", "test", "time", "fit", "decode", "system"}
+    sections = {"train", "val", "test", "time", "fit", "decode", "system", "ood_val"}
     assert {k.split("/")[0] for k in m if "/" in k} == sections
     assert all("/" in k for k in m), [k for k in m if "/" not in k]
     # split sizes: params, and the profile of each part's MLflow dataset

@@ -46,7 +46,7 @@ from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
 from chordrec import tracking
-from tests.conftest import free_port, subprocess_env
+from tests.conftest import OOD, free_port, subprocess_env
 
 pytestmark = pytest.mark.integration
 
@@ -168,6 +168,7 @@ def sweep(_chromium: None, data_root: Path, tmp_path_factory: pytest.TempPathFac
             "chordrec.train",
             "-m",
             f"data.root={data_root}",
+            f"ood.root={OOD}",
             f"tracking.store_dir={store}",
             f"hydra.sweep.dir={root / 'sweep'}",
             *SWEEP,

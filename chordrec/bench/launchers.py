@@ -4,7 +4,8 @@ chordrec's Ray launcher.
     python -m chordrec.bench.launchers [--jobs 8] [--data data/rwc-pop]
 
 The sweep is ``--jobs`` tiny training jobs (``seed=0..jobs-1``; one song per part at beat
-level, L = 16, one epoch, one torch thread, no model and no system metrics logged), run
+level, L = 16, one epoch, one torch thread, no model, no system metrics and no
+out-of-domain scores logged), run
 as one ``python -m chordrec.train -m`` command per launcher, each into its own SQLite
 store in a temporary directory:
 
@@ -75,7 +76,7 @@ def sweep_command(launcher: str, jobs: int, data: Path, directory: Path) -> list
     """The command line of the sweep through ``launcher`` (a key of :data:`LAUNCHERS`)."""
     return [
         sys.executable, "-m", "chordrec.train", "-m", *LAUNCHERS[launcher], *TINY, "seq_len=16",
-        f"data.root={data}", f"tracking.store_dir={directory / 'mlruns'}",
+        f"data.root={data}", "ood.part=null", f"tracking.store_dir={directory / 'mlruns'}",
         f"hydra.sweep.dir={directory / 'sweep'}", f"seed={','.join(map(str, range(jobs)))}",
     ]  # fmt: skip
 

@@ -241,7 +241,7 @@ def training_command(store: Store, data: Path, epochs: int, hydra_dir: Path) -> 
         "split.max_songs=2", "data.level=beat", "seq_len=16", f"trainer.max_epochs={epochs}",
         "trainer.num_threads=1", "trainer.progress=false", "tracking.log_model=false",
         "tracking.system_metrics=false", f"tracking.experiment=bench-{store.name}",
-        f"data.root={data}", f"hydra.run.dir={hydra_dir}", *store.overrides,
+        f"data.root={data}", "ood.part=null", f"hydra.run.dir={hydra_dir}", *store.overrides,
     ]  # fmt: skip
 
 
