@@ -10,8 +10,10 @@ from pathlib import Path
 import mir_eval
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from chordrec import tracking
 from chordrec.data.synthetic import ood_songs
@@ -121,3 +123,18 @@ def test_chordrec_ood_scores_a_model_per_song_and_in_all(tmp_path: Path):
     missing = run_chordrec("ood", "--model", "templates", "--root", str(tmp_path), cwd=REPO)
     assert missing.returncode != 0
     assert str(tmp_path) in missing.stderr and "make data" in missing.stderr
+
+
+def test_best_templates_is_best_decoded_with_the_templates():
+    def flat(cfg) -> dict:
+        plain = OmegaConf.to_container(cfg, resolve=False)
+        plain.pop("hydra", None)
+        return pd.json_normalize(plain, sep=".").iloc[0].to_dict()
+
+    best, champion = (
+        flat(compose_train(["experiment=best"])),
+        flat(compose_train(["experiment=best_templates"])),
+    )
+    changed = {k for k in best.keys() | champion.keys() if best.get(k) != champion.get(k)}
+    assert changed == {"preset", "template_weight"}
+    assert champion["template_weight"] == 1.0
