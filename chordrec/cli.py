@@ -179,14 +179,14 @@ def _ood(args: argparse.Namespace) -> int:
             f"  {song.duration:7.1f}" + "".join(f"  {getattr(song, e):8.4f}" for e in errors)
         )
     prefix = ood.PREFIXES[args.part]
-    songs_ = scored.songs.values()
-    frames = sum(s.frames for s in songs_)
+    per_song = scored.songs.values()
+    frames = sum(s.frames for s in per_song)
     print(
         f"{'all':<16} "
         + " ".join(f"{scored.metrics[f'{prefix}/{key}']:7.4f}" for key in ood.KEYS)
-        + f"  {sum(s.duration for s in songs_):7.1f}"
+        + f"  {sum(s.duration for s in per_song):7.1f}"
         + "".join(
-            f"  {sum(getattr(s, e) * s.frames for s in songs_) / frames:8.4f}" for e in errors
+            f"  {sum(getattr(s, e) * s.frames for s in per_song) / frames:8.4f}" for e in errors
         )
         + f"  ({len(scored.songs)} songs; {model.source}, {model.decode}"
         + (f" {model.self_transition:g})" if model.decode == "viterbi" else ")")

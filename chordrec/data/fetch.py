@@ -35,7 +35,6 @@ import hashlib
 import http.client
 import logging
 import os
-import secrets
 import shutil
 import socket
 import tempfile
@@ -54,6 +53,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from chordrec.errors import UserError
+from chordrec.io.atomic_write import default_dir_mode, install_directory
 
 log = logging.getLogger(__name__)
 
@@ -379,7 +379,8 @@ def _local_source(root: Path, spec: str) -> _LocalSource:
 # --------------------------------------------------------------------------- hashing
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The SHA256 hex digest of the file at ``path``, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
@@ -447,7 +448,7 @@ def verify_dataset(root: str | Path) -> None:
         path = root / rel
         if not path.is_file():
             raise DataFetchError(f"{rel}: missing in {root}")
-        got = _sha256_file(path)
+        got = sha256_file(path)
         if got != expected:
             raise DataFetchError(f"{rel}: sha256 mismatch (expected {expected}, got {got})")
     _check_checksum_file(root)
@@ -612,12 +613,6 @@ def _copy_readme(source: _Source, pin: PinnedFile, tmp: Path) -> None:
         target.unlink(missing_ok=True)
 
 
-def _default_dir_mode() -> int:
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o777 & ~umask
-
-
 def fetch_dataset(
     source: str | os.PathLike[str] | None,
     dest: str | Path,
@@ -689,8 +684,8 @@ def fetch_dataset(
         nbytes = _fetch_all(src, pins.files, tmp, progress)
         (tmp / CHECKSUM_FILE).write_bytes(pins.checksums_text)
         _copy_readme(src, pins.readme, tmp)
-        os.chmod(tmp, _default_dir_mode())
-        _install(tmp, dest)
+        os.chmod(tmp, default_dir_mode())
+        install_directory(tmp, dest)
     except DataFetchError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -704,24 +699,6 @@ def fetch_dataset(
         "fetched and verified %d files (%s) into %s", len(pins.files), _human_bytes(nbytes), dest
     )
     return dest
-
-
-def _install(tmp: Path, dest: Path) -> None:
-    """Rename ``tmp`` to ``dest``; an existing ``dest`` is moved aside, then deleted."""
-    if not (dest.exists() or dest.is_symlink()):
-        os.rename(tmp, dest)
-        return
-    old = dest.parent / f".{dest.name}.old-{secrets.token_hex(4)}"
-    os.rename(dest, old)
-    try:
-        os.rename(tmp, dest)
-    except BaseException:
-        os.rename(old, dest)
-        raise
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink(missing_ok=True)
 
 
 def ensure_dataset(

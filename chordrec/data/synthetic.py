@@ -60,7 +60,6 @@ import logging
 import math
 import os
 import re
-import secrets
 import shutil
 import subprocess
 import tempfile
@@ -75,8 +74,9 @@ import numpy as np
 
 from chordrec.constants import OOD_DIR, SAMPLE_RATE
 from chordrec.data.chords import PITCH_CLASSES
+from chordrec.data.fetch import sha256_file
 from chordrec.errors import UserError
-from chordrec.io.atomic_write import write_atomic
+from chordrec.io.atomic_write import default_dir_mode, install_directory, write_atomic
 from chordrec.io.chord_files import format_lab
 
 log = logging.getLogger(__name__)
@@ -1104,8 +1104,8 @@ def build_ood_set(
         }
         text = json.dumps(manifest, indent=2) + "\n"
         write_atomic(tmp / MANIFEST_FILE, lambda path: path.write_text(text, encoding="utf-8"))
-        os.chmod(tmp, _default_dir_mode())
-        _install(tmp, dest)
+        os.chmod(tmp, default_dir_mode())
+        install_directory(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -1149,41 +1149,9 @@ def _song_entry(root: Path, part: str, song: Song) -> dict[str, Any]:
     return {
         **song_metadata(song),
         "files": {
-            kind: {"path": rel, "sha256": _sha256(root / rel)} for kind, rel in files.items()
+            kind: {"path": rel, "sha256": sha256_file(root / rel)} for kind, rel in files.items()
         },
     }
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _default_dir_mode() -> int:
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o777 & ~umask
-
-
-def _install(tmp: Path, dest: Path) -> None:
-    """Rename ``tmp`` to ``dest``; an existing ``dest`` is moved aside, then deleted."""
-    if not (dest.exists() or dest.is_symlink()):
-        os.rename(tmp, dest)
-        return
-    old = dest.parent / f".{dest.name}.old-{secrets.token_hex(4)}"
-    os.rename(dest, old)
-    try:
-        os.rename(tmp, dest)
-    except BaseException:
-        os.rename(old, dest)
-        raise
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink(missing_ok=True)
 
 
 def ensure_ood_set(
@@ -1246,7 +1214,7 @@ def _stale_reason(dest: Path, settings: _Settings) -> str | None:
                 path = dest / entry["path"]
                 if not path.is_file():
                     return f"{path} is missing"
-                if _sha256(path) != entry["sha256"]:
+                if sha256_file(path) != entry["sha256"]:
                     return f"{path} does not match its sha256 in the manifest"
     return None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,3 +43,30 @@ def _link_new(tmp: Path, path: Path) -> None:
         if path.exists():
             raise FileExistsError(path) from None
         os.replace(tmp, path)
+
+
+def default_dir_mode() -> int:
+    """The mode a new directory of the user gets: 0o777 less the umask (a directory
+    from :func:`tempfile.mkdtemp` is 0o700 until given this)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o777 & ~umask
+
+
+def install_directory(tmp: Path, dest: Path) -> None:
+    """Rename the finished directory ``tmp`` to ``dest`` (on the same file system); an
+    existing ``dest`` is moved aside, then deleted, and put back if the rename fails."""
+    if not (dest.exists() or dest.is_symlink()):
+        os.rename(tmp, dest)
+        return
+    old = dest.parent / f".{dest.name}.old-{secrets.token_hex(4)}"
+    os.rename(dest, old)
+    try:
+        os.rename(tmp, dest)
+    except BaseException:
+        os.rename(old, dest)
+        raise
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
