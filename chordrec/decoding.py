@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numba
 import numpy as np
 
 __all__ = [
@@ -107,30 +108,58 @@ def viterbi_decode(log_probs: np.ndarray, self_transition: float) -> np.ndarray:
 
     Notes
     -----
-    Dynamic programming over frames with a (classes, classes) update per frame:
-    about 0.1 s for 20,000 frames × 25 classes.
+    Dynamic programming over frames, compiled (numba). The transition matrix's one
+    parameter makes each frame's update O(classes): the best predecessor of class
+    ``j`` is ``j`` itself or the best other class, i.e. the best or second-best
+    class of the previous frame. About 2 ms for 20,000 frames × 25 classes.
     """
     scores = _check_log_probs(log_probs)
     p = _check_self_transition(self_transition)
     n_frames, n_classes = scores.shape
     if n_frames == 0:
         return np.zeros(0, dtype=np.int64)
+    if n_classes == 1:
+        return np.zeros(n_frames, dtype=np.int64)
     log_trans = _log_transition_matrix(n_classes, p)
+    return _sticky_viterbi(np.ascontiguousarray(scores), log_trans[0, 0], log_trans[0, 1])
 
-    backptr = np.empty((n_frames, n_classes), dtype=np.intp)
-    backptr[0] = 0
-    # The uniform initial distribution adds the same constant to every path: omit it.
+
+@numba.njit(cache=True, nogil=True)
+def _sticky_viterbi(scores: np.ndarray, log_stay: float, log_move: float) -> np.ndarray:
+    """The Viterbi path of ``scores`` (frames, classes >= 2) float64 under transitions
+    ``log_stay`` (i -> i) and ``log_move`` (i -> j != i); ties to the lowest index,
+    as ``argmax`` over the full (classes x classes) update would break them."""
+    n_frames, n_classes = scores.shape
+    backptr = np.zeros((n_frames, n_classes), dtype=np.int64)
     value = scores[0].copy()
-    cand = np.empty((n_classes, n_classes))
+    moved = np.empty(n_classes)
     for t in range(1, n_frames):
-        # cand[i, j]: best score ending in i at t-1, then moving i -> j.
-        np.add(value[:, None], log_trans, out=cand)
-        best_prev = cand.argmax(axis=0)
-        backptr[t] = best_prev
-        value = cand[best_prev, np.arange(n_classes)] + scores[t]
-
+        for i in range(n_classes):
+            moved[i] = value[i] + log_move
+        # the lowest index of the best moved value, then of the best among the others
+        first = 0
+        for i in range(1, n_classes):
+            if moved[i] > moved[first]:
+                first = i
+        second = 1 if first == 0 else 0
+        for i in range(n_classes):
+            if i != first and moved[i] > moved[second]:
+                second = i
+        for j in range(n_classes):
+            other = second if j == first else first
+            stay = value[j] + log_stay
+            if stay > moved[other] or (stay == moved[other] and j < other):
+                backptr[t, j] = j
+                value[j] = stay + scores[t, j]
+            else:
+                backptr[t, j] = other
+                value[j] = moved[other] + scores[t, j]
     path = np.empty(n_frames, dtype=np.int64)
-    path[-1] = int(np.argmax(value))
+    best = 0
+    for j in range(1, n_classes):
+        if value[j] > value[best]:
+            best = j
+    path[n_frames - 1] = best
     for t in range(n_frames - 1, 0, -1):
         path[t - 1] = backptr[t, path[t]]
     return path
