@@ -7,7 +7,8 @@ frames per second per mode.
 First, side by side (one torch thread each, after a warm-up, in alternating rounds):
 chordrec's window mode (many-to-one) against :mod:`chordrec.bench.course_baseline`, a
 faithful re-implementation of the course's loop, for the same model (BiLSTM 64, FC
-128→25), settings (L, batch 32, Adam 1e-4) and batch order, on the first 10 training
+128→25), settings (L, batch 32, Adam 1e-4) and batch order, chordrec's side built from
+``experiment=c`` (its model and optimizer config, e.g. the fused Adam step), on the first 10 training
 songs at L = 16 and the first 3 at L = 128 (where the course's up-front windows still fit
 in memory); prints examples per second, the ratio, and the memory each holds for the
 examples. Then trains the model preset (default: the report's Table 4 BiLSTM 16) on
@@ -36,7 +37,13 @@ from chordrec.bench.course_baseline import (
 from chordrec.constants import DATA_DIR
 from chordrec.data.sequences import BatchedExamples, song_steps
 from chordrec.data.songs import load_songs, song_names
-from chordrec.fit import TrainerSettings, resolve_device, seed_everything, train_epoch
+from chordrec.fit import (
+    TrainerSettings,
+    build_optimizer,
+    resolve_device,
+    seed_everything,
+    train_epoch,
+)
 from chordrec.models import build_model
 from chordrec.train import compose_config
 
@@ -100,8 +107,11 @@ def against_course(
     course_model = CourseBiLSTM()
     course_optimizer = torch.optim.Adam(course_model.parameters(), lr=1e-4)
     loader = course_loader(windows, labels, order, batch_size)
-    model = build_model(preset_spec("rnn_baseline"))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    preset = compose_config(["experiment=c"])  # the course's model and optimizer, in window mode
+    model = build_model(OmegaConf.to_container(preset.model, resolve=True))
+    optimizer = build_optimizer(
+        OmegaConf.to_container(preset.optimizer, resolve=True), model.parameters()
+    )
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     settings = TrainerSettings(batch_size=batch_size, progress=False)
     device = torch.device("cpu")
