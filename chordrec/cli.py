@@ -151,7 +151,13 @@ def _transcribe(args: argparse.Namespace) -> int:
         _configure_tracking(args)
     model = load_model(args.model, args.device)
     outcome = transcribe_files(
-        jobs, model, fmt, force=args.force, progress=not args.quiet, max_duration=max_duration
+        jobs,
+        model,
+        fmt,
+        force=args.force,
+        progress=not args.quiet,
+        max_duration=max_duration,
+        workers=args.jobs,
     )
     for path in outcome.written:
         print(path)
@@ -203,6 +209,14 @@ def _print_failures(failed: Sequence[tuple[Path, str]], total: int) -> None:
         print(f"chordrec: error: {len(failed)} of {total} files failed:", file=sys.stderr)
         for audio, message in failed:
             print(f"  {audio}: {message}", file=sys.stderr)
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _max_duration(seconds: float | None) -> float:
@@ -523,6 +537,16 @@ def _add_transcribe_parser(commands: argparse._SubParsersAction) -> None:
     )
     transcribe.add_argument(
         "--device", default="auto", help="auto | cpu | cuda[:N] (default: %(default)s)"
+    )
+    transcribe.add_argument(
+        "-j",
+        "--jobs",
+        type=_positive_int,
+        default=len(os.sched_getaffinity(0)),
+        help=(
+            "worker processes that decode audio and compute chroma while the model runs, "
+            "for two files or more (default: the CPUs available, %(default)s)"
+        ),
     )
     _add_tracking_options(transcribe)
     transcribe.add_argument("--quiet", action="store_true", help="no progress bar")

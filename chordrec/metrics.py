@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import mir_eval
 import numpy as np
 
 from chordrec.constants import FRAME_RATE
@@ -124,6 +123,8 @@ def harte_class(label: str) -> int:
     ``sus4``, ``dim``, ``aug``, power chords) is -1, outside the vocabulary. Raises
     ValueError for a label mir_eval cannot parse.
     """
+    import mir_eval  # imported when first needed: scipy.stats and all, about 1.5 s
+
     try:
         root, semitones, _ = mir_eval.chord.encode(label)
     except mir_eval.chord.InvalidChordException as exc:
@@ -191,6 +192,8 @@ def chord_scores(
     est_intervals, est_labels = frames_to_segments(predicted_classes, frame_rate)
     if est_intervals.shape[0] == 0:
         raise ValueError("predicted_classes holds no frames")
+
+    import mir_eval
 
     chord = mir_eval.chord
     est_intervals, est_labels = mir_eval.util.adjust_intervals(

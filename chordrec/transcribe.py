@@ -20,7 +20,7 @@ import logging
 import re
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,14 +29,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from chordrec import tracking
-from chordrec.audio.features import (
-    MAX_DURATION_S,
-    AudioError,
-    beat_frames,
-    chroma_features,
-    load_audio,
-)
+from chordrec.audio.analysis import AudioFeatures, audio_features, files_features
+from chordrec.audio.features import MAX_DURATION_S
 from chordrec.constants import FRAME_RATE, SAMPLE_RATE
 from chordrec.data.songs import Song
 from chordrec.decoding import decode
@@ -198,6 +192,8 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "auto") -> ChordModel:
     kind = model_kind(spec)
     if kind == "templates":
         return template_model()
+    from chordrec import tracking  # MLflow: only for models in the tracking store
+
     target = resolve_device(device)
     if kind == "file":
         if not Path(spec).is_file():
@@ -233,14 +229,19 @@ class Transcription:
 
 
 def transcribe_audio(y: np.ndarray, model: ChordModel, sr: int = SAMPLE_RATE) -> Transcription:
-    """Chords of mono audio ``y`` (samples,) at 44.1 kHz: chroma, beats at beat level,
-    the model's frame scores, decoding."""
-    chroma = chroma_features(y, sr)
-    n = len(chroma)
-    beats = beat_frames(y, sr, n) if model.level == "beat" else np.zeros(0, np.int64)
-    song = Song(name="audio", chroma=chroma, labels=np.zeros(n, np.int64), beats=beats)
+    """Chords of mono audio ``y`` (samples,) at 44.1 kHz: :func:`transcribe_features` of
+    its chroma (and beats at beat level)."""
+    return transcribe_features(audio_features(y, sr, with_beats=model.level == "beat"), model)
+
+
+def transcribe_features(features: AudioFeatures, model: ChordModel) -> Transcription:
+    """Chords of one file's features: the model's frame scores, then decoding."""
+    n = len(features.chroma)
+    song = Song(
+        name="audio", chroma=features.chroma, labels=np.zeros(n, np.int64), beats=features.beats
+    )
     classes = decode(model.scores(song), model.decode, model.self_transition)
-    return Transcription(chroma, classes, len(y) / sr)
+    return Transcription(features.chroma, classes, features.duration)
 
 
 # ------------------------------------------------------------------------ formats
@@ -378,21 +379,12 @@ class Outcome:
     failed: list[tuple[Path, str]]
 
 
-def transcribe_file(
-    job: Job,
-    model: ChordModel,
-    fmt: str,
-    force: bool = False,
-    max_duration: float = MAX_DURATION_S,
+def write_transcription(
+    job: Job, result: Transcription, fmt: str, source: str, force: bool = False
 ) -> None:
-    """Transcribe one file and write its outputs; raises AudioError (also for audio
-    longer than ``max_duration`` seconds, see :func:`~chordrec.audio.features.load_audio`),
-    FileExistsError or OSError naming the file."""
-    for path in (job.output, job.plot):
-        if path is not None and path.exists() and not force:
-            raise FileExistsError(f"{path} exists (--force replaces it)")
-    result = transcribe_audio(load_audio(job.audio, max_duration=max_duration), model)
-    text = render(result, fmt, job.audio.stem, model.source)
+    """Write ``result`` to ``job.output`` in format ``fmt`` (and its figure to
+    ``job.plot``); raises FileExistsError or OSError naming the file."""
+    text = render(result, fmt, job.audio.stem, source)
     write_atomic(job.output, lambda tmp: tmp.write_text(text, encoding="utf-8"), force)
     if job.plot is not None:
         from chordrec.report.figures import transcription_figure
@@ -408,24 +400,47 @@ def transcribe_files(
     force: bool = False,
     progress: bool = True,
     max_duration: float = MAX_DURATION_S,
+    workers: int = 1,
 ) -> Outcome:
     """Run every job; a failing file is recorded and the others still finish. Audio
-    longer than ``max_duration`` seconds is refused (a failure)."""
-    outcome = Outcome([], [])
+    longer than ``max_duration`` seconds is refused (a failure). An output (or plot)
+    that exists fails its job before its audio is read, unless ``force``.
+
+    ``workers`` > 1: the audio is decoded and its chroma computed in that many worker
+    processes (:func:`~chordrec.audio.analysis.files_features`) while this process
+    runs the model, decodes and writes, file after file in order."""
+    written: list[Path] = []
+    failed: list[tuple[int, Path, str]] = []
+    todo: list[tuple[int, Job]] = []
     seen: dict[Path, Path] = {}
-    bar = tqdm(jobs, unit="file", disable=not progress or len(jobs) < 2, dynamic_ncols=True)
-    for job in bar:
-        bar.set_postfix_str(job.audio.name)
+    for index, job in enumerate(jobs):
         key = job.output.resolve()
+        existing = [p for p in (job.output, job.plot) if p is not None and p.exists()]
         if key in seen:
-            outcome.failed.append((job.audio, f"{job.output} is also the output of {seen[key]}"))
-            continue
-        seen[key] = job.audio
-        try:
-            transcribe_file(job, model, fmt, force, max_duration)
-        except (AudioError, OSError, ValueError) as exc:
-            message = str(exc).removeprefix(f"{job.audio}: ")
-            outcome.failed.append((job.audio, message))
+            failed.append((index, job.audio, f"{job.output} is also the output of {seen[key]}"))
+        elif existing and not force:
+            failed.append((index, job.audio, f"{existing[0]} exists (--force replaces it)"))
         else:
-            outcome.written.append(job.output)
-    return outcome
+            seen[key] = job.audio
+            todo.append((index, job))
+    with_beats = model.level == "beat"
+    results = files_features([job.audio for _, job in todo], with_beats, max_duration, workers)
+    bar = tqdm(
+        total=len(todo), unit="file", disable=not progress or len(jobs) < 2, dynamic_ncols=True
+    )
+    with closing(results), bar:
+        for (index, job), features in zip(todo, results, strict=True):
+            bar.set_postfix_str(job.audio.name, refresh=False)
+            error = features if not isinstance(features, AudioFeatures) else None
+            if error is None:
+                try:
+                    result = transcribe_features(features, model)
+                    write_transcription(job, result, fmt, model.source, force)
+                except (OSError, ValueError) as exc:
+                    error = exc
+            if error is None:
+                written.append(job.output)
+            else:
+                failed.append((index, job.audio, str(error).removeprefix(f"{job.audio}: ")))
+            bar.update()
+    return Outcome(written, [(audio, message) for _, audio, message in sorted(failed)])

@@ -220,6 +220,34 @@ def test_directory_with_bad_files(tmp_path, capsys) -> None:
     assert read_lab(labs / "album" / "second.lab")[1][1:3] == ["D:maj", "B:min"]
 
 
+def test_worker_processes_write_what_one_process_writes(tmp_path, capsys) -> None:
+    # --jobs 2 decodes and computes chroma (and beats, at beat level) in worker
+    # processes; the files written, their bytes and the failures listed are those of
+    # --jobs 1, in the same order.
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    for i in range(3):
+        write_song(songs / f"song{i}.wav", SONG[2 * i : 2 * i + 5], pulse=0.5)
+    (songs / "broken.wav").write_bytes(b"RIFF" + b"\x00" * 100)
+    checkpoint = tmp_path / "beat.pt"
+    torch.save(template_checkpoint("beat"), checkpoint)
+    outputs = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}"
+        assert transcribe(songs, "--out-dir", out, "-m", checkpoint, "--jobs", jobs) == 1
+        outputs[jobs] = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+        outputs[jobs]["stderr"] = capsys.readouterr().err.encode()
+    assert sorted(outputs["1"]) == ["song0.lab", "song1.lab", "song2.lab", "stderr"]
+    assert outputs["1"] == outputs["2"]
+    assert b"1 of 4 files failed" in outputs["1"]["stderr"]
+
+
+def test_jobs_must_be_positive(song_wav, capsys) -> None:
+    with pytest.raises(SystemExit):
+        transcribe(song_wav, "-m", "templates", "--jobs", "0")
+    assert "must be at least 1" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

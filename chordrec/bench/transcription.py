@@ -1,8 +1,18 @@
 """Transcription speed benchmark: multiples of real time on this machine.
 
     python -m chordrec.bench.transcription [--minutes 4] [--repeats 3] [--model SPEC]
+                                           [--files 50] [--stages/--no-stages]
 
-Synthesises a stereo 44.1 kHz WAV song of random major/minor triads struck at
+First, end to end: ``chordrec transcribe`` as a command (start-up, model loading and
+writing included) on one file of ``--minutes`` and on a folder of ``--files`` such
+files (``--out-dir``, worker processes as the command's default), for the template
+matcher, the champion's architecture (``experiment=best_templates``, untrained, as a
+``.pt`` checkpoint) and any ``--model``; printed beside essentia's HPCP chord detection,
+quoted from the README (:data:`ESSENTIA_X_REAL_TIME`, measured with
+``../shared/peers/essentia_chords.py``; essentia is not a dependency). The folder's files
+are the song rotated by a different offset each, so no two are alike.
+
+Then, stage by stage, it synthesises a stereo 44.1 kHz WAV song of random major/minor triads struck at
 120 BPM, then times each stage of ``chordrec transcribe`` separately, the best of
 ``--repeats`` runs after one warm-up: reading the file, CENS chroma, beat tracking
 (beat-level models only) and each model's scoring plus decoding. The models are the
@@ -17,20 +27,26 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from chordrec.audio.features import beat_frames, chroma_features, load_audio, write_wav
 from chordrec.bench.training import preset_spec
 from chordrec.constants import SAMPLE_RATE, STORE_DIR
 from chordrec.data.songs import Song
 from chordrec.decoding import decode
+from chordrec.inference import InferenceRecipe
+from chordrec.io.checkpoints import save_checkpoint
 from chordrec.models import build_model
 from chordrec.tracking import configure
+from chordrec.train import compose_config
 from chordrec.transcribe import (
     ChordModel,
     load_model,
@@ -85,13 +101,113 @@ def preset_model(name: str, level: str, seq_len: int, method: str) -> ChordModel
     return network_model(checkpoint, f"{name} ({level}, L={seq_len}, {method}, untrained)")
 
 
+ESSENTIA_X_REAL_TIME = (350, 456)
+"""essentia's HPCP + ChordsDetection (``../shared/peers/essentia_chords.py``), multiples
+of real time on this machine's kind, as the README quotes them."""
+
+
+def champion_checkpoint(path: Path, preset: str = "best_templates") -> Path:
+    """Write an untrained checkpoint of experiment ``preset`` (model, config, recipe with
+    a self-transition) to ``path``: what a trained run's ``best.pt`` holds, for speed
+    only."""
+    config = OmegaConf.to_container(compose_config([f"experiment={preset}"]), resolve=True)
+    assert isinstance(config, dict)
+    recipe = InferenceRecipe.from_config(config, self_transition=0.999)
+    state = {"model": build_model(config["model"]).state_dict(), "config": config}
+    return save_checkpoint({**state, "inference": recipe.to_dict()}, path)
+
+
+def song_folder(song: np.ndarray, folder: Path, files: int) -> float:
+    """Write ``files`` WAV files of ``song`` (samples, channels), each rotated by another
+    offset, into ``folder``; returns the seconds of audio written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        write_wav(folder / f"song{i:03d}.wav", np.roll(song, -i * len(song) // files, axis=0))
+    return files * len(song) / SAMPLE_RATE
+
+
+def command_time(arguments: list[str]) -> float:
+    """Wall time of ``chordrec <arguments>`` as a fresh process; raises when it fails."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "chordrec", *arguments], capture_output=True, text=True
+    )
+    took = time.perf_counter() - start
+    if done.returncode:
+        raise RuntimeError(f"chordrec {' '.join(arguments)} failed:\n{done.stderr[-2000:]}")
+    return took
+
+
+def end_to_end(minutes: float, files: int, models: list[str], store: Path) -> None:
+    """Print ``chordrec transcribe``'s multiples of real time, start-up included, on one
+    file and on a folder of ``files``, per model, beside essentia's quoted figure."""
+    low, high = ESSENTIA_X_REAL_TIME
+    print(
+        f"end to end, `chordrec transcribe` as a command, {os.cpu_count()} CPUs "
+        f"(essentia's HPCP chord detection, quoted from the README: {low}-{high}x real time):"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        song = synthetic_song(60.0 * minutes)
+        write_wav(work / "one.wav", song)
+        audio = song_folder(song, work / "folder", files)
+        single = 60.0 * minutes
+        for spec in models:
+            store_option = (
+                ["--store", str(store)] if model_kind(spec) in ("registry", "run") else []
+            )
+            one = command_time(
+                [
+                    "transcribe",
+                    str(work / "one.wav"),
+                    "-o",
+                    str(work / "one.lab"),
+                    "-m",
+                    spec,
+                    "--force",
+                    "--quiet",
+                    *store_option,
+                ]
+            )
+            many = command_time(
+                [
+                    "transcribe",
+                    str(work / "folder"),
+                    "--out-dir",
+                    str(work / "out"),
+                    "-m",
+                    spec,
+                    "--force",
+                    "--quiet",
+                    *store_option,
+                ]
+            )
+            print(
+                f"  {spec:<40} one {minutes:g}-min file: {one:6.2f} s {single / one:6.1f}x   "
+                f"{files} files ({audio / 60:.0f} min): {many:6.1f} s {audio / many:6.1f}x",
+                flush=True,
+            )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=4.0, help="song length (default 4)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per stage (best)")
     parser.add_argument("--model", action="append", default=[], help="extra model spec")
     parser.add_argument("--store", type=Path, default=STORE_DIR, help="tracking store")
+    parser.add_argument("--files", type=int, default=50, help="files in the folder (default 50)")
+    parser.add_argument(
+        "--stages",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time each stage in this process (default: yes)",
+    )
     args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        champion = champion_checkpoint(Path(tmp) / "best_templates.pt")
+        end_to_end(args.minutes, args.files, ["templates", str(champion), *args.model], args.store)
+    if not args.stages:
+        return
 
     seconds = 60.0 * args.minutes
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
