@@ -233,12 +233,18 @@ class CRNN(nn.Module):
         h0 = seq.new_zeros(1, seq.shape[0], rnn.hidden_size)
         arguments = (True, 1, 0.0, self.training, False, True)  # bias, layers, dropout, ...
         if isinstance(rnn, nn.LSTM):
-            _, h_n, _ = torch.lstm(seq, (h0, h0), forward, *arguments)
+            if seq.shape[1] == 1:  # one step: a cell step (about 2/3 of the layer's time)
+                ahead, _ = torch.lstm_cell(seq[:, 0], (h0[0], h0[0]), *forward)
+            else:
+                ahead = torch.lstm(seq, (h0, h0), forward, *arguments)[1][0]
             back, _ = torch.lstm_cell(seq[:, -1], (h0[0], h0[0]), *reverse)
         else:
-            _, h_n = torch.gru(seq, h0, forward, *arguments)
+            if seq.shape[1] == 1:
+                ahead = torch.gru_cell(seq[:, 0], h0[0], *forward)
+            else:
+                ahead = torch.gru(seq, h0, forward, *arguments)[1][0]
             back = torch.gru_cell(seq[:, -1], h0[0], *reverse)
-        return torch.cat([h_n[0], back], dim=-1)
+        return torch.cat([ahead, back], dim=-1)
 
     def step_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for every input step: (batch, time, classes). When the conv blocks pool
