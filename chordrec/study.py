@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chordrec import tracking
-from chordrec.constants import EXPERIMENT, PRESETS, STORE_DIR
+from chordrec.constants import EXPERIMENT, LONGEST_FIRST, PRESETS, STORE_DIR
 from chordrec.io.atomic_write import write_atomic
 from chordrec.report.tables import (
     IncompleteTableError,
@@ -129,13 +129,15 @@ def start_study(
 def multirun_command(study: Study, jobs: int = 2, overrides: Sequence[str] = ()) -> list[str]:
     """The ``python -m chordrec.train -m ...`` command line that runs ``study``'s presets
     as one multirun nested under its parent run: ``jobs`` > 1 runs them in parallel (one
-    torch thread and per-epoch log lines each); ``overrides`` apply to every member."""
+    torch thread and per-epoch log lines each), started longest first
+    (:data:`~chordrec.constants.LONGEST_FIRST`); ``overrides`` apply to every member."""
+    order = sorted(study.presets, key=_start_rank)
     command = [
         sys.executable,
         "-m",
         "chordrec.train",
         "-m",
-        f"experiment={','.join(study.presets)}",
+        f"experiment={','.join(order)}",
         f"tracking.experiment={study.experiment}",
         f"tracking.store_dir={study.store}",
         f"+tracking.tags.study={study.study_id}",
@@ -150,6 +152,11 @@ def multirun_command(study: Study, jobs: int = 2, overrides: Sequence[str] = ())
             "trainer.progress=false",  # per-epoch log lines, not interleaved progress bars
         ]
     return [*command, *overrides]
+
+
+def _start_rank(preset: str) -> int:
+    """Where ``preset`` starts in a study: its place in LONGEST_FIRST, else after them."""
+    return LONGEST_FIRST.index(preset) if preset in LONGEST_FIRST else len(LONGEST_FIRST)
 
 
 def run_study(study: Study, jobs: int = 2, overrides: Sequence[str] = ()) -> StudyOutcome:

@@ -83,7 +83,7 @@ def test_the_multirun_nests_every_preset_under_the_parent_run():
         "-m",
         "chordrec.train",
         "-m",
-        "experiment=a,d",
+        "experiment=d,a",  # longest first
         "tracking.experiment=exp",
         "tracking.store_dir=/abs/mlruns",
         "+tracking.tags.study=s1",
@@ -92,6 +92,12 @@ def test_the_multirun_nests_every_preset_under_the_parent_run():
         "seed=3",
     ]
     assert _study().headline == "study s1: presets a, d; parent MLflow run p0"
+
+
+def test_members_start_longest_first_and_unknown_presets_last():
+    presets = ("a", "best", "b", "c", "d", "e", "f")
+    command = study.multirun_command(_study(presets=presets), jobs=2)
+    assert "experiment=b,c,e,d,a,f,best" in command
 
 
 def test_parallel_members_get_one_thread_and_no_progress_bars_before_the_overrides():
