@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import numba
 import numpy as np
 
+from chordrec.compiled_cache import first_call_locked
+
 __all__ = [
     "DEFAULT_SELF_TRANSITIONS",
     "DECODE_METHODS",
@@ -124,6 +126,7 @@ def viterbi_decode(log_probs: np.ndarray, self_transition: float) -> np.ndarray:
     return _sticky_viterbi(np.ascontiguousarray(scores), log_trans[0, 0], log_trans[0, 1])
 
 
+@first_call_locked  # numba's cache, filled by one process at a time
 @numba.njit(cache=True, nogil=True)
 def _sticky_viterbi(scores: np.ndarray, log_stay: float, log_move: float) -> np.ndarray:
     """The Viterbi path of ``scores`` (frames, classes >= 2) float64 under transitions

@@ -30,6 +30,7 @@ import librosa
 import numpy as np
 import soundfile as sf
 
+from chordrec.compiled_cache import first_call_locked
 from chordrec.constants import HOP_LENGTH, SAMPLE_RATE
 from chordrec.errors import UserError
 
@@ -156,6 +157,7 @@ def estimate_tuning(y: np.ndarray, sr: int = SAMPLE_RATE) -> float:
     return float(librosa.estimate_tuning(y=y, sr=sr, bins_per_octave=12))
 
 
+@first_call_locked  # librosa's numba cache, filled by one process at a time
 def chroma_features(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     """CENS chroma like the data set's: shape (frames, 12) float32, frames = ``1 + len(y) // 512``.
 
@@ -214,6 +216,7 @@ def fill_beat_gaps(beats: np.ndarray, n_frames: int) -> np.ndarray:
     return np.concatenate(filled).astype(np.int64)
 
 
+@first_call_locked
 def beat_frames(y: np.ndarray, sr: int, n_frames: int) -> np.ndarray:
     """Beat positions as chroma frame indices, shape (beats,) int64, strictly increasing.
 
