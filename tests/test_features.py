@@ -264,6 +264,17 @@ def test_detuned_audio_keeps_its_pitch_classes(cents: float) -> None:
         assert top3 == {m % 12 for m in chord_notes(label)}, f"{label} at {start:.1f} s"
 
 
+@pytest.mark.parametrize("cents", [-45.0, -20.0, 0.0, 13.0, 38.0, 49.0])
+def test_tuning_is_librosas_estimate_exactly(cents: float) -> None:
+    """The band-limited estimate returns librosa.estimate_tuning's value to the bit, on
+    detuned chords with silence around them and on noise."""
+    y, _, _ = render_song([("N", 0.5), *SONG[:4], ("N", 0.5)], cents=cents)
+    noise = 0.1 * np.random.default_rng(int(cents) + 50).normal(size=len(y)).astype(np.float32)
+    for signal in (y, noise, y + 0.01 * noise):
+        expected = librosa.estimate_tuning(y=signal, sr=SR, bins_per_octave=12)
+        assert estimate_tuning(signal, SR) == float(expected)
+
+
 def test_chroma_is_smoothed_over_tens_of_frames() -> None:
     """CENS spreads a chord change over its 41-frame Hann window: the frame-to-frame
     change stays small and is above half its peak for 15-40 frames (24 here; the
