@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import tracemalloc
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from chordrec.audio.features import (
     AudioError,
     beat_frames,
     chroma_features,
+    cqt_magnitude,
     estimate_tuning,
     fill_beat_gaps,
     load_audio,
@@ -273,6 +275,77 @@ def test_tuning_is_librosas_estimate_exactly(cents: float) -> None:
     for signal in (y, noise, y + 0.01 * noise):
         expected = librosa.estimate_tuning(y=signal, sr=SR, bins_per_octave=12)
         assert estimate_tuning(signal, SR) == float(expected)
+
+
+def _librosa_tuning(y: np.ndarray, sr: int = SR) -> float:
+    with warnings.catch_warnings():  # short audio, no peaks: librosa says so
+        warnings.simplefilter("ignore", UserWarning)
+        return float(librosa.estimate_tuning(y=y, sr=sr, bins_per_octave=12))
+
+
+def test_tuning_is_librosas_estimate_exactly_at_the_edges() -> None:
+    """To the bit also on a pure tone, on audio shorter than the FFT (2048), at other
+    sample rates (8 kHz: the band ends at Nyquist; 400 kHz: it starts at bin 1; 250 Hz:
+    it is empty) and on digital silence (no peaks: 0, with librosa's warning)."""
+    t = np.arange(SR) / SR
+    tone = (0.3 * np.sin(2 * np.pi * 447.0 * t)).astype(np.float32)
+    chord, _, _ = render_song([("G:maj", 1.0)], cents=-27.0)
+    for signal in (tone, tone[:700], tone[: 2048 + 511], chord, chord[:5000]):
+        assert estimate_tuning(signal, SR) == _librosa_tuning(signal)
+    for sr in (8000, 22050, 400_000):
+        assert estimate_tuning(chord, sr) == _librosa_tuning(chord, sr)
+    with pytest.warns(UserWarning, match="empty frequency set"):
+        assert estimate_tuning(chord, 250) == 0.0
+    with pytest.warns(UserWarning, match="empty frequency set"):
+        assert estimate_tuning(np.zeros(SR, np.float32), SR) == 0.0
+
+
+def _librosa_cqt(y: np.ndarray, tuning: float) -> np.ndarray:
+    """What chroma_features took its CQT from before :func:`cqt_magnitude`."""
+    with warnings.catch_warnings():  # under ~2.5 s librosa zero-pads its lowest octave
+        warnings.filterwarnings("ignore", message=r"n_fft=\d+ is too large")
+        cqt = librosa.cqt(
+            y, sr=SR, hop_length=HOP_LENGTH, n_bins=252, bins_per_octave=36, tuning=tuning
+        )
+    return np.abs(cqt)
+
+
+@pytest.mark.parametrize("tuning", [0.0, 0.21, 1.2, -1.2])  # CQT bins: 0, 7, ±40 cents
+def test_cqt_magnitude_is_librosas(tuning: float) -> None:
+    """librosa.cqt's magnitudes within float32 rounding (1e-6 of the maximum; in fact to
+    the bit but for a value in a million or so), on chords and noise, 1.5 s to 8 s long,
+    odd lengths included, with the same number of frames."""
+    y, _, _ = render_song([("N", 0.3), *SONG[1:4], ("N", 1.0)], pulse=0.5)
+    noise = 0.1 * np.random.default_rng(1).normal(size=5 * SR + 17).astype(np.float32)
+    for signal in (y, y[: int(1.5 * SR)], y[: 3 * SR + 333], noise):
+        expected = _librosa_cqt(signal, tuning)
+        got = cqt_magnitude(signal, SR, tuning)
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        assert np.abs(got - expected).max() <= 1e-6 * expected.max()
+
+
+def _reference_chroma(y: np.ndarray) -> np.ndarray:
+    """chroma_features written out on librosa's own estimate_tuning and cqt."""
+    tuning = _librosa_tuning(y) * 3  # in CQT bins
+    cqt = librosa.util.fix_length(_librosa_cqt(y, tuning), size=1 + len(y) // HOP_LENGTH)
+    rms = librosa.feature.rms(y=y, frame_length=2048, hop_length=HOP_LENGTH)[0]
+    silent = rms <= rms.max() * 10 ** (-60 / 20)
+    cqt[:, silent] = 0.0
+    cens = librosa.feature.chroma_cens(
+        C=cqt, sr=SR, hop_length=HOP_LENGTH, bins_per_octave=36, n_octaves=7
+    )
+    cens[:, silent] = 0.0
+    return cens.T.astype(np.float32)
+
+
+def test_chroma_is_the_librosa_cqt_formulas(song, chroma) -> None:
+    """The faster front end changes nothing: the chroma equals the librosa.cqt-based
+    formula's within 1e-5, in tune and detuned (struck chords, -40 cents)."""
+    np.testing.assert_allclose(chroma, _reference_chroma(song[0]), rtol=0, atol=1e-5)
+    detuned, _, _ = render_song(SONG[:6], pulse=0.5, cents=-40.0)
+    np.testing.assert_allclose(
+        chroma_features(detuned, SR), _reference_chroma(detuned), rtol=0, atol=1e-5
+    )
 
 
 def test_chroma_is_smoothed_over_tens_of_frames() -> None:

@@ -28,7 +28,7 @@ import torch
 
 from chordrec import tracking
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RUN_ID = re.compile(r"MLflow run id: ([0-9a-f]{32})")
 
 
