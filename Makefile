@@ -13,7 +13,7 @@ OOD_DIR := data/ood-synth
 DATA_SOURCE ?= $(or $(CHORDREC_DATA_SOURCE),$(if $(wildcard $(SHARED_DATA)/SHA256SUMS),$(SHARED_DATA),github))
 ARGS ?=
 
-.PHONY: help install data train study table ui server test lint bench bench-tracking bench-launchers gpu-check clean-venv
+.PHONY: help install data train study table ui server test lint bench bench-transcription bench-tracking bench-launchers gpu-check clean-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -61,8 +61,11 @@ lint: install  ## ruff
 	$(VENV)/bin/ruff check chordrec hydra_plugins tests experiments
 	$(VENV)/bin/ruff format --check chordrec hydra_plugins tests
 
-bench: install data  ## training throughput benchmark (see README)
+bench: install data  ## window mode against the course's loop (ratio, one run), then training throughput per mode
 	$(PY) -m chordrec.bench.training $(ARGS)
+
+bench-transcription: install  ## transcription speed: `chordrec transcribe` end to end (one file, a folder of 50), then per stage
+	$(PY) -m chordrec.bench.transcription $(ARGS)
 
 bench-tracking: install data  ## tracking stores under load: SQLite, server+SQLite, server+PostgreSQL (ARGS="--runs 4")
 	$(PY) -m chordrec.bench.tracking $(ARGS)

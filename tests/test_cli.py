@@ -261,12 +261,23 @@ def test_training_benchmark(data_root: Path) -> None:
 
 
 def test_transcription_benchmark_on_ten_seconds() -> None:
-    result = _run("-m", "chordrec.bench.transcription", "--minutes", "0.17", "--repeats", "1")
+    result = _run(
+        "-m", "chordrec.bench.transcription", "--minutes", "0.17", "--repeats", "1", "--files", "2"
+    )
     assert result.returncode == 0, result.stderr
+    # the command end to end, one file and a folder, beside essentia's quoted figure
+    assert "essentia's HPCP chord detection, quoted from the README: 350-456x" in result.stdout
+    for model in ("templates", "best_templates.pt"):
+        assert re.search(
+            rf"{re.escape(model)}\s+one 0.17-min file:\s+[\d.]+ s\s+[\d.]+x\s+"
+            r"2 files \(0 min\):\s+[\d.]+ s\s+[\d.]+x",
+            result.stdout,
+        ), result.stdout
+    # then stage by stage
     assert "audio: 10 s" in result.stdout
     for stage in ("read + mix down", "chroma_features", "beat_frames", "model templates"):
         assert re.search(rf"{re.escape(stage)}.* s\s+[\d.]+x real time", result.stdout), stage
-    assert result.stdout.count("end to end") == 3
+    assert result.stdout.count("   end to end") == 3
 
 
 @pytest.mark.integration
@@ -322,6 +333,7 @@ def test_makefile_has_the_documented_targets() -> None:
         "study": "chordrec study",
         "table": "chordrec table",
         "bench": "-m chordrec.bench.training",
+        "bench-transcription": "-m chordrec.bench.transcription",
         "bench-launchers": "-m chordrec.bench.launchers",
         "lint": "ruff check",
         "gpu-check": "-m chordrec.bench.gpu_check",
