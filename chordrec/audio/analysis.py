@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -83,17 +84,15 @@ def files_features(
     workers = min(workers, len(paths))
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     try:
-        queue: deque[Future] = deque()
         ahead = iter(paths)
-        for path in ahead:
-            queue.append(pool.submit(_guarded, path, with_beats, max_duration))
-            if len(queue) >= 2 * workers:
-                break
+        queue: deque[Future] = deque(
+            pool.submit(_guarded, path, with_beats, max_duration)
+            for path in islice(ahead, 2 * workers)
+        )
         while queue:
             result = queue.popleft().result()
-            following = next(ahead, None)
-            if following is not None:
-                queue.append(pool.submit(_guarded, following, with_beats, max_duration))
+            for path in islice(ahead, 1):  # one more in for the one out
+                queue.append(pool.submit(_guarded, path, with_beats, max_duration))
             yield result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
