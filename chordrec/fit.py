@@ -150,7 +150,10 @@ def train_epoch(
     use_amp = scaler.is_enabled()
     loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_LABEL)
     model.train()
-    loss_sum, correct, counted = 0.0, 0, 0
+    # running sums kept as tensors: no conversion to Python numbers per batch
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    counted = torch.zeros((), dtype=torch.int64, device=device)
     bar = tqdm(
         loader,
         desc=desc,
@@ -171,17 +174,21 @@ def train_epoch(
             nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         scaler.step(optimizer)
         scaler.update()
-        mask = y != IGNORE_LABEL
-        n = int(mask.sum())
-        loss_sum += loss.item() * n
-        correct += int((logits.argmax(-1) == y)[mask].sum())
-        counted += n
-        if bar.n % 25 == 0:  # refreshing the bar every batch costs as much as a small batch
-            bar.set_postfix(loss=f"{loss_sum / counted:.3f}", acc=f"{correct / counted:.3f}")
+        with torch.no_grad():
+            mask = y != IGNORE_LABEL
+            n = mask.sum()
+            loss_sum += loss.detach().double() * n
+            correct += (logits.argmax(-1).eq(y) & mask).sum()
+            counted += n
+        if not bar.disable and bar.n % 25 == 0:  # a refresh costs as much as a small batch
+            bar.set_postfix(
+                loss=f"{float(loss_sum / counted):.3f}", acc=f"{float(correct / counted):.3f}"
+            )
     bar.close()
-    if not math.isfinite(loss_sum):
-        raise FloatingPointError(f"training loss became {loss_sum} ({desc})")
-    return loss_sum / counted, correct / counted
+    total_loss, total_correct, total = float(loss_sum), int(correct), int(counted)
+    if not math.isfinite(total_loss):
+        raise FloatingPointError(f"training loss became {total_loss} ({desc})")
+    return total_loss / total, total_correct / total
 
 
 def fit(

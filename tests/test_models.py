@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from chordrec.models import CRNN, ConvBlock, build_model
+from chordrec.models.networks import zero_state_lstm_step
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
 PRESETS = ("crnn1", "crnn2", "crnn_tagging", "rnn_baseline", "rnn_table4")
@@ -247,12 +248,45 @@ def test_last_step_logits_equal_forward_at_the_last_step_with_the_same_gradients
         model.train(training)
         outputs, grads = [], []
         for logits_of in (lambda m: m(x)[:, -1], lambda m: m.last_step_logits(x)):
-            model.zero_grad()
+            model.zero_grad(set_to_none=True)
             logits = logits_of(model)
             nn.functional.cross_entropy(logits, y).backward()
             outputs.append(logits.detach())
-            grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+            # a weight that multiplies a zero state only gets no gradient in the shortcut
+            grads.append(
+                {
+                    name: torch.zeros_like(p) if p.grad is None else p.grad.clone()
+                    for name, p in model.named_parameters()
+                }
+            )
         assert torch.allclose(outputs[0], outputs[1], atol=1e-6)
-        assert len(grads[0]) == len(grads[1])
-        for full, short in zip(grads[0], grads[1], strict=True):
-            assert torch.allclose(full, short, atol=1e-6)
+        for name, full in grads[0].items():
+            assert torch.allclose(full, grads[1][name], atol=1e-6), name
+
+
+def test_zero_state_lstm_step_equals_torch_cell_to_the_bit():
+    """The zero-state LSTM step gives ``torch.lstm_cell``'s values and gradients exactly
+    (window mode trains on it, so the runs stay the same to the digit)."""
+    torch.manual_seed(0)
+    x = torch.randn(33, 12, requires_grad=True)
+    rnn = nn.LSTM(12, 16)
+    weights = [rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0]
+    h0 = torch.zeros(33, 16)
+    y = torch.randn(33, 16)
+    results = []
+    for step in (
+        lambda: torch.lstm_cell(x, (h0, h0), *weights)[0],
+        lambda: zero_state_lstm_step(x, *weights),
+    ):
+        for tensor in [x, *weights]:
+            tensor.grad = None
+        h = step()
+        (h * y).sum().backward()
+        results.append([h.detach(), x.grad.clone()] + [w.grad for w in weights])
+    torch_cell, shortcut = results
+    assert torch.equal(torch_cell[0], shortcut[0])
+    assert torch.equal(torch_cell[1], shortcut[1])  # d/dx
+    assert torch.equal(torch_cell[2], shortcut[2])  # d/dw_ih
+    assert not torch_cell[3].any() and shortcut[3] is None  # w_hh meets the zero state only
+    assert torch.equal(torch_cell[4], shortcut[4])  # d/db_ih
+    assert torch.equal(torch_cell[5], shortcut[5])  # d/db_hh
