@@ -142,23 +142,31 @@ def _configure_tracking(args: argparse.Namespace) -> str:
 
 
 def _transcribe(args: argparse.Namespace) -> int:
-    from chordrec.transcribe import load_model, model_kind, plan_jobs, transcribe_files
+    from contextlib import nullcontext
+
+    from chordrec.audio.analysis import FeatureWorkers
 
     max_duration = _max_duration(args.max_duration)
     fmt = args.format or _format_from_suffix(args.output)
-    jobs = plan_jobs(args.inputs, fmt, args.output, args.out_dir, args.plot)
-    if model_kind(args.model) in ("registry", "run"):
-        _configure_tracking(args)
-    model = load_model(args.model, args.device)
-    outcome = transcribe_files(
-        jobs,
-        model,
-        fmt,
-        force=args.force,
-        progress=not args.quiet,
-        max_duration=max_duration,
-        workers=args.jobs,
-    )
+    several = len(args.inputs) > 1 or any(Path(i).is_dir() for i in args.inputs)
+    # the workers start (and warm up) while this process imports torch and loads the model
+    workers = FeatureWorkers(args.jobs) if several and args.jobs > 1 else nullcontext(1)
+    with workers as pool:
+        from chordrec.transcribe import load_model, model_kind, plan_jobs, transcribe_files
+
+        jobs = plan_jobs(args.inputs, fmt, args.output, args.out_dir, args.plot)
+        if model_kind(args.model) in ("registry", "run"):
+            _configure_tracking(args)
+        model = load_model(args.model, args.device)
+        outcome = transcribe_files(
+            jobs,
+            model,
+            fmt,
+            force=args.force,
+            progress=not args.quiet,
+            max_duration=max_duration,
+            workers=pool,
+        )
     for path in outcome.written:
         print(path)
     _print_failures(outcome.failed, len(jobs))

@@ -29,7 +29,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from chordrec.audio.analysis import AudioFeatures, audio_features, files_features
+from chordrec.audio.analysis import (
+    AudioFeatures,
+    FeatureWorkers,
+    audio_features,
+    files_features,
+)
 from chordrec.audio.features import MAX_DURATION_S
 from chordrec.constants import FRAME_RATE, SAMPLE_RATE
 from chordrec.data.songs import Song
@@ -400,15 +405,16 @@ def transcribe_files(
     force: bool = False,
     progress: bool = True,
     max_duration: float = MAX_DURATION_S,
-    workers: int = 1,
+    workers: int | FeatureWorkers = 1,
 ) -> Outcome:
     """Run every job; a failing file is recorded and the others still finish. Audio
     longer than ``max_duration`` seconds is refused (a failure). An output (or plot)
     that exists fails its job before its audio is read, unless ``force``.
 
-    ``workers`` > 1: the audio is decoded and its chroma computed in that many worker
-    processes (:func:`~chordrec.audio.analysis.files_features`) while this process
-    runs the model, decodes and writes, file after file in order."""
+    ``workers`` > 1, or started :class:`~chordrec.audio.analysis.FeatureWorkers`: the
+    audio is decoded and its chroma computed in worker processes
+    (:func:`~chordrec.audio.analysis.files_features`) while this process runs the model,
+    decodes and writes, file after file in order."""
     written: list[Path] = []
     failed: list[tuple[int, Path, str]] = []
     todo: list[tuple[int, Job]] = []

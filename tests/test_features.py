@@ -28,6 +28,7 @@ from chordrec.audio.features import (
     estimate_tuning,
     fill_beat_gaps,
     load_audio,
+    silent_frames,
     write_wav,
 )
 from chordrec.constants import HOP_LENGTH, SAMPLE_RATE
@@ -140,6 +141,31 @@ def test_load_audio_mixes_down_and_resamples(tmp_path: Path) -> None:
     assert len(loaded) == pytest.approx(2 * len(y), abs=2)
     # the mix-down is the channel mean: 0.75 y, resampled to twice the rate
     assert np.abs(loaded).max() == pytest.approx(0.75 * np.abs(y).max(), rel=0.05)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3])
+def test_load_audio_mix_down_is_the_channel_mean_to_the_bit(tmp_path: Path, channels) -> None:
+    """Read in several blocks, any channel count: the float32 mean of the channels."""
+    rng = np.random.default_rng(channels)
+    samples = rng.uniform(-1, 1, size=(600_001, channels)).astype(np.float32)
+    path = tmp_path / "noise.wav"
+    sf.write(path, samples, SR, subtype="FLOAT")
+    np.testing.assert_array_equal(load_audio(path), samples.mean(axis=1, dtype=np.float32))
+
+
+@pytest.mark.parametrize("length", [SR // 100 + 1, 2048, 3 * SR + 333, 20 * SR])
+def test_silent_frames_are_librosa_rms_to_the_bit(length) -> None:
+    """The blockwise mean squares give librosa.feature.rms's frames exactly (quiet and
+    loud passages, lengths around the frame and the block)."""
+    rng = np.random.default_rng(length)
+    y = rng.normal(size=length).astype(np.float32)
+    y[: length // 3] *= 1e-4  # a quiet third: silent frames
+    y[length // 2 : length // 2 + 3000] = 0.0
+    rms = librosa.feature.rms(y=y, frame_length=2048, hop_length=HOP_LENGTH)[0]
+    expected = rms <= rms.max() * 10 ** (-60 / 20)
+    got = silent_frames(y)
+    assert not expected.all() and (expected.any() or length < SR)
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_write_wav_round_trip(tmp_path: Path) -> None:

@@ -96,6 +96,10 @@ class CRNN(nn.Module):
     rnn : ``{type: lstm|gru, hidden_size, num_layers, bidirectional, dropout}`` (dropout
         between stacked layers, as torch does) or None for no RNN.
     head_dropout : dropout on the RNN outputs before the linear head.
+    channels_last : run the conv blocks on channels-last tensors: oneDNN's convolutions
+        and max-pooling take a half to two thirds of the time on the CPU (README
+        "Speed"); the values differ from the default layout's in float rounding, so a
+        preset's results change within noise when it is switched.
     """
 
     def __init__(
@@ -105,9 +109,11 @@ class CRNN(nn.Module):
         conv_blocks: Sequence[Mapping[str, Any]] = (),
         rnn: Mapping[str, Any] | None = None,
         head_dropout: float = 0.0,
+        channels_last: bool = False,
     ):
         super().__init__()
         self.in_features = in_features
+        self.channels_last = channels_last
         blocks, channels = [], 1
         for spec in conv_blocks:
             blocks.append(ConvBlock(channels, **dict(spec)))
@@ -193,9 +199,9 @@ class CRNN(nn.Module):
             )
         if not self.conv:
             return x
-        # channels-last: oneDNN's convolutions and max-pooling run 1.5-2x faster on the
-        # CPU in this layout (README "Speed"); the values differ from NCHW's in float rounding
-        h = x.transpose(1, 2).unsqueeze(1).contiguous(memory_format=torch.channels_last)
+        h = x.transpose(1, 2).unsqueeze(1)
+        if self.channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
         for block in self.conv:
             h = block(h)
         return self._to_sequence(h)
