@@ -197,13 +197,13 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "auto") -> ChordModel:
     kind = model_kind(spec)
     if kind == "templates":
         return template_model()
-    from chordrec import tracking  # MLflow: only for models in the tracking store
-
     target = resolve_device(device)
     if kind == "file":
         if not Path(spec).is_file():
             raise ValueError(f"{spec}: no such checkpoint file")
         return network_model(load_checkpoint(spec), spec, target)
+    from chordrec import tracking  # MLflow: only for models in the tracking store
+
     if kind == "registry":
         run_id = tracking.registered_run_id(spec)
     else:
