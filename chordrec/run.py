@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from chordrec import ood, tracking
+from chordrec.allocator import keep_freed_memory
 from chordrec.data.chords import class_names
 from chordrec.data.fetch import (
     DATASET_NAME,
@@ -379,6 +380,7 @@ def train(cfg: DictConfig, extra_tags: Mapping[str, str] | None = None) -> dict[
         resume["history"] = tracking.current_metrics(resume["history"])  # an older run's
         cfg = resumed_config(resume["config"], cfg)
     seed_everything(cfg.seed)
+    keep_freed_memory()  # large tensors reused, not zeroed again by the kernel each batch
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     device = resolve_device(cfg.trainer.device)

@@ -22,7 +22,8 @@ import soundfile as sf
 import torch
 
 from chordrec import tracking
-from chordrec.audio.features import MAX_DURATION_S
+from chordrec.audio.analysis import FeatureWorkers, file_features, files_features
+from chordrec.audio.features import MAX_DURATION_S, AudioError
 from chordrec.cli import build_parser, main
 from chordrec.constants import FRAME_RATE
 from chordrec.data.sequences import BatchedExamples, song_steps
@@ -240,6 +241,34 @@ def test_worker_processes_write_what_one_process_writes(tmp_path, capsys) -> Non
     assert sorted(outputs["1"]) == ["song0.lab", "song1.lab", "song2.lab", "stderr"]
     assert outputs["1"] == outputs["2"]
     assert b"1 of 4 files failed" in outputs["1"]["stderr"]
+
+
+def _worker_blas_threads() -> list[int]:
+    """Run in a worker: its BLAS libraries' thread counts."""
+    from threadpoolctl import threadpool_info
+
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+
+def test_feature_workers_start_warm_with_one_blas_thread_each(tmp_path) -> None:
+    """Workers made before the files are known (as the CLI does, before importing its
+    model) give the in-process features, in order, with one BLAS thread each."""
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"song{i}.wav")
+        write_song(paths[-1], SONG[i : i + 3], pulse=0.5)
+    missing = tmp_path / "missing.wav"
+    with pytest.raises(ValueError, match="2 or more"):
+        FeatureWorkers(1)
+    with FeatureWorkers(2) as workers:
+        threads = workers._pool.submit(_worker_blas_threads).result()
+        results = list(files_features([*paths, missing], with_beats=True, workers=workers))
+    assert threads and set(threads) == {1}
+    assert isinstance(results[-1], AudioError) and str(missing) in str(results[-1])
+    for path, result in zip(paths, results, strict=False):
+        expected = file_features(path, with_beats=True)
+        np.testing.assert_array_equal(result.chroma, expected.chroma)
+        np.testing.assert_array_equal(result.beats, expected.beats)
 
 
 def test_jobs_must_be_positive(song_wav, capsys) -> None:

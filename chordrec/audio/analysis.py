@@ -14,7 +14,6 @@ torch or MLflow, so they start in about a second.
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from chordrec.allocator import keep_freed_memory
 from chordrec.audio.features import (
     MAX_DURATION_S,
     AudioError,
@@ -147,24 +147,11 @@ def files_features(
 _blas_limits: list[ThreadpoolController] = []
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-"""glibc's ``mallopt`` parameters (malloc.h)."""
-_KEEP_FREED_BYTES = 1 << 30
-
-
 def _start_worker() -> None:
-    """A worker's first step: one thread for NumPy's and SciPy's BLAS; and, with glibc,
-    freed memory kept for reuse instead of returned to the system. A song's arrays are
-    tens of MB, beyond malloc's threshold for fresh pages from the kernel, which zeroes
-    every page again for every file (a tenth of the workers' time in the folder bench:
-    4.8 s of system time for 50 songs, 1.7 s with this)."""
+    """A worker's first step: one thread for NumPy's and SciPy's BLAS, and freed memory
+    kept for reuse (:func:`~chordrec.allocator.keep_freed_memory`)."""
     _blas_limits.append(ThreadpoolController().limit(limits=1, user_api="blas"))
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_FREED_BYTES)
-        libc.mallopt(_M_TRIM_THRESHOLD, 2 * _KEEP_FREED_BYTES)
-    except (OSError, AttributeError):  # not glibc: the system's defaults
-        pass
+    keep_freed_memory()
 
 
 def _warm_up() -> None:
