@@ -86,7 +86,8 @@ class FeatureWorkers:
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
         )
-        self._warm_ups = [self._pool.submit(_warm_up) for _ in range(workers)]
+        for _ in range(workers):
+            self._pool.submit(_warm_up)
 
     def features(
         self, paths: Sequence[Path], with_beats: bool, max_duration: float

@@ -220,32 +220,34 @@ def _mean_squares(y: np.ndarray, frame_length: int, hop: int) -> np.ndarray:
     of :data:`_FFT_BLOCK_FRAMES` frames at a time instead of all frames' squares at once
     (170 MB for 4 minutes)."""
     n_frames = 1 + len(y) // hop
-    padded = np.pad(y, frame_length // 2)
     mean_squares = np.empty(n_frames, np.float32)
     for first in range(0, n_frames, _FFT_BLOCK_FRAMES):
         count = min(_FFT_BLOCK_FRAMES, n_frames - first)
-        segment = padded[first * hop : (first + count - 1) * hop + frame_length]
-        frames = np.lib.stride_tricks.sliding_window_view(segment, frame_length)[::hop]
+        frames = _frames(y, first, count, frame_length, hop, np.float32)
         mean_squares[first : first + count] = np.mean(np.square(frames), axis=-1)
     return mean_squares
 
 
-def _segment(y: np.ndarray, start: int, length: int) -> np.ndarray:
-    """Samples ``start .. start + length - 1`` of ``y`` as float64, shape (length,),
-    zeros where the range runs off either end (``start`` may be negative)."""
-    segment = np.zeros(length)
+def _segment(y: np.ndarray, start: int, length: int, dtype: type = np.float64) -> np.ndarray:
+    """Samples ``start .. start + length - 1`` of ``y`` as ``dtype`` (default float64),
+    shape (length,), zeros where the range runs off either end (``start`` may be
+    negative)."""
+    segment = np.zeros(length, dtype)
     inside = slice(max(start, 0), min(start + length, len(y)))
     if inside.start < inside.stop:
         segment[inside.start - start : inside.stop - start] = y[inside]
     return segment
 
 
-def _frames(y: np.ndarray, first: int, count: int, n_fft: int, hop: int) -> np.ndarray:
-    """Centred frames ``first .. first + count - 1`` of ``y`` as float64, shape (count,
-    n_fft): frame ``i`` holds samples ``i * hop - n_fft // 2`` on, zeros beyond the
-    signal (librosa.stft's framing with ``center=True, pad_mode="constant"``). A view
-    of one small zero-padded copy; ``y``: samples, shape (samples,)."""
-    segment = _segment(y, first * hop - n_fft // 2, (count - 1) * hop + n_fft)
+def _frames(
+    y: np.ndarray, first: int, count: int, n_fft: int, hop: int, dtype: type = np.float64
+) -> np.ndarray:
+    """Centred frames ``first .. first + count - 1`` of ``y`` as ``dtype`` (default
+    float64), shape (count, n_fft): frame ``i`` holds samples ``i * hop - n_fft // 2`` on,
+    zeros beyond the signal (librosa.stft's framing with ``center=True,
+    pad_mode="constant"``). A view of one small zero-padded copy; ``y``: samples, shape
+    (samples,)."""
+    segment = _segment(y, first * hop - n_fft // 2, (count - 1) * hop + n_fft, dtype)
     return np.lib.stride_tricks.sliding_window_view(segment, n_fft)[::hop]
 
 
