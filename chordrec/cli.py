@@ -152,7 +152,10 @@ def _transcribe(args: argparse.Namespace) -> int:
     # the workers start (and warm up) while this process imports torch and loads the model
     workers = FeatureWorkers(args.jobs) if several and args.jobs > 1 else nullcontext(1)
     with workers as pool:
+        from chordrec.allocator import keep_freed_memory
         from chordrec.transcribe import load_model, model_kind, plan_jobs, transcribe_files
+
+        keep_freed_memory()  # the model's large tensors reused song after song, not re-faulted
 
         jobs = plan_jobs(args.inputs, fmt, args.output, args.out_dir, args.plot)
         if model_kind(args.model) in ("registry", "run"):

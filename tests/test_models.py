@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from chordrec.models import CRNN, ConvBlock, build_model
+from chordrec.models import networks
 from chordrec.models.networks import zero_state_lstm_step
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
@@ -290,3 +291,34 @@ def test_zero_state_lstm_step_equals_torch_cell_to_the_bit():
     assert not torch_cell[3].any() and shortcut[3] is None  # w_hh meets the zero state only
     assert torch.equal(torch_cell[4], shortcut[4])  # d/db_ih
     assert torch.equal(torch_cell[5], shortcut[5])  # d/db_hh
+
+
+@pytest.mark.parametrize("preset", ["crnn1", "crnn2"])
+def test_channels_last_gradient_changes_the_layout_only(preset, monkeypatch):
+    """The channels-last conv blocks hand the max-pool a gradient in canonical
+    channels-last strides; the loss and every parameter's gradient equal those without
+    the layout change to the bit, silent (all-zero) frames and their tied maxima included."""
+    spec = OmegaConf.to_container(OmegaConf.load(PRESETS_DIR / f"{preset}.yaml"))
+    assert spec["channels_last"]
+    x = torch.rand(6, 128, 12)
+    x[:2, 40:90] = 0.0  # silence: equal conv outputs, ties in every pooling window there
+    y = torch.randint(0, 25, (6, 128))
+    pooled_grads = []
+
+    def gradients() -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = build_model(spec)
+        model.conv[-1].layers[-2].register_full_backward_hook(
+            lambda module, grad_in, grad_out: pooled_grads.append(grad_out[0])
+        )
+        loss = nn.functional.cross_entropy(model.step_logits(x).reshape(-1, 25), y.reshape(-1))
+        loss.backward()
+        return [loss.detach()] + [p.grad for p in model.parameters()]
+
+    relaid = gradients()
+    monkeypatch.setattr(networks.ChannelsLastGradient, "apply", lambda h: h)
+    as_before = gradients()
+    assert all(torch.equal(a, b) for a, b in zip(relaid, as_before, strict=True))
+    canonical = torch.empty_like(pooled_grads[0], memory_format=torch.channels_last).stride()
+    assert pooled_grads[0].stride() == canonical
+    assert pooled_grads[1].stride() != canonical  # what the fix is for

@@ -204,6 +204,8 @@ class CRNN(nn.Module):
             h = h.contiguous(memory_format=torch.channels_last)
         for block in self.conv:
             h = block(h)
+        if self.channels_last:
+            h = ChannelsLastGradient.apply(h)
         return self._to_sequence(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -267,6 +269,26 @@ class CRNN(nn.Module):
             return logits
         index = torch.arange(time, device=x.device) * out_time // time
         return logits[:, index]
+
+
+class ChannelsLastGradient(torch.autograd.Function):
+    """The identity, whose backward hands the gradient on as a channels-last tensor with
+    the canonical strides of its sizes (batch, channels, features, time).
+
+    The gradient that comes back through the conv blocks' sequence view
+    (:meth:`CRNN._to_sequence`) has a stride in its size-1 features dimension that is
+    not channels-last's own; torch's CPU max-pool backward then copies the whole conv
+    output's gradient twice to change its layout (README "Speed"). Only the memory
+    layout changes here, so values and gradients are the same to the bit.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor) -> torch.Tensor:
+        return h.view_as(h)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return torch.empty_like(grad, memory_format=torch.channels_last).copy_(grad)
 
 
 def zero_state_lstm_step(
