@@ -1,18 +1,21 @@
 """How this process's C allocator hands back freed memory: :func:`keep_freed_memory`.
 
-A training run (a CRNN's evaluation batch: 330 MB of convolution outputs) and a
-transcription worker (a song's arrays: tens of MB each) allocate and free large blocks
-over and over. glibc's malloc serves blocks over its threshold (at most 32 MB) with fresh
+A training run (a CRNN's evaluation batch: 330 MB of convolution outputs), a
+transcription worker (a song's arrays: tens of MB each) and the transcribing process
+(a song's chunks through the network) allocate and free large blocks over and over. glibc's malloc serves blocks over its threshold (at most 32 MB) with fresh
 pages from the kernel and returns them on free, so the kernel zeroes every page again
 each time: 7-12 % of a study job's time was system time, and 4.8 s of the 50-song
 transcription bench (1.7-2.0 s with this). Kept in the heap, a freed block is reused as
 it is: experiment=e's epochs took 6.4 s instead of 10.3-11.1 s beside experiment=d, as
-in a study (README "Speed").
+in a study (README "Speed"). A training run hands the kept memory back when it ends
+(:func:`freed_memory_kept`).
 """
 
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 """glibc's ``mallopt`` parameters (malloc.h)."""
@@ -33,3 +36,25 @@ def keep_freed_memory() -> bool:
         )
     except (OSError, AttributeError):
         return False
+
+
+def release_freed_memory() -> bool:
+    """Hand the free memory of glibc's heap back to the kernel now (``malloc_trim``).
+    Returns False (and changes nothing) where the C library is not glibc."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+@contextmanager
+def freed_memory_kept() -> Iterator[None]:
+    """Keep freed memory for reuse inside the block (:func:`keep_freed_memory`) and hand
+    it back when the block ends (:func:`release_freed_memory`): a process that runs one
+    job after another (a sweep's joblib worker) does not carry one job's peak heap into
+    the next, where joblib would take it for a leak and restart the worker."""
+    keep_freed_memory()
+    try:
+        yield
+    finally:
+        release_freed_memory()

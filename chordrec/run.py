@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from chordrec import ood, tracking
-from chordrec.allocator import keep_freed_memory
+from chordrec.allocator import freed_memory_kept
 from chordrec.data.chords import class_names
 from chordrec.data.fetch import (
     DATASET_NAME,
@@ -380,7 +380,6 @@ def train(cfg: DictConfig, extra_tags: Mapping[str, str] | None = None) -> dict[
         resume["history"] = tracking.current_metrics(resume["history"])  # an older run's
         cfg = resumed_config(resume["config"], cfg)
     seed_everything(cfg.seed)
-    keep_freed_memory()  # large tensors reused, not zeroed again by the kernel each batch
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     device = resolve_device(cfg.trainer.device)
@@ -403,15 +402,19 @@ def train(cfg: DictConfig, extra_tags: Mapping[str, str] | None = None) -> dict[
             tags["mlflow.parentRunId"] = parent
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)
-    with tracking.RunTracker(
-        experiment=cfg.tracking.experiment,
-        store_dir=Path(cfg.tracking.store_dir).resolve(),
-        run_name=cfg.run_name or default_run_name(cfg),
-        tags=tags,
-        resume_run_id=cfg.resume,
-        system_metrics=cfg.tracking.system_metrics,
-        system_metrics_interval_s=cfg.tracking.system_metrics_interval_s,
-    ) as tracker:
+    # large tensors reused, not zeroed again by the kernel each batch; handed back at the end
+    with (
+        freed_memory_kept(),
+        tracking.RunTracker(
+            experiment=cfg.tracking.experiment,
+            store_dir=Path(cfg.tracking.store_dir).resolve(),
+            run_name=cfg.run_name or default_run_name(cfg),
+            tags=tags,
+            resume_run_id=cfg.resume,
+            system_metrics=cfg.tracking.system_metrics,
+            system_metrics_interval_s=cfg.tracking.system_metrics_interval_s,
+        ) as tracker,
+    ):
         tracker.set_tags({**tracking.process_tags(), "device": str(device)})  # a resumed run's own
         log.info("MLflow run %s in %s", tracker.run_id, tracker.artifact_uri)
         if reporter is not None:

@@ -10,8 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from chordrec.models import CRNN, ConvBlock, build_model
-from chordrec.models import networks
+from chordrec.models import CRNN, ConvBlock, build_model, networks
 from chordrec.models.networks import zero_state_lstm_step
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"

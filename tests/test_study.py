@@ -97,7 +97,7 @@ def test_the_multirun_nests_every_preset_under_the_parent_run():
 def test_members_start_longest_first_and_unknown_presets_last():
     presets = ("a", "best", "b", "c", "d", "e", "f")
     command = study.multirun_command(_study(presets=presets), jobs=2)
-    assert "experiment=b,d,c,e,f,a,best" in command
+    assert "experiment=b,c,d,e,f,a,best" in command
 
 
 def test_parallel_members_get_one_thread_and_no_progress_bars_before_the_overrides():
