@@ -1,14 +1,13 @@
-"""How this process's C allocator hands back freed memory: :func:`keep_freed_memory`.
+"""How this process's C allocator hands back freed memory: :func:`keep_freed_memory`,
+:func:`release_freed_memory` and both around a block (:func:`freed_memory_kept`).
 
 A training run (a CRNN's evaluation batch: 330 MB of convolution outputs), a
-transcription worker (a song's arrays: tens of MB each) and the transcribing process
-(a song's chunks through the network) allocate and free large blocks over and over. glibc's malloc serves blocks over its threshold (at most 32 MB) with fresh
-pages from the kernel and returns them on free, so the kernel zeroes every page again
-each time: 7-12 % of a study job's time was system time, and 4.8 s of the 50-song
-transcription bench (1.7-2.0 s with this). Kept in the heap, a freed block is reused as
-it is: experiment=e's epochs took 6.4 s instead of 10.3-11.1 s beside experiment=d, as
-in a study (README "Speed"). A training run hands the kept memory back when it ends
-(:func:`freed_memory_kept`).
+transcription worker (a song's arrays: tens of MB each) and the transcribing process (a
+song's chunks through the network) allocate and free large blocks over and over. glibc's
+malloc serves blocks over its threshold (at most 32 MB) with fresh pages from the kernel
+and returns them on free, so the kernel zeroes every page again each time. Kept in the
+heap, a freed block is reused as it is (the measurements are in README "Speed"). A
+training run hands the kept memory back when it ends.
 """
 
 from __future__ import annotations
