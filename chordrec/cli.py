@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from chordrec import __version__
+from chordrec.allocator import keep_freed_memory
 from chordrec.constants import (
     CHAMPION,
     DATA_DIR,
@@ -152,7 +153,6 @@ def _transcribe(args: argparse.Namespace) -> int:
     # the workers start (and warm up) while this process imports torch and loads the model
     workers = FeatureWorkers(args.jobs) if several and args.jobs > 1 else nullcontext(1)
     with workers as pool:
-        from chordrec.allocator import keep_freed_memory
         from chordrec.transcribe import load_model, model_kind, plan_jobs, transcribe_files
 
         keep_freed_memory()  # the model's large tensors reused song after song, not re-faulted

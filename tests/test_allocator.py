@@ -1,4 +1,5 @@
-"""keep_freed_memory: large blocks are reused instead of mapped and zeroed again."""
+"""chordrec.allocator: large blocks are reused instead of mapped and zeroed again, and
+handed back when a run ends."""
 
 from __future__ import annotations
 
