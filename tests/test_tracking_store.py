@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
+import socketserver
 import sqlite3
 import threading
 import time
@@ -23,6 +25,7 @@ from typing import Any
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.rest_utils import MlflowHostCreds, http_request
 
 from chordrec import tracking
 from chordrec.errors import ConfigError
@@ -285,3 +288,30 @@ def test_the_server_wait_bounds_mlflows_retries(monkeypatch: pytest.MonkeyPatch)
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
     with pytest.raises(ConfigError, match="tracking.server_wait_s"):
         store.bound_server_wait(0)
+
+
+def test_retry_locked_retries_a_response_cut_off_by_a_dying_server() -> None:
+    """A tracking server killed while it answers leaves MLflow's client an incomplete
+    response ("Connection broken: IncompleteRead"): that is a server going away, so the
+    request is retried until the server answers again, like a refused connection."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n"
+    answers = [head, head, head + b"{}"]  # cut off twice before its body, then whole
+
+    class Dying(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            self.rfile.readline()  # the request line; the rest is not needed
+            self.wfile.write(answers.pop(0))  # the first answer stops before its body
+
+    with socketserver.TCPServer(("127.0.0.1", 0), Dying) as server:
+        server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        creds = MlflowHostCreds(f"http://127.0.0.1:{server.server_address[1]}")
+
+        def call() -> Any:
+            return http_request(creds, "/api/2.0/mlflow/experiments/list", "GET").json()
+
+        with pytest.raises(MlflowException, match="IncompleteRead"):
+            call()
+        assert tracking.retry_locked(call) == {}
+        server.shutdown()
+    assert answers == []

@@ -167,6 +167,7 @@ _SERVER_GONE = (
     "connection refused",
     "connection reset",
     "connection aborted",
+    "connection broken",  # a response cut off mid-way (urllib3: IncompleteRead)
     "remote end closed",
     "max retries exceeded",
     "remotedisconnected",
