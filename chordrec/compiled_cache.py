@@ -2,42 +2,38 @@
 
 librosa's compiled functions and chordrec's Viterbi keep their machine code in numba's
 cache (``cache=True``). Processes that compile into or load from one cache at the same
-moment can crash: librosa's beat tracker died with a segmentation fault in 5 of 12
-processes started four at a time on an empty cache (``NUMBA_CACHE_DIR``), and in a test
-of four parallel training runs. Parallel work is common here (study jobs, Ray workers,
-``chordrec transcribe`` worker processes), so :func:`first_call_locked` makes each
-process's first call of a compiled path hold an exclusive lock: the first process fills
-the cache, the others load it after. Later calls take no lock.
+moment can crash (librosa's beat tracker with a segmentation fault). Parallel work is
+common here (study jobs, Ray workers, ``chordrec transcribe`` worker processes), so
+:func:`first_call_locked` makes each process's first call of a compiled path hold an
+exclusive lock: the first process fills the cache, the others load it after. Later
+calls take no lock.
+
+Numba's cache belongs to one user (``__pycache__`` beside the code, or the user's own
+cache directory), so the lock does too: it lives in the user's lock directory
+(:func:`chordrec.file_locks.user_lock_dir`), and each user on a shared machine has their
+own.
 """
 
 from __future__ import annotations
 
-import fcntl
 import functools
-import os
-import tempfile
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import ParamSpec, TypeVar
+
+from chordrec.file_locks import user_lock
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-LOCK_FILE = Path(tempfile.gettempdir()) / "chordrec-numba-cache.lock"
-"""The lock every chordrec process takes around its first compiled calls."""
+LOCK_NAME = "numba-cache"
+"""The lock every chordrec process of one user takes around its first compiled calls."""
 
 
-@contextmanager
-def cache_lock() -> Iterator[None]:
-    """Hold the exclusive lock on :data:`LOCK_FILE` (released when the process dies)."""
-    with open(os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600), "rb") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def cache_lock() -> AbstractContextManager[None]:
+    """Hold this user's exclusive lock :data:`LOCK_NAME` (released when the process dies)."""
+    return user_lock(LOCK_NAME)
 
 
 def first_call_locked(function: Callable[P, R]) -> Callable[P, R]:

@@ -6,7 +6,6 @@ files and hands the epoch's metrics and checkpoint paths to an observer.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import random
@@ -26,9 +25,9 @@ from chordrec.data.sequences import (
     BatchedExamples,
     SongSteps,
 )
-from chordrec.errors import ConfigError
 from chordrec.inference import Predictor, uses_mixed_precision
 from chordrec.io.checkpoints import load_checkpoint, save_checkpoint
+from chordrec.targets import allowed_class
 
 log = logging.getLogger(__name__)
 
@@ -314,32 +313,27 @@ def fit(
     )
 
 
-OPTIMIZERS = ("Adam", "AdamW", "SGD", "RMSprop")
-SCHEDULERS = ("CosineAnnealingLR", "ReduceLROnPlateau")
-
-
-def build_optimizer(spec: Mapping[str, Any], params: Any) -> torch.optim.Optimizer:
+def build_optimizer(
+    spec: Mapping[str, Any], params: Any, source: str = "the optimizer config"
+) -> torch.optim.Optimizer:
     """A ``torch.optim`` optimizer from its config (``_target_`` plus keyword arguments).
-    Only the :data:`OPTIMIZERS` are built: a config read from a checkpoint (resume)
-    never names arbitrary code. Raises ConfigError for another target."""
-    return _torch_class(spec, "torch.optim", OPTIMIZERS)(params, **_arguments(spec))
+    Only the optimizers :func:`chordrec.targets.allowed_class` allows are built: a config
+    read from a checkpoint (resume) never names arbitrary code. Raises ConfigError naming
+    the target and ``source`` for another target."""
+    return allowed_class("optimizer", spec.get("_target_", ""), source)(params, **_arguments(spec))
 
 
 def build_scheduler(
-    spec: Mapping[str, Any], optimizer: torch.optim.Optimizer
+    spec: Mapping[str, Any],
+    optimizer: torch.optim.Optimizer,
+    source: str = "the scheduler config",
 ) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau:
     """A ``torch.optim.lr_scheduler`` scheduler from its config, like
-    :func:`build_optimizer` (only the :data:`SCHEDULERS`)."""
-    return _torch_class(spec, "torch.optim.lr_scheduler", SCHEDULERS)(optimizer, **_arguments(spec))
-
-
-def _torch_class(spec: Mapping[str, Any], module: str, names: Sequence[str]) -> Any:
-    target = str(spec.get("_target_", ""))
-    prefix, _, name = target.rpartition(".")
-    if prefix != module or name not in names:
-        known = ", ".join(f"{module}.{n}" for n in names)
-        raise ConfigError(f"_target_ {target!r} is not one of {known}")
-    return getattr(importlib.import_module(module), name)
+    :func:`build_optimizer` (only the schedulers that
+    :func:`chordrec.targets.allowed_class` allows)."""
+    return allowed_class("scheduler", spec.get("_target_", ""), source)(
+        optimizer, **_arguments(spec)
+    )
 
 
 def _arguments(spec: Mapping[str, Any]) -> dict[str, Any]:

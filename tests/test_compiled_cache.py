@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
+
+import chordrec
 from chordrec.compiled_cache import cache_lock, first_call_locked
+from chordrec.errors import UserError
+from chordrec.file_locks import user_lock_dir
 
 FIRST_USE = """
 import numpy as np
@@ -62,3 +73,97 @@ def test_only_the_first_call_takes_the_lock():
     with cache_lock():  # held here: a later call must not need it
         assert compiled(2) == 4
     assert calls == [1, 2]
+
+
+# ------------------------------------------------------------------ one lock per user
+
+SECOND_USER = "nobody"
+TAKE_LOCK = """
+import sys
+from chordrec.compiled_cache import cache_lock
+with cache_lock():
+    print("locked", flush=True)
+    sys.stdin.readline()  # held until the test writes a line
+"""
+
+
+def _second_user_python(repo: Path) -> str | None:
+    """A Python that SECOND_USER can run chordrec's lock with: this venv's, or the
+    system's python3 where the venv lives in a folder only its owner can enter (such as
+    /root); the lock needs only the standard library."""
+    probe = "import chordrec.compiled_cache"
+    for python in (sys.executable, shutil.which("python3", path=os.defpath)):
+        if python is not None and _as_second_user(python, repo, {}, probe).returncode == 0:
+            return python
+    return None
+
+
+def _as_second_user(
+    python: str, repo: Path, env: dict[str, str], code: str
+) -> subprocess.CompletedProcess:
+    settings = [f"{k}={v}" for k, v in {"PYTHONPATH": str(repo), **env}.items()]
+    command = ["runuser", "-u", SECOND_USER, "--", "env", "-i", *settings, python, "-c", code]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, cwd="/")
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A temp dir every user can write, like /tmp (mode 1777)."""
+    path = Path(tempfile.mkdtemp(prefix="chordrec-shared-tmp-", dir="/tmp"))
+    path.chmod(0o1777)
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"), reason="needs root")
+def test_two_users_take_their_own_cache_locks_at_once(shared_tmp: Path) -> None:
+    repo = Path(chordrec.__file__).resolve().parents[1]
+    python = _second_user_python(repo)
+    if python is None:
+        pytest.skip(f"{SECOND_USER} can run no Python that imports {repo}")
+    # root's process holds its lock; the second user's process takes its own meanwhile
+    holder = subprocess.Popen(
+        [sys.executable, "-c", TAKE_LOCK],
+        env={**os.environ, "TMPDIR": str(shared_tmp), "PYTHONPATH": str(repo)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        second = _as_second_user(python, repo, {"TMPDIR": str(shared_tmp)}, TAKE_LOCK)
+        assert (second.returncode, second.stdout) == (0, "locked\n"), second.stderr
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert holder.returncode == 0
+    uid = pwd.getpwnam(SECOND_USER).pw_uid
+    for owner in (os.getuid(), uid):
+        folder = shared_tmp / f"chordrec-{owner}"
+        lock = folder / "numba-cache.lock"
+        assert (folder.stat().st_uid, stat.S_IMODE(folder.stat().st_mode)) == (owner, 0o700)
+        assert (lock.stat().st_uid, stat.S_IMODE(lock.stat().st_mode)) == (owner, 0o600)
+
+    # a lock directory made by someone else for the second user: refused, not used
+    shutil.rmtree(shared_tmp / f"chordrec-{uid}")
+    (shared_tmp / f"chordrec-{uid}").mkdir(mode=0o777)
+    planted = _as_second_user(python, repo, {"TMPDIR": str(shared_tmp)}, TAKE_LOCK)
+    assert planted.returncode != 0
+    assert f"{shared_tmp}/chordrec-{uid}: the lock directory of uid {uid}" in planted.stderr
+    assert "owner uid 0" in planted.stderr
+
+
+def test_a_lock_directory_others_can_write_or_a_link_is_refused(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    own = tmp_path / f"chordrec-{os.getuid()}"
+    own.mkdir(mode=0o700)
+    own.chmod(0o777)
+    with pytest.raises(UserError, match=f"{own}: the lock directory .* mode drwxrwxrwx"):
+        user_lock_dir()
+    own.rmdir()
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    own.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match=f"{own}: the lock directory .* mode lrwxrwxrwx"):
+        user_lock_dir()
+    own.unlink()
+    with cache_lock():
+        assert (own / "numba-cache.lock").exists()

@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from chordrec.errors import ConfigError
 from chordrec.models import CRNN, ConvBlock, build_model, networks
 from chordrec.models.networks import zero_state_lstm_step
 
@@ -135,10 +136,10 @@ def test_step_logits_without_pooling_equal_forward(name):
 def test_build_model_rejects_unknown_target(monkeypatch):
     calls = []
     monkeypatch.setattr(os, "system", lambda *args: calls.append(args))
-    with pytest.raises(ValueError, match="unknown model _target_ 'os.system'"):
+    with pytest.raises(ConfigError, match="model _target_ 'os.system' in the model config is not"):
         build_model({"_target_": "os.system", "command": "echo pwned"})
-    with pytest.raises(ValueError, match="unknown model _target_"):
-        build_model(OmegaConf.create({"_target_": "torch.nn.Linear", "in_features": 1}))
+    with pytest.raises(ConfigError, match="model _target_ 'torch.nn.Linear' in a.pt is not"):
+        build_model(OmegaConf.create({"_target_": "torch.nn.Linear", "in_features": 1}), "a.pt")
     assert calls == []
 
 

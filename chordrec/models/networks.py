@@ -22,6 +22,7 @@ from chordrec.models.templates import (
     DEFAULT_TEMPERATURE,
     template_scores,
 )
+from chordrec.targets import allowed_class
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -344,21 +345,13 @@ class ChromaTemplates(nn.Module):
         return self.forward(x[:, -1:])[:, -1]
 
 
-MODELS: dict[str, type[nn.Module]] = {
-    "chordrec.models.CRNN": CRNN,
-    "chordrec.models.ChromaTemplates": ChromaTemplates,
-}
-
-
-def build_model(spec: Mapping[str, Any]) -> nn.Module:
+def build_model(spec: Mapping[str, Any], source: str = "the model config") -> nn.Module:
     """Build a model from its config (``_target_`` plus keyword arguments), as Hydra's
-    ``instantiate`` would, but only for chordrec's own model classes: a config read
-    from a checkpoint can never name arbitrary code."""
+    ``instantiate`` would, but only for chordrec's own model classes
+    (:func:`chordrec.targets.allowed_class`): a config read from a checkpoint can never
+    name arbitrary code. Raises ConfigError naming the target and ``source`` for another."""
     spec = dict(spec)
-    target = spec.pop("_target_", "chordrec.models.CRNN")
-    if target not in MODELS:
-        raise ValueError(f"unknown model _target_ {target!r}; known: {sorted(MODELS)}")
-    return MODELS[target](**spec)
+    return allowed_class("model", spec.pop("_target_", "chordrec.models.CRNN"), source)(**spec)
 
 
 def describe_model(spec: Mapping[str, Any]) -> str:
