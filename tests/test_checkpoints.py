@@ -51,3 +51,29 @@ def test_a_checkpoint_that_needs_unpickling_is_refused(tmp_path: Path) -> None:
     torch.save({"epoch": 1, "extra": Path("objects need unpickling")}, path)
     with pytest.raises(CheckpointError, match="weights-only"):
         load_checkpoint(path)
+
+
+def test_a_checkpoint_is_on_disk_before_it_replaces_the_last_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a power loss, ``last.pt`` is the old checkpoint or the new one, never empty:
+    the new one's bytes are flushed (fsync) under a temporary name while ``last.pt`` is
+    still the old epoch's, and the directory is flushed once ``last.pt`` is the new one."""
+    path = save_checkpoint({"epoch": 1}, tmp_path / "last.pt")
+    real_fsync = os.fsync
+    flushed: list[tuple[Path, int, int]] = []  # what, its size then, last.pt's epoch then
+
+    def fsync(fd: int) -> None:
+        target = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        size = target.stat().st_size if target.is_file() else 0
+        flushed.append((target, size, load_checkpoint(path)["epoch"]))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    save_checkpoint({"epoch": 2, "w": torch.ones(1000)}, path)
+    (new, size, epoch), *rest = flushed
+    # the new checkpoint, whole, under its temporary name, while last.pt is epoch 1's
+    assert new.parent == tmp_path and new.name.startswith(".last.pt.") and epoch == 1
+    assert size > 4000
+    assert [(p, e) for p, _, e in rest] == [(tmp_path, 2)]  # then the directory
+    assert load_checkpoint(path)["epoch"] == 2

@@ -494,3 +494,64 @@ def test_ensure_dataset_keeps_a_verified_dest_and_refuses_a_corrupted_one(
     _flip_byte(dest / "labs" / "s.lab")
     with pytest.raises(DataFetchError, match=r"exists but does not verify: labs/s\.lab: sha256"):
         ensure_dataset(str(tiny_mirror), dest)
+
+
+# ------------------------------------------------- folders chordrec did not make (issue 24)
+
+
+def _thesis_folder(root: Path) -> Path:
+    """A folder of the user's, chordrec's data set nowhere in it."""
+    (root / "figures").mkdir(parents=True)
+    (root / "chapter1.tex").write_text("\\chapter{Introduction}\nSix months of work.\n")
+    (root / "figures" / "plot.pdf").write_bytes(bytes(range(256)) * 8)
+    return root
+
+
+@pytest.mark.parametrize("checksums", [None, "other"])
+def test_fetch_with_force_never_replaces_a_folder_that_is_not_the_data_set(
+    tiny_mirror: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], checksums: str | None
+) -> None:
+    """`chordrec data fetch --force --dest D` on a thesis folder (with or without a
+    SHA256SUMS of its own) is refused in one line naming D and --dest; D stays byte for
+    byte. A damaged copy of the data set is still replaced with --force."""
+    from chordrec import cli
+    from tests.test_synthetic import tree_snapshot
+
+    thesis = _thesis_folder(tmp_path / "thesis")
+    if checksums:
+        (thesis / "SHA256SUMS").write_text(f"{'0' * 64}  ./chapter1.tex\n")
+    before = tree_snapshot(thesis)
+    argv = ["data", "fetch", "--source", str(tiny_mirror), "--dest", str(thesis), "--quiet"]
+    assert cli.main([*argv, "--force"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"chordrec: error: {thesis}: not replaced: ")
+    assert "it holds other files" in err and "--dest" in err and "SHA256SUMS" in err
+    assert tree_snapshot(thesis) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mirror", "thesis"]
+
+    dest = tmp_path / "rwc-pop"  # chordrec's own copy, damaged: replaced with --force
+    fetch_dataset(str(tiny_mirror), dest, progress=False)
+    _flip_byte(dest / "labs" / "s.lab")
+    (dest / "stale-extra-file").write_text("x")
+    assert cli.main([*argv[:4], "--dest", str(dest), "--quiet", "--force"]) == 0
+    verify_dataset(dest)
+    assert not (dest / "stale-extra-file").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_fetch_fills_an_empty_folder_without_force(tiny_mirror: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "rwc-pop"
+    dest.mkdir()
+    assert fetch_dataset(str(tiny_mirror), dest, progress=False) == dest
+    verify_dataset(dest)
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_symbolic_link_is_not_replaced(tiny_mirror: Path, tmp_path: Path) -> None:
+    """A link to a folder that does not verify is left as it is, and so is its target."""
+    thesis = _thesis_folder(tmp_path / "thesis")
+    link = tmp_path / "rwc-pop"
+    link.symlink_to(thesis)
+    with pytest.raises(fetch.ForeignDirectoryError, match=r"rwc-pop: not replaced: it is a symb"):
+        fetch_dataset(str(tiny_mirror), link, force=True, progress=False)
+    assert link.is_symlink() and (thesis / "chapter1.tex").is_file()

@@ -43,6 +43,7 @@ from chordrec.data.synthetic import (
     song_rng,
 )
 from chordrec.errors import UserError
+from chordrec.io.atomic_write import ForeignDirectoryError
 from chordrec.io.chord_files import read_lab
 
 FAKE_FONTS = [Path("A.sf2"), Path("B.sf3")]  # drawing songs only names them
@@ -328,7 +329,7 @@ def test_rendering_is_deterministic(short_set: Path, tmp_path: Path) -> None:
     assert first == second  # metadata and the sha256 of the FLAC, MIDI and .lab files
 
 
-def test_ensure_keeps_a_matching_set_and_rebuilds_a_damaged_one(
+def test_ensure_keeps_a_matching_set_and_rebuilds_a_damaged_one_with_force(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _skip_without_fluidsynth()
@@ -349,13 +350,21 @@ def test_ensure_keeps_a_matching_set_and_rebuilds_a_damaged_one(
     assert "matches its manifest" in caplog.text
 
     lab.write_text(original + "99.0\t100.0\tN\n")
+    damaged = lab.read_bytes()
+    with pytest.raises(
+        OODSetError,
+        match=r"holds an out-of-domain set that does not match \(.*validation-001\.lab does "
+        r"not match its sha256 in the manifest\); --force rebuilds it$",
+    ):
+        ensure_ood_set(dest, 0, 2, **settings)
+    assert lab.read_bytes() == damaged  # without --force, nothing replaced
     caplog.clear()
-    ensure_ood_set(dest, 0, 2, **settings)
+    ensure_ood_set(dest, 0, 2, **settings, force=True)
     assert "validation-001.lab does not match its sha256" in caplog.text
     assert lab.read_text() == original
 
     caplog.clear()
-    ensure_ood_set(dest, 0, 1, **settings)  # another count: rebuilt
+    ensure_ood_set(dest, 0, 1, **settings, force=True)  # another count: rebuilt
     assert "songs_per_part is 2, not 1" in caplog.text
     assert len(ood_songs(dest, "validation")) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [".set.lock", "set"]  # no leftovers
@@ -506,3 +515,75 @@ def test_ood_songs_on_an_unknown_part_or_a_missing_file(tmp_path: Path) -> None:
             tmp_path / "validation" / "validation-000.lab",
         )
     ]
+
+
+# ------------------------------------------------- folders chordrec did not make (issue 24)
+
+
+def tree_snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
+    """Every entry under ``root``: its mode and, for a file, its bytes."""
+    return {
+        str(path.relative_to(root)): (
+            path.lstat().st_mode,
+            path.read_bytes() if path.is_file() else b"",
+        )
+        for path in sorted(root.rglob("*"))
+    }
+
+
+def user_music_folder(root: Path) -> Path:
+    """A folder of the user's: an album chordrec did not make."""
+    (root / "album").mkdir(parents=True)
+    (root / "album" / "track01.flac").write_bytes(os.urandom(4096))
+    (root / "album" / "cover.jpg").write_bytes(os.urandom(1024))
+    (root / "notes.txt").write_text("playlist for Friday\n")
+    return root
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_data_synth_never_replaces_a_folder_it_did_not_make(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    force: bool,
+) -> None:
+    """`chordrec data synth --dest ~/Music` (a wrong folder) is refused in one line naming
+    the folder and --dest, with or without --force, and the folder stays byte for byte."""
+    # the fast soundfonts and one song per part: a build that is not refused is quick
+    fast = tuple(sf for sf in synthetic.DEBIAN_SOUNDFONTS if sf.path in FAST_FONTS)
+    monkeypatch.setattr(synthetic, "DEBIAN_SOUNDFONTS", fast)
+    music = user_music_folder(tmp_path / "Music")
+    before = tree_snapshot(music)
+    argv = ["data", "synth", "--dest", str(music), "--songs-per-part", "1"]
+    assert cli.main(argv + ["--force"] * force) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"chordrec: error: {music}: not replaced: ")
+    assert "it holds other files" in err and "--dest" in err and "manifest.json" in err
+    assert tree_snapshot(music) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".Music.lock", "Music"]
+
+
+def test_a_manifest_of_another_program_is_not_a_set(tmp_path: Path) -> None:
+    """A folder whose manifest.json chordrec did not write (a web app's) is not replaced,
+    by a build or by ensure with force, before anything is rendered."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / MANIFEST_FILE).write_text('{"name": "my app", "parts": {}}\n')
+    (app / "index.html").write_text("<html></html>\n")
+    before = tree_snapshot(app)
+    with pytest.raises(ForeignDirectoryError, match=rf"^{re.escape(str(app))}: not"):
+        build_ood_set(app, 0, 1, parts=("validation",), soundfonts=FAKE_FONTS)
+    with pytest.raises(ForeignDirectoryError, match="even with --force"):
+        ensure_ood_set(app, 0, 1, parts=("validation",), soundfonts=FAKE_FONTS, force=True)
+    assert tree_snapshot(app) == before
+    assert issubclass(ForeignDirectoryError, UserError)
+
+
+def test_an_empty_folder_gets_the_set(tmp_path: Path) -> None:
+    _skip_without_fluidsynth()
+    dest = tmp_path / "empty"
+    dest.mkdir()
+    settings = dict(parts=("validation",), soundfonts=FAST_FONTS[:1], song_seconds=(5.0, 6.0))
+    assert ensure_ood_set(dest, 0, 1, **settings) == dest
+    assert len(ood_songs(dest, "validation")) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".empty.lock", "empty"]

@@ -23,9 +23,11 @@ The environment variable ``CHORDREC_DATA_SOURCE`` overrides the default source.
 
 A fetch writes into a temporary directory next to the destination and renames it
 into place only once every file has verified, so the destination is either the
-complete, verified data set or untouched. :func:`ensure_dataset` is the fetch a run
-makes on a machine of a cluster (``data.fetch_source``): under a file lock, so that
-concurrent runs on one machine fetch once.
+complete, verified data set or untouched. Only a missing or empty destination, or one
+that holds a copy of this data set (its ``SHA256SUMS`` as pinned), is ever replaced.
+:func:`ensure_dataset` is the fetch a run makes on a machine of a cluster
+(``data.fetch_source``): under a file lock, so that concurrent runs on one machine
+fetch once.
 """
 
 from __future__ import annotations
@@ -53,7 +55,13 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from chordrec.errors import UserError
-from chordrec.io.atomic_write import default_dir_mode, install_directory
+from chordrec.io.atomic_write import (
+    ForeignDirectoryError,
+    check_replaceable,
+    default_dir_mode,
+    install_directory,
+    is_empty_directory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -467,6 +475,21 @@ def _check_checksum_file(root: Path) -> bytes:
     return content
 
 
+DATASET_DIRECTORY = f"the RWC-Pop data set it fetched (recognised by its {CHECKSUM_FILE})"
+"""The directories a fetch replaces besides empty ones, as error messages name them."""
+
+
+def holds_dataset(root: Path) -> bool:
+    """Whether ``root`` holds a copy of this data set, whole or damaged: its
+    ``SHA256SUMS`` equals the checksum list pinned in chordrec, as every fetch writes it."""
+    path = root / CHECKSUM_FILE
+    pinned = pinned_checksums_text()
+    try:
+        return path.is_file() and path.stat().st_size == len(pinned) and path.read_bytes() == pinned
+    except OSError:
+        return False
+
+
 def dataset_digest(root: str | Path) -> str:
     """Return a short identity of the data set version at ``root``.
 
@@ -635,9 +658,11 @@ def fetch_dataset(
         it (``.<name>.partial-XXXX``) that is renamed to ``dest`` once every file
         has verified.
     force : bool, default False
-        If ``dest`` exists but does not verify, fetch afresh and replace it
-        (atomically: the old directory is moved aside, the new one moved in, then
-        the old one deleted). Without it such a ``dest`` raises.
+        If ``dest`` holds the data set (its ``SHA256SUMS`` as pinned) but does not
+        verify, fetch afresh and replace it (atomically: the old directory is moved
+        aside, the new one moved in, then the old one deleted). Without it such a
+        ``dest`` raises. An empty ``dest`` is filled without it; any other directory
+        is never replaced, ``force`` or not.
     progress : bool, default True
         Show a tqdm progress bar (files, with the bytes fetched so far).
     timeout : float, default 30
@@ -657,6 +682,9 @@ def fetch_dataset(
         error), naming the file and the problem. The temporary directory is removed
         and ``dest`` is left as it was. Also raised if ``dest`` exists, does not
         verify and ``force`` is False.
+    ForeignDirectoryError
+        If ``dest`` is a non-empty directory that does not hold the data set, or a
+        symbolic link to one that does not verify; it is left as it was.
     """
     dest = Path(dest).expanduser().absolute()
     if dest.exists() or dest.is_symlink():
@@ -665,12 +693,16 @@ def fetch_dataset(
         try:
             verify_dataset(dest)
         except DataFetchError as exc:
-            if not force:
+            check_replaceable(dest, holds_dataset, DATASET_DIRECTORY)
+            if is_empty_directory(dest):
+                log.info("%s: empty; fetching the data set into it", dest)
+            elif not force:
                 raise DataFetchError(
                     f"{dest} exists but does not verify: {exc} "
                     "(pass force=True to fetch it afresh and replace it)"
                 ) from exc
-            log.warning("%s does not verify (%s); fetching afresh (force=True)", dest, exc)
+            else:
+                log.warning("%s does not verify (%s); fetching afresh (force=True)", dest, exc)
         else:
             log.info("%s: already present and verified", dest)
             return dest
@@ -685,8 +717,8 @@ def fetch_dataset(
         (tmp / CHECKSUM_FILE).write_bytes(pins.checksums_text)
         _copy_readme(src, pins.readme, tmp)
         os.chmod(tmp, default_dir_mode())
-        install_directory(tmp, dest)
-    except DataFetchError:
+        install_directory(tmp, dest, holds_dataset, DATASET_DIRECTORY)
+    except (DataFetchError, ForeignDirectoryError):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     except OSError as exc:

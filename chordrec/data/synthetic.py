@@ -76,14 +76,21 @@ from chordrec.constants import OOD_DIR, SAMPLE_RATE
 from chordrec.data.chords import PITCH_CLASSES
 from chordrec.data.fetch import sha256_file
 from chordrec.errors import UserError
-from chordrec.io.atomic_write import default_dir_mode, install_directory, write_atomic
+from chordrec.io.atomic_write import (
+    check_replaceable,
+    default_dir_mode,
+    install_directory,
+    is_empty_directory,
+    write_atomic,
+)
 from chordrec.io.chord_files import format_lab
 
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
-"""Bump whenever a change makes the same seed give other songs: sets built by another
-version are rebuilt by :func:`ensure_ood_set`."""
+"""Bump whenever a change makes the same seed give other songs: :func:`ensure_ood_set`
+tells a set built by another version from the one asked for (and rebuilds it with
+``force``)."""
 
 PARTS = ("validation", "test")
 """The parts of the default set: ``validation`` to choose models on, ``test`` to report."""
@@ -92,6 +99,8 @@ SONG_SECONDS = (30.0, 60.0)
 """Range of the songs' lengths in seconds (each song draws its target uniformly in it)."""
 
 MANIFEST_FILE = "manifest.json"
+OOD_SET_DIRECTORY = f"an out-of-domain set it built (recognised by its {MANIFEST_FILE})"
+"""The directories a build replaces besides empty ones, as error messages name them."""
 FLUIDSYNTH = "fluidsynth"
 FLUIDSYNTH_PACKAGE = "fluidsynth"
 """The program that renders the songs, and the Debian package that holds it."""
@@ -1040,14 +1049,17 @@ def build_ood_set(
     song_seconds: tuple[float, float] = SONG_SECONDS,
     workers: int = RENDER_WORKERS,
 ) -> Path:
-    """Synthesize the out-of-domain set into ``dest``, replacing what is there.
+    """Synthesize the out-of-domain set into ``dest``, replacing an earlier set there.
 
     Parameters
     ----------
     dest : path
-        The set's directory. Everything is written into a temporary directory beside it
-        (``.<name>.partial-XXXX``), renamed into place at the end (an existing ``dest``
-        moved aside, then deleted), so ``dest`` is never half-written.
+        The set's directory: missing, empty, or a set built here before (its
+        :data:`MANIFEST_FILE` written by this module, :func:`holds_ood_set`); any other
+        directory is refused before anything is rendered. Everything is written into a
+        temporary directory beside it (``.<name>.partial-XXXX``), renamed into place at
+        the end (an earlier set moved aside, then deleted), so ``dest`` is never
+        half-written.
     seed : int
         The set's seed: the same seed and settings give the same songs.
     songs_per_part : int
@@ -1071,13 +1083,16 @@ def build_ood_set(
     ------
     SynthesisError
         ``fluidsynth`` or a soundfont missing, or a render failing.
+    ForeignDirectoryError
+        ``dest`` is neither missing, empty nor a set built here; it is left as it was.
     ValueError
         A setting out of range.
     """
     settings = _settings(seed, songs_per_part, parts, soundfonts, song_seconds)
+    dest = Path(dest).expanduser().absolute()
+    check_replaceable(dest, holds_ood_set, OOD_SET_DIRECTORY)
     check_soundfonts(settings.soundfonts)
     program = fluidsynth_program()
-    dest = Path(dest).expanduser().absolute()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
     try:
@@ -1105,7 +1120,7 @@ def build_ood_set(
         text = json.dumps(manifest, indent=2) + "\n"
         write_atomic(tmp / MANIFEST_FILE, lambda path: path.write_text(text, encoding="utf-8"))
         os.chmod(tmp, default_dir_mode())
-        install_directory(tmp, dest)
+        install_directory(tmp, dest, holds_ood_set, OOD_SET_DIRECTORY)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -1163,14 +1178,19 @@ def ensure_ood_set(
     *,
     song_seconds: tuple[float, float] = SONG_SECONDS,
     workers: int = RENDER_WORKERS,
+    force: bool = False,
 ) -> Path:
     """Keep the set in ``dest`` if its manifest matches these settings (generator
     version, seed, songs per part, parts, soundfont names, song lengths) and every file
-    it lists is there with its sha256; otherwise rebuild it (:func:`build_ood_set`),
-    logging why. Keeping a set needs neither ``fluidsynth`` nor the soundfonts (only
-    their names are compared). Holds an exclusive lock on ``.<dest name>.lock`` beside
-    ``dest`` so that processes starting together build once. Returns ``dest``
-    (absolute); raises as :func:`build_ood_set`."""
+    it lists is there with its sha256; otherwise build it (:func:`build_ood_set`),
+    logging why, where ``dest`` is missing or empty. A set built here before that does
+    not match is rebuilt only with ``force`` (else :class:`OODSetError` saying why it
+    does not match); a directory that holds anything else is never replaced
+    (:class:`~chordrec.io.atomic_write.ForeignDirectoryError`, ``force`` or not).
+    Keeping a set needs neither ``fluidsynth`` nor the soundfonts (only their names are
+    compared). Holds an exclusive lock on ``.<dest name>.lock`` beside ``dest`` so that
+    processes starting together build once. Returns ``dest`` (absolute); raises as
+    :func:`build_ood_set`."""
     settings = _settings(seed, songs_per_part, parts, soundfonts, song_seconds)
     dest = Path(dest).expanduser().absolute()
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -1181,6 +1201,12 @@ def ensure_ood_set(
             if reason is None:
                 log.info("%s: out-of-domain set present and matches its manifest", dest)
                 return dest
+            check_replaceable(dest, holds_ood_set, OOD_SET_DIRECTORY)
+            if not force and dest.exists() and not is_empty_directory(dest):
+                raise OODSetError(
+                    f"{dest}: holds an out-of-domain set that does not match ({reason}); "
+                    "--force rebuilds it"
+                )
             log.info("%s: building the out-of-domain set (%s)", dest, reason)
             return build_ood_set(
                 dest,
@@ -1193,6 +1219,16 @@ def ensure_ood_set(
             )
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def holds_ood_set(root: Path) -> bool:
+    """Whether ``root`` holds a set built here, whole, damaged or stale: its
+    :data:`MANIFEST_FILE` is a JSON object naming this module as its generator."""
+    try:
+        manifest = json.loads((root / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("generator") == __name__
 
 
 def _stale_reason(dest: Path, settings: _Settings) -> str | None:
