@@ -21,6 +21,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from base64 import b64encode
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from chordrec import tracking
 from chordrec.io.chord_files import read_lab
 from chordrec.postgres import LocalPostgres, PostgresError, postgres_bin_dir
 from tests.conftest import OOD, free_port, run_chordrec, subprocess_env
@@ -143,11 +145,13 @@ def train(
     *,
     tracking: Sequence[str],
     merge_stderr: bool = False,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen:
     """Start ``python -m chordrec.train`` in its own session from ``workdir``, its Hydra
     directory and in-progress checkpoints under ``workdir/name``; ``tracking`` says where
-    it logs (``tracking.uri=...`` or ``tracking.store_dir=...``). Its output is piped,
-    stderr into stdout with ``merge_stderr`` (for a caller reading stdout as it comes)."""
+    it logs (``tracking.uri=...`` or ``tracking.store_dir=...``), ``env`` what it gets in
+    its environment besides. Its output is piped, stderr into stdout with
+    ``merge_stderr`` (for a caller reading stdout as it comes)."""
     return subprocess.Popen(
         [
             sys.executable,
@@ -162,7 +166,7 @@ def train(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
         text=True,
-        env=subprocess_env(),
+        env=subprocess_env(**(env or {})),
         start_new_session=True,
     )
 
@@ -204,6 +208,43 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("server")
 
 
+def start_chordrec_server(
+    args: Sequence[str], workdir: Path, log: Path, **env: str
+) -> subprocess.Popen:
+    """Start `chordrec server` ``args`` in its own session from ``workdir`` (``env``
+    added to the environment), its output going to ``log``."""
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "chordrec", "server", *args],
+            cwd=workdir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=subprocess_env(**env),
+            start_new_session=True,
+        )
+
+
+def wait_until_serving(process: subprocess.Popen, uri: str, log: Path) -> None:
+    """Wait until the server ``process`` started answers /health at ``uri``; fail with
+    its output if it exits or takes longer than SERVER_START_S."""
+    deadline = time.monotonic() + SERVER_START_S
+    while not answers_health(uri):
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(
+                f"chordrec server did not answer /health within {SERVER_START_S} s "
+                f"(exit status {process.poll()}):\n{log.read_text(errors='replace')[-5000:]}"
+            )
+        time.sleep(0.25)
+
+
+def postgres_parent_dir() -> Path:
+    """A new directory under /var/tmp that the postgres user may pass through (run as
+    root, PostgreSQL runs as that user), to hold a cluster directory chordrec creates."""
+    parent = Path(tempfile.mkdtemp(prefix="chordrec-test-pg-", dir="/var/tmp"))
+    parent.chmod(0o755)
+    return parent
+
+
 @pytest.fixture(scope="module")
 def server(workdir: Path) -> Iterator[Server]:
     """`chordrec server` over a fresh PostgreSQL cluster, on free 127.0.0.1 ports.
@@ -215,42 +256,27 @@ def server(workdir: Path) -> Iterator[Server]:
         postgres_bin_dir()
     except PostgresError as exc:
         pytest.skip(str(exc))
-    postgres_dir = Path(tempfile.mkdtemp(prefix="chordrec-test-pg-", dir="/var/tmp"))
+    postgres_dir = postgres_parent_dir() / "postgres"
     artifacts_dir = workdir / "server-artifacts"
     log = workdir / "server.log"
     port, postgres_port = free_port(), free_port()
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "chordrec",
-                "server",
-                "--postgres-dir",
-                str(postgres_dir),
-                "--postgres-port",
-                str(postgres_port),
-                "--artifacts-dir",
-                str(artifacts_dir),
-                "--port",
-                str(port),
-            ],
-            cwd=workdir,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=subprocess_env(),
-            start_new_session=True,
-        )
+    process = start_chordrec_server(
+        [
+            "--postgres-dir",
+            str(postgres_dir),
+            "--postgres-port",
+            str(postgres_port),
+            "--artifacts-dir",
+            str(artifacts_dir),
+            "--port",
+            str(port),
+        ],
+        workdir,
+        log,
+    )
     started = Server(process, port, postgres_port, postgres_dir, artifacts_dir, log)
     try:
-        deadline = time.monotonic() + SERVER_START_S
-        while not answers_health(started.uri):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    f"chordrec server did not answer /health within {SERVER_START_S} s "
-                    f"(exit status {process.poll()}):\n{started.output()[-5000:]}"
-                )
-            time.sleep(0.25)
+        wait_until_serving(process, started.uri, log)
         yield started
     finally:
         _stop(started)
@@ -278,7 +304,7 @@ def _stop(server: Server) -> None:
         kill_session(server.process)  # mlflow and its workers share chordrec's session
         if (server.postgres_dir / "data" / "PG_VERSION").exists():
             LocalPostgres(server.postgres_dir, server.postgres_port).stop()  # pg_ctl daemonises
-        shutil.rmtree(server.postgres_dir, ignore_errors=True)
+        shutil.rmtree(server.postgres_dir.parent, ignore_errors=True)
     assert not problems, f"{problems}\nserver output:\n{server.output()[-3000:]}"
 
 
@@ -633,3 +659,278 @@ def test_start_up_errors_are_one_line_naming_the_store_and_no_run_is_made(
         for secret in (wrong_password, server.password):
             assert secret not in out + err, case
     assert {r.info.run_id for r in all_runs(client)} == runs_before
+
+
+# ------------------------------------------------------------------------ the server's own safety
+
+
+def server_that_exits(args: Sequence[str], workdir: Path, name: str, **env: str) -> tuple[int, str]:
+    """Run `chordrec server` ``args``, expected to refuse and exit at once: its exit
+    status (None if it was still running after 60 s and had to be killed) and output."""
+    log = workdir / f"{name}.log"
+    process = start_chordrec_server(args, workdir, log, **env)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        returncode = process.poll()
+        kill_session(process)
+    return returncode, log.read_text(errors="replace")
+
+
+def one_error_line(output: str) -> str:
+    """The one `chordrec: error:` line of ``output``, which has no traceback."""
+    assert "Traceback" not in output, output[-3000:]
+    errors = [line for line in output.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("chordrec: error: "), output[-3000:]
+    return errors[0]
+
+
+def command_lines(process: subprocess.Popen) -> dict[int, bytes]:
+    """/proc/<pid>/cmdline of ``process`` and of every process under it."""
+    pids = [process.pid, *(p.pid for p in psutil.Process(process.pid).children(recursive=True))]
+    return {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in pids}
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """SIGTERM to a `chordrec server` (Ctrl-C), then kill whatever is left."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+    kill_session(process)
+
+
+def test_a_second_server_on_the_same_cluster_is_refused_and_the_first_keeps_running(
+    server: Server, workdir: Path
+) -> None:
+    returncode, output = server_that_exits(
+        [
+            "--postgres-dir", str(server.postgres_dir),
+            "--postgres-port", str(server.postgres_port),
+            "--artifacts-dir", str(workdir / "second-artifacts"),
+            "--port", str(free_port()),
+        ],
+        workdir,
+        "second-server",
+    )  # fmt: skip
+    assert returncode == 1, output[-3000:]
+    # the first server's PostgreSQL still answers, and so does the server over it
+    tracking.check_database(LocalPostgres(server.postgres_dir, server.postgres_port).url())
+    assert server.process.poll() is None and answers_health(server.uri)
+    assert server.client().search_experiments() is not None
+    error = one_error_line(output)
+    assert str(server.postgres_dir) in error, error
+    assert f"process id {server.process.pid}" in error, error
+    assert server.password not in output
+
+
+def test_the_database_password_is_on_no_command_line(server: Server, workdir: Path) -> None:
+    url = LocalPostgres(server.postgres_dir, server.postgres_port).url()
+    # as an argument, `ps` would show it to every user: refused before anything starts
+    returncode, output = server_that_exits(
+        ["--backend-store-uri", url, "--port", str(free_port())], workdir, "password-argument"
+    )
+    assert returncode == 1, output[-3000:]
+    error = one_error_line(output)
+    assert "MLFLOW_BACKEND_STORE_URI" in error and server.password not in output, error
+
+    # in the environment it is used, and no process of the server shows it
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    log = workdir / "password-environment.log"
+    process = start_chordrec_server(
+        ["--artifacts-dir", str(workdir / "env-artifacts"), "--port", str(port)],
+        workdir,
+        log,
+        MLFLOW_BACKEND_STORE_URI=url,
+    )
+    try:
+        wait_until_serving(process, uri, log)
+        lines = command_lines(process)
+        assert any(b"mlflow\0server" in line for line in lines.values()), lines
+        for pid, line in lines.items():
+            assert server.password.encode() not in line, (pid, line)
+        # it serves the cluster's store: an experiment made through the first server
+        made = server.client().create_experiment("made-through-the-first-server")
+        assert MlflowClient(uri).get_experiment(made).name == "made-through-the-first-server"
+    finally:
+        stop_server(process)
+    output = log.read_text(errors="replace")
+    assert server.password not in output
+    assert f"postgresql://chordrec:***@127.0.0.1:{server.postgres_port}/mlflow" in output
+    # it had not started the cluster, so it left it running
+    tracking.check_database(url)
+
+
+def test_a_postgres_dir_is_used_literally_whatever_its_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    parent = postgres_parent_dir()
+    # a shell that ran the name would create this file
+    monkeypatch.setenv("CHORDREC_TEST_TOUCHED", str(parent / "touched"))
+    directory = (
+        parent / 'a b $(touch "$CHORDREC_TEST_TOUCHED") `touch "$CHORDREC_TEST_TOUCHED"` "q" ;x'
+    )
+    cluster = LocalPostgres(directory, free_port())
+    try:
+        assert cluster.open() is True
+        tracking.check_database(cluster.url())
+        assert [p.name for p in parent.iterdir()] == [directory.name]  # nothing ran
+    finally:
+        cluster.stop()
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_a_cluster_left_running_by_a_killed_server_is_refused_and_left_running() -> None:
+    parent = postgres_parent_dir()
+    directory, port = parent / "postgres", free_port()
+    holder = subprocess.Popen(
+        [
+            sys.executable, "-c",
+            "import sys, time\n"
+            "from chordrec.postgres import LocalPostgres\n"
+            f"LocalPostgres({str(directory)!r}, {port}).open()\n"
+            "print('open', flush=True)\n"
+            "time.sleep(600)\n",
+        ],
+        stdout=subprocess.PIPE, text=True, env=subprocess_env(), start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        kill_session(holder)  # as SIGKILL leaves it: PostgreSQL runs, nobody holds the lock
+        cluster = LocalPostgres(directory, port)
+        with pytest.raises(PostgresError, match="already runs .* but no chordrec server holds it"):
+            cluster.open()
+        tracking.check_database(cluster.url())  # still running
+    finally:
+        kill_session(holder)
+        LocalPostgres(directory, port).stop()
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_a_shared_or_foreign_postgres_dir_is_refused_and_left_as_it_was(workdir: Path) -> None:
+    parent = postgres_parent_dir()
+    shared = parent / "shared"  # like /var/tmp: every user may write to it
+    shared.mkdir()
+    shared.chmod(0o1777)
+    foreign = parent / "thesis"  # someone's folder
+    foreign.mkdir()
+    (foreign / "chapter1.tex").write_text("\\chapter{One}\n")
+    port = free_port()
+    try:
+        for directory in (shared, foreign):
+            before = directory.stat()
+            contents = sorted(os.listdir(directory))
+            returncode, output = server_that_exits(
+                [
+                    "--postgres-dir", str(directory),
+                    "--postgres-port", str(port),
+                    "--store", str(workdir / "foreign-store"),
+                    "--artifacts-dir", str(workdir / "foreign-artifacts"),
+                    "--port", str(free_port()),
+                ],
+                workdir,
+                f"foreign-{directory.name}",
+            )  # fmt: skip
+            after = directory.stat()
+            assert (after.st_mode, after.st_uid, after.st_gid) == (
+                before.st_mode, before.st_uid, before.st_gid,
+            ), directory  # fmt: skip
+            assert sorted(os.listdir(directory)) == contents, directory
+            assert returncode == 1, output[-3000:]
+            error = one_error_line(output)
+            assert f"--postgres-dir {directory}" in error, error
+    finally:
+        for directory in (shared, foreign):
+            if (directory / "data" / "PG_VERSION").exists():  # what chordrec did before
+                LocalPostgres(directory, port).stop()
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_a_server_others_can_reach_is_refused_without_auth(workdir: Path) -> None:
+    # 192.0.2.1 (TEST-NET-1) is no address of this machine: nothing is ever bound
+    returncode, output = server_that_exits(
+        ["--host", "192.0.2.1", "--port", str(free_port()), "--store", str(workdir / "open")],
+        workdir,
+        "no-auth",
+    )
+    assert returncode == 1, output[-3000:]
+    error = one_error_line(output)
+    assert "--host 192.0.2.1" in error and "--auth DIR" in error, error
+
+
+def http_status(uri: str, credentials: tuple[str, str] | None) -> int:
+    """The HTTP status of an experiment search at ``uri`` with basic ``credentials``."""
+    request = urllib.request.Request(f"{uri}/api/2.0/mlflow/experiments/search?max_results=1")
+    if credentials is not None:
+        token = b64encode(":".join(credentials).encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_a_server_with_auth_takes_only_the_generated_admin_password(
+    workdir: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    auth_dir = workdir / "auth"
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    log = workdir / "auth-server.log"
+    process = start_chordrec_server(
+        [
+            "--auth", str(auth_dir),
+            "--store", str(workdir / "auth-store"),
+            "--artifacts-dir", str(workdir / "auth-artifacts"),
+            "--port", str(port),
+            "--workers", "1",
+        ],
+        workdir,
+        log,
+    )  # fmt: skip
+    try:
+        wait_until_serving(process, uri, log)
+        assert auth_dir.stat().st_mode & 0o777 == 0o700
+        for private in ("admin-password", "auth.ini"):
+            assert (auth_dir / private).stat().st_mode & 0o777 == 0o600, private
+        password = (auth_dir / "admin-password").read_text().strip()
+        assert len(password) >= 16
+        assert http_status(uri, None) == 401
+        assert http_status(uri, ("admin", "password1234")) == 401  # MLflow's old default
+        assert http_status(uri, ("admin", password)) == 200
+        # a client without the credentials is told which settings it lacks, in one line
+        refused = run_chordrec("table", "--runs", "--tracking-uri", uri, cwd=workdir, timeout=120)
+        assert refused.returncode == 1, refused.stderr[-3000:]
+        error = one_error_line(refused.stderr)
+        assert "MLFLOW_TRACKING_USERNAME" in error and "refused no user" in error, error
+
+        # a training run that has the credentials in its environment only
+        credentials = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
+        run = train(
+            workdir,
+            "auth-run",
+            [f"data.root={data_root}", f"ood.root={OOD}", *FAILING],
+            tracking=[f"tracking.uri={uri}"],
+            env=credentials,
+        )
+        try:
+            out, err = finish(run)
+        finally:
+            kill_session(run)
+        assert run.returncode == 0, err[-3000:]
+        for pid, line in command_lines(process).items():
+            assert password.encode() not in line, (pid, line)
+        for name, value in credentials.items():
+            monkeypatch.setenv(name, value)
+        logged = MlflowClient(uri).get_run(run_id_of(out))
+        assert logged.info.status == "FINISHED"
+        assert password not in repr(logged.data.params) + repr(logged.data.tags)
+    finally:
+        stop_server(process)
+    assert password not in log.read_text(errors="replace")
