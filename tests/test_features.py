@@ -21,7 +21,9 @@ import soundfile as sf
 from chordrec.audio.features import (
     FALLBACK_BEAT_FRAMES,
     MAX_DURATION_S,
+    MAX_SAMPLES,
     AudioError,
+    AudioLimits,
     beat_frames,
     chroma_features,
     cqt_magnitude,
@@ -222,16 +224,16 @@ def test_load_audio_refuses_audio_over_the_duration_limit(tmp_path: Path) -> Non
     path = tmp_path / "ten-seconds.wav"
     sf.write(path, np.zeros(10 * 8000, np.int16), 8000)  # silence, 8 kHz
     with pytest.raises(AudioError) as info:
-        load_audio(path, max_duration=5)
+        load_audio(path, limits=AudioLimits(max_duration=5))
     message = str(info.value)
     assert message == (
         f"{path}: too long (10.0 s; the limit is 5 s, --max-duration SECONDS raises it)"
     )
-    assert len(load_audio(path, max_duration=10)) == 10 * SR  # at the limit: read
-    assert len(load_audio(path, max_duration=math.inf)) == 10 * SR  # no limit
+    assert len(load_audio(path, limits=AudioLimits(max_duration=10))) == 10 * SR  # at the limit
+    assert len(load_audio(path, limits=AudioLimits(math.inf, math.inf))) == 10 * SR  # no limit
     for bad in (0, -1, math.nan):
         with pytest.raises(ValueError, match="max_duration must be a positive"):
-            load_audio(path, max_duration=bad)
+            AudioLimits(max_duration=bad)
 
 
 def test_a_three_hour_file_is_refused_from_its_header(tmp_path: Path) -> None:
@@ -448,3 +450,75 @@ def test_fill_beat_gaps_extends_and_splits_at_the_tracked_pace() -> None:
     beats = np.array([10, 20, 30, 60, 70, 100])
     assert fill_beat_gaps(beats, 125).tolist() == list(range(0, 125, 10))
     assert fill_beat_gaps(np.array([0, 10, 24]), 25).tolist() == [0, 10, 24]  # 1.4 periods kept
+
+
+# --------------------------------------------------------------- samples (issue 24)
+
+
+def write_silence_flac(path: Path, seconds: int, sr: int) -> Path:
+    """``seconds`` of 16-bit mono silence at ``sr`` Hz as FLAC, a second at a time (a
+    few hundred bytes a second, whatever the rate)."""
+    with sf.SoundFile(path, "w", sr, 1, subtype="PCM_16", format="FLAC") as audio:
+        second = np.zeros(sr, np.int16)
+        for _ in range(seconds):
+            audio.write(second)
+    return path
+
+
+def test_a_high_sample_rate_file_is_refused_from_its_header_by_its_samples(tmp_path) -> None:
+    """4.5 minutes at 655,350 Hz (FLAC's highest rate; a 0.7 MB file) are within the
+    duration limit but 177 million samples, which decoding as it was needed about 2.3 GB
+    for (13 bytes a sample measured): refused by :data:`MAX_SAMPLES` from the header,
+    with almost nothing allocated, in a message naming the length, rate, channels, the
+    limit and the option."""
+    assert 44_100 * 2 * MAX_DURATION_S <= MAX_SAMPLES < 655_350 * 270
+    path = write_silence_flac(tmp_path / "high-rate.flac", 270, 655_350)
+    assert path.stat().st_size < 1_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(AudioError) as info:
+            load_audio(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 500_000
+    assert str(info.value) == (
+        f"{path}: too many samples to decode (270.0 s at 655350 Hz × 1 channel = "
+        "176,944,500 samples; the limit is 172,800,000 samples, --max-samples N raises it)"
+    )
+
+
+def test_the_sample_limit_counts_every_channel(tmp_path) -> None:
+    """10 s at 8 kHz: 80,000 samples mono, 160,000 stereo; a limit of 100,000 passes the
+    one and refuses the other, the duration limit aside."""
+    mono, stereo = tmp_path / "mono.wav", tmp_path / "stereo.wav"
+    sf.write(mono, np.zeros(80_000, np.int16), 8000)
+    sf.write(stereo, np.zeros((80_000, 2), np.int16), 8000)
+    limits = AudioLimits(max_duration=math.inf, max_samples=100_000)
+    assert len(load_audio(mono, limits=limits)) == 10 * SR
+    with pytest.raises(AudioError) as info:
+        load_audio(stereo, limits=limits)
+    assert str(info.value) == (
+        f"{stereo}: too many samples to decode (10.0 s at 8000 Hz × 2 channels = "
+        "160,000 samples; the limit is 100,000 samples, --max-samples N raises it)"
+    )
+    for bad in (0, -1, math.nan):
+        with pytest.raises(ValueError, match="max_samples must be a positive"):
+            AudioLimits(max_samples=bad)
+
+
+def test_many_channels_are_decoded_through_a_small_buffer(tmp_path) -> None:
+    """A 256-channel file of a second: decoded a few thousand frames at a time (a 2 MB
+    buffer), where a buffer of a fixed number of frames took 268 MB whatever the file's
+    length; the channels' mean all the same."""
+    path = tmp_path / "many.wav"
+    samples = np.random.default_rng(0).uniform(-0.5, 0.5, (8000, 256)).astype(np.float32)
+    sf.write(path, samples, 8000, subtype="FLOAT")
+    tracemalloc.start()
+    try:
+        y = load_audio(path, sr=8000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 10_000_000
+    np.testing.assert_array_equal(y, samples.mean(axis=1, dtype=np.float32))

@@ -48,6 +48,12 @@ MAX_DURATION_S = 1800.0
 changes it). Checked in the file's header before decoding, so a huge file costs
 nothing (see :func:`load_audio`); what is transcribed needs memory in proportion to
 its length (``docs/features.md`` has measured peaks)."""
+MAX_SAMPLES = 172_800_000
+"""Audio of more samples (frames × channels) is refused: 30 minutes of 48 kHz stereo
+(``chordrec transcribe --max-samples`` changes it). Checked in the file's header before
+decoding, with :data:`MAX_DURATION_S`: the duration bounds the chroma's memory, the
+samples bound decoding's, which grows with the sample rate (40 s at 655,350 Hz are
+26 million samples, 15 times those of 40 s at 44.1 kHz)."""
 SILENCE_DB = -60.0
 """A frame this many dB below the loudest frame is silent (``librosa.effects.trim``'s default)."""
 _SILENCE_FRAME = 2048
@@ -55,8 +61,9 @@ _SILENCE_FRAME = 2048
 FALLBACK_BEAT_FRAMES = 43
 """Beat spacing of the fallback grid, frames (about 0.5 s, 120 BPM, the data set's median)."""
 
-_READ_BLOCK_FRAMES = 1 << 18
-"""Frames decoded at a time (mixed down to mono as they come: 6 s at 44.1 kHz)."""
+_READ_BLOCK_SAMPLES = 1 << 19
+"""Samples (frames × channels) decoded at a time, mixed down to mono as they come: 6 s of
+44.1 kHz stereo, fewer frames for more channels, so that the buffer stays 2 MB."""
 _BINS_PER_OCTAVE = 36
 _N_OCTAVES = 7
 _TUNING_N_FFT = 2048
@@ -105,25 +112,82 @@ class _CqtPlan:
 
 
 class AudioError(UserError, ValueError):
-    """An audio file is unreadable, empty, too short or too long; the message names the file."""
+    """An audio file is unreadable, empty, too short or too long, or its features could not
+    be computed; the message names the file."""
+
+
+@dataclass(frozen=True)
+class AudioLimits:
+    """The most audio :func:`load_audio` decodes, checked in the file's header first:
+    ``max_duration`` seconds and ``max_samples`` samples (frames × channels, at the
+    file's own rate); ``math.inf``: no limit. Raises ValueError naming the limit when
+    one is not positive."""
+
+    max_duration: float = MAX_DURATION_S
+    max_samples: float = MAX_SAMPLES
+
+    def __post_init__(self) -> None:
+        for name, value in (("max_duration", self.max_duration), ("max_samples", self.max_samples)):
+            if not value > 0:  # NaN too
+                raise ValueError(f"{name} must be a positive number, got {value}")
+
+    def max_frames(self, sr: int, channels: int) -> int | None:
+        """The most frames of a file at ``sr`` Hz with ``channels`` that may be decoded,
+        None for no limit."""
+        limit = min(self.max_duration * sr, self.max_samples / channels)
+        return None if math.isinf(limit) else math.floor(limit)
+
+    def check(self, path: Path, sr: int, channels: int, frames: int) -> None:
+        """Raise :class:`AudioError` when ``frames`` frames of ``path`` (at ``sr`` Hz,
+        ``channels`` channels) are over a limit, naming the file, its length (and its rate,
+        channels and samples for the sample limit), the limit and the option that raises
+        it."""
+        if frames > self.max_duration * sr:
+            raise self._too_long(path, f"{frames / sr:.1f} s; the limit is")
+        if frames * channels > self.max_samples:
+            plural = "s" if channels > 1 else ""
+            raise self._too_many_samples(
+                path,
+                f"{frames / sr:.1f} s at {sr} Hz × {channels} channel{plural} = "
+                f"{frames * channels:,} samples; the limit is",
+            )
+
+    def overrun(self, path: Path, sr: int, channels: int) -> AudioError:
+        """The error for ``path`` having decoded past :meth:`max_frames` where its header
+        said it would not; it names the limit that stopped it."""
+        if self.max_duration * sr <= self.max_samples / channels:
+            return self._too_long(path, "more than the limit")
+        return self._too_many_samples(path, "more than the limit")
+
+    def _too_long(self, path: Path, length: str) -> AudioError:
+        return AudioError(
+            f"{path}: too long ({length} {self.max_duration:g} s, --max-duration SECONDS raises it)"
+        )
+
+    def _too_many_samples(self, path: Path, length: str) -> AudioError:
+        return AudioError(
+            f"{path}: too many samples to decode ({length} {self.max_samples:,.0f} samples, "
+            "--max-samples N raises it)"
+        )
+
+
+DEFAULT_LIMITS = AudioLimits()
+"""30 minutes and :data:`MAX_SAMPLES` samples."""
 
 
 def load_audio(
-    path: str | Path, sr: int = SAMPLE_RATE, max_duration: float = MAX_DURATION_S
+    path: str | Path, sr: int = SAMPLE_RATE, limits: AudioLimits = DEFAULT_LIMITS
 ) -> np.ndarray:
     """Read an audio file as mono float32 samples at ``sr`` Hz, shape (samples,).
 
     Reads any format libsndfile reads (WAV, FLAC, OGG, MP3, AIFF, ...); channels are
-    averaged block by block, other sample rates resampled. Audio longer than
-    ``max_duration`` seconds (``math.inf``: no limit) is refused from the file's
-    header before anything is decoded, and decoding never goes past the limit, so
-    memory stays bounded whatever the file's size. Raises :class:`AudioError` naming
-    the file when it is missing, unreadable, empty, non-finite, shorter than
-    :data:`MIN_DURATION_S` or longer than ``max_duration``; ValueError when
-    ``max_duration`` is not positive.
+    averaged block by block, other sample rates resampled. Audio over ``limits`` (its
+    duration, or its samples: frames × channels at the file's rate) is refused from the
+    file's header before anything is decoded, and decoding never goes past them, so
+    memory stays bounded whatever the file's size, rate and channels. Raises
+    :class:`AudioError` naming the file when it is missing, unreadable, empty,
+    non-finite, shorter than :data:`MIN_DURATION_S` or over ``limits``.
     """
-    if not max_duration > 0:  # NaN too
-        raise ValueError(f"max_duration must be a positive number of seconds, got {max_duration}")
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: no such file")
@@ -131,16 +195,15 @@ def load_audio(
         raise AudioError(f"{path}: file is empty (0 bytes)")
     try:
         with sf.SoundFile(path) as audio:
-            file_sr = audio.samplerate
-            if audio.frames / file_sr > max_duration:
-                raise _too_long(path, audio.frames / file_sr, max_duration)
-            limit = -1 if math.isinf(max_duration) else math.floor(max_duration * file_sr)
+            file_sr, channels = audio.samplerate, audio.channels
+            limits.check(path, file_sr, channels, audio.frames)
+            limit = limits.max_frames(file_sr, channels)
             # one frame past the limit tells a header that understates the length
             blocks = audio.blocks(
-                frames=limit if limit < 0 else limit + 1,
+                frames=-1 if limit is None else limit + 1,
                 dtype="float32",
                 always_2d=True,
-                out=np.empty((_READ_BLOCK_FRAMES, audio.channels), np.float32),
+                out=np.empty((max(1, _READ_BLOCK_SAMPLES // channels), channels), np.float32),
             )
             mono = [_mix_down(block) for block in blocks]
     except (sf.SoundFileError, RuntimeError, TypeError) as exc:
@@ -150,8 +213,8 @@ def load_audio(
         raise AudioError(f"{path}: holds no audio samples")
     y = np.concatenate(mono)
     del mono
-    if 0 <= limit < len(y):
-        raise _too_long(path, None, max_duration)
+    if limit is not None and len(y) > limit:
+        raise limits.overrun(path, file_sr, channels)
     duration = len(y) / file_sr
     if duration < MIN_DURATION_S:
         raise AudioError(
@@ -173,14 +236,6 @@ def _mix_down(block: np.ndarray) -> np.ndarray:
     mono = block[:, 0] + block[:, 1]
     mono *= np.float32(0.5)
     return mono
-
-
-def _too_long(path: Path, duration: float | None, max_duration: float) -> AudioError:
-    """The refusal of audio over ``max_duration`` s, of ``duration`` s where known."""
-    length = "more than the limit" if duration is None else f"{duration:.1f} s; the limit is"
-    return AudioError(
-        f"{path}: too long ({length} {max_duration:g} s, --max-duration SECONDS raises it)"
-    )
 
 
 def write_wav(path: str | Path, y: np.ndarray, sr: int = SAMPLE_RATE) -> None:
