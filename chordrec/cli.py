@@ -8,6 +8,7 @@ is one small function: parse, call the module that does the work, print.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import signal
@@ -15,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chordrec import __version__
 from chordrec.allocator import keep_freed_memory
@@ -27,6 +29,9 @@ from chordrec.constants import (
     REGISTERED_MODEL,
     STORE_DIR,
 )
+
+if TYPE_CHECKING:
+    from chordrec.audio.features import AudioLimits
 
 # ------------------------------------------------------------------------ commands
 
@@ -51,7 +56,9 @@ def _data_verify(args: argparse.Namespace) -> int:
 def _data_synth(args: argparse.Namespace) -> int:
     from chordrec.data.synthetic import ensure_ood_set
 
-    dest = ensure_ood_set(args.dest, seed=args.seed, songs_per_part=args.songs_per_part)
+    dest = ensure_ood_set(
+        args.dest, seed=args.seed, songs_per_part=args.songs_per_part, force=args.force
+    )
     print(f"out-of-domain set ready in {dest} (songs per part: {args.songs_per_part})")
     return 0
 
@@ -75,25 +82,38 @@ def _server(args: argparse.Namespace) -> int:
     from chordrec import tracking
     from chordrec.postgres import LocalPostgres
 
+    _check_server_access(args)
     database = None
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # stop what started
     try:
+        auth = None if args.auth is None else tracking.prepare_auth(args.auth)
         if args.postgres_dir is not None:
-            database = LocalPostgres(args.postgres_dir, args.postgres_port)
-            database.open()
+            cluster = LocalPostgres(args.postgres_dir, args.postgres_port)
+            cluster.open()  # refuses a cluster that runs already, and leaves it running
+            database = cluster  # started here: stopped with this server
             backend = database.url()
         else:
-            backend = args.backend_store_uri or tracking.store_uri(args.store)
+            backend = (
+                args.backend_store_uri
+                or os.environ.get("MLFLOW_BACKEND_STORE_URI")
+                or tracking.store_uri(args.store)
+            )
         if not backend.startswith("sqlite:"):
             tracking.check_database(backend)  # one line now, not minutes of retries
         command, env = tracking.tracking_server_command(
-            backend, args.artifacts_dir, args.host, args.port, args.workers
+            backend, args.artifacts_dir, args.host, args.port, args.workers, auth
         )
         url = f"http://{args.host}:{args.port}"
+        signing_in = (
+            ""
+            if auth is None
+            else f"; every request needs a user and password (admin's: {auth.password_file}; "
+            "clients set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)"
+        )
         print(
             f"MLflow tracking server on {url} over {tracking.redact(backend)}, artifacts in "
             f"{Path(args.artifacts_dir).resolve()} (served through it); runs reach it with "
-            f"tracking.uri={url}; Ctrl-C stops it",
+            f"tracking.uri={url}{signing_in}; Ctrl-C stops it",
             flush=True,
         )
         return _serve(command, env)
@@ -103,6 +123,38 @@ def _server(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
         if database is not None:
             database.stop()
+
+
+def _check_server_access(args: argparse.Namespace) -> None:
+    """Refuse, before anything starts, a server that others reach without signing in
+    and a database password on the command line (which ``ps`` shows every user)."""
+    from chordrec import tracking
+    from chordrec.errors import ConfigError
+
+    if args.auth is None and not _loopback(args.host):
+        raise ConfigError(
+            f"--host {args.host}: every machine that reaches it could read, change and "
+            "delete runs and models, and replace the model chordrec transcribe loads "
+            f"(models:/{REGISTERED_MODEL}@{CHAMPION}); add --auth DIR (MLflow's basic-auth "
+            "app: every request needs a user and password, the admin's generated into "
+            "DIR/admin-password)"
+        )
+    if args.backend_store_uri is not None and tracking.holds_password(args.backend_store_uri):
+        raise ConfigError(
+            f"--backend-store-uri holds a password ({tracking.redact(args.backend_store_uri)}): "
+            "every user of this machine sees command lines (ps); give the URL in "
+            "MLFLOW_BACKEND_STORE_URI instead, or the password in PGPASSWORD or ~/.pgpass"
+        )
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` names this machine's loopback interface only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may stand for any interface
 
 
 def _serve(command: list[str], env: dict[str, str] | None = None) -> int:
@@ -147,7 +199,7 @@ def _transcribe(args: argparse.Namespace) -> int:
 
     from chordrec.audio.analysis import FeatureWorkers
 
-    max_duration = _max_duration(args.max_duration)
+    limits = _audio_limits(args.max_duration, args.max_samples)
     fmt = args.format or _format_from_suffix(args.output)
     several = len(args.inputs) > 1 or any(Path(i).is_dir() for i in args.inputs)
     # the workers start (and warm up) while this process imports torch and loads the model
@@ -167,7 +219,7 @@ def _transcribe(args: argparse.Namespace) -> int:
             fmt,
             force=args.force,
             progress=not args.quiet,
-            max_duration=max_duration,
+            limits=limits,
             workers=pool,
         )
     for path in outcome.written:
@@ -230,17 +282,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _max_duration(seconds: float | None) -> float:
-    """``--max-duration``, else the default limit; refuses a non-positive value."""
-    from chordrec.audio.features import MAX_DURATION_S
+def _audio_limits(seconds: float | None, samples: float | None) -> AudioLimits:
+    """``--max-duration`` and ``--max-samples``, else the default limits; refuses a
+    non-positive value naming its option."""
+    from chordrec.audio.features import MAX_DURATION_S, MAX_SAMPLES, AudioLimits
     from chordrec.errors import ConfigError
 
-    max_duration = MAX_DURATION_S if seconds is None else seconds
-    if not max_duration > 0:  # NaN too
-        raise ConfigError(
-            f"--max-duration must be a positive number of seconds, got {max_duration:g}"
-        )
-    return max_duration
+    for option, value, unit in (
+        ("--max-duration", seconds, "seconds"),
+        ("--max-samples", samples, "samples"),
+    ):
+        if value is not None and not value > 0:  # NaN too
+            raise ConfigError(f"{option} must be a positive number of {unit}, got {value:g}")
+    return AudioLimits(
+        MAX_DURATION_S if seconds is None else seconds,
+        MAX_SAMPLES if samples is None else samples,
+    )
 
 
 def _format_from_suffix(output: Path | None) -> str:
@@ -331,6 +388,19 @@ def _study_id(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _tracking_uri(text: str) -> str:
+    """argparse type of ``--tracking-uri``: any URI without a password
+    (:func:`chordrec.tracking.refuse_password`)."""
+    from chordrec import tracking
+    from chordrec.errors import ConfigError
+
+    try:
+        tracking.refuse_password("--tracking-uri", text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _add_tracking_options(
     parser: argparse.ArgumentParser, *, tracking_uri: bool = True, experiment: bool = False
 ) -> None:
@@ -355,7 +425,11 @@ def _add_tracking_options(
     if tracking_uri:
         parser.add_argument(
             "--tracking-uri",
-            help="any MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the store)",
+            type=_tracking_uri,
+            help=(
+                "any MLflow tracking URI, without a password (default: $MLFLOW_TRACKING_URI, "
+                "else the store)"
+            ),
         )
 
 
@@ -370,7 +444,8 @@ def _add_data_parser(commands: argparse._SubParsersAction) -> None:
         description=(
             "Put chroma/, chord/, beat/ and labs/ in DEST, each file verified against the "
             "checksums pinned in chordrec. Files go to a temporary directory first and move "
-            "into DEST only when all have verified."
+            "into DEST only when all have verified. DEST may be missing, empty or a copy "
+            "of the data set (its SHA256SUMS as pinned); any other folder is left alone."
         ),
     )
     fetch.add_argument(
@@ -385,7 +460,9 @@ def _add_data_parser(commands: argparse._SubParsersAction) -> None:
         "--dest", type=Path, default=DATA_DIR, help="target directory (default: %(default)s)"
     )
     fetch.add_argument(
-        "--force", action="store_true", help="replace an existing copy that fails verification"
+        "--force",
+        action="store_true",
+        help="replace a copy of the data set in DEST that fails verification (never another folder)",
     )
     fetch.add_argument("--quiet", action="store_true", help="no progress bar")
     fetch.set_defaults(func=_data_fetch)
@@ -401,9 +478,10 @@ def _add_data_parser(commands: argparse._SubParsersAction) -> None:
             "Draw songs from the seed, write their MIDI and .lab files and render them with "
             "fluidsynth into DEST/validation and DEST/test, with DEST/manifest.json. A set "
             "already there whose manifest matches the settings and every file's sha256 is "
-            "kept; anything else is rebuilt (in a temporary directory, moved into place at "
-            "the end). Needs the Debian packages fluidsynth, fluid-soundfont-gm, "
-            "timgm6mb-soundfont and musescore-general-soundfont-small."
+            "kept; one that does not match is rebuilt with --force (in a temporary "
+            "directory, moved into place at the end). DEST may be missing, empty or such a "
+            "set; any other folder is left alone. Needs the Debian packages fluidsynth, "
+            "fluid-soundfont-gm, timgm6mb-soundfont and musescore-general-soundfont-small."
         ),
     )
     synth.add_argument(
@@ -415,6 +493,11 @@ def _add_data_parser(commands: argparse._SubParsersAction) -> None:
         type=int,
         default=16,
         help="songs in each part, validation and test (default: %(default)s)",
+    )
+    synth.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild a set in DEST that does not match these settings (never another folder)",
     )
     synth.set_defaults(func=_data_synth)
 
@@ -442,6 +525,7 @@ def _add_server_parser(commands: argparse._SubParsersAction) -> None:
             "store; default: the local SQLite store), artifacts stored in --artifacts-dir "
             "and served through the server, so clients need no shared file system. Runs "
             "reach it with tracking.uri=http://HOST:PORT; its UI is at the same address. "
+            "A server other machines reach (--host other than 127.0.0.1) needs --auth. "
             "Ctrl-C stops the server and the PostgreSQL it started."
         ),
     )
@@ -451,12 +535,19 @@ def _add_server_parser(commands: argparse._SubParsersAction) -> None:
         "--postgres-dir",
         type=Path,
         metavar="DIR",
-        help="a local PostgreSQL cluster in DIR (created if missing)",
+        help=(
+            "a local PostgreSQL cluster in DIR: a new or empty directory the first time "
+            "(chordrec changes no other directory's mode or owner), one server at a time"
+        ),
     )
     source.add_argument(
         "--backend-store-uri",
         metavar="URI",
-        help="any SQLAlchemy store, e.g. postgresql://user:password@host:5432/mlflow",
+        help=(
+            "any SQLAlchemy store without a password, e.g. postgresql://user@host:5432/mlflow "
+            "with the password in PGPASSWORD or ~/.pgpass (a URL with its password goes in "
+            "MLFLOW_BACKEND_STORE_URI, which is read when neither option is given)"
+        ),
     )
     server.add_argument(
         "--postgres-port",
@@ -473,7 +564,21 @@ def _add_server_parser(commands: argparse._SubParsersAction) -> None:
     server.add_argument(
         "--host",
         default="127.0.0.1",
-        help="interface to bind (default: %(default)s, this machine only; 0.0.0.0 for a lab)",
+        help=(
+            "interface to bind (default: %(default)s, this machine only); any other, e.g. "
+            "0.0.0.0 for a lab, needs --auth"
+        ),
+    )
+    server.add_argument(
+        "--auth",
+        type=Path,
+        metavar="DIR",
+        help=(
+            "MLflow's basic-auth app: every request needs a user and password; the users "
+            "and the admin password (generated the first time, DIR/admin-password, mode "
+            "0600) are kept in DIR (a new or empty directory the first time); clients set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        ),
     )
     server.add_argument("--port", type=int, default=5000, help="port (default: %(default)s)")
     server.add_argument("--workers", type=int, default=2, help="web workers (default: %(default)s)")
@@ -544,6 +649,17 @@ def _add_transcribe_parser(commands: argparse._SubParsersAction) -> None:
         help=(
             "refuse longer audio, read from the file header before decoding, so memory "
             "stays bounded (default: 1800 s = 30 min; inf: no limit)"
+        ),
+    )
+    transcribe.add_argument(
+        "--max-samples",
+        type=float,
+        metavar="N",
+        help=(
+            "refuse audio of more samples (frames x channels at the file's rate), read from "
+            "the file header before decoding, so that decoding's memory stays bounded "
+            "whatever the sample rate (default: 172800000 = 30 min of 48 kHz stereo; inf: "
+            "no limit)"
         ),
     )
     transcribe.add_argument(

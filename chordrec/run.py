@@ -11,6 +11,7 @@ run. Every model is run through one :class:`~chordrec.inference.Predictor`.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -58,7 +59,7 @@ from chordrec.fit import (
     seed_everything,
 )
 from chordrec.inference import InferenceRecipe, Predictor, build_predictor
-from chordrec.io.checkpoints import load_checkpoint, save_checkpoint
+from chordrec.io.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from chordrec.io.chord_files import read_lab
 from chordrec.metrics import (
     aggregate_chord_scores,
@@ -69,6 +70,7 @@ from chordrec.metrics import (
 )
 from chordrec.models import build_model, describe_model
 from chordrec.report import figures
+from chordrec.targets import check_run_config
 from chordrec.transcribe import predictor_model
 from chordrec.tuning import TrialReporter
 
@@ -286,12 +288,48 @@ MACHINE_SETTINGS = (
     "ood",
     "paths",
     "tracking",
+    "optuna",
 )
 """Settings a resumed or re-evaluated run takes from the command line, not from the
 run's own config: where it runs, where its data and tracking store are. Everything
 that shapes its results stays as the run began. The out-of-domain songs (``ood``) are
 the command line's too: an older run is scored on today's set, and ``ood.part=test``
-reports on the test part."""
+reports on the test part. So is the Optuna trial it reports to (``optuna``; none on a
+plain command line): a trial's run that is re-evaluated or resumed never reports to the
+study, which recorded how the trial ended when the sweep told it."""
+
+UNCHECKED_HYDRA_KEYS = ("hydra.help", "hydra.hydra_help", "hydra.overrides", "hydra.job.override")
+"""Parts of Hydra's own config that :func:`check_no_passwords` skips: help texts, and
+the command line's overrides as Hydra records them (the settings they set are checked)."""
+
+
+def check_no_passwords(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` naming each setting of ``cfg`` whose value, as written
+    or resolved (``${oc.env:...}``), holds a password (:func:`chordrec.tracking.redact`):
+    settings reach Hydra's saved config, trials' overrides, run tags, checkpoints and
+    command lines, so passwords come from the environment instead
+    (:data:`chordrec.tracking.store.PASSWORD_PLACES`)."""
+    written = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(written, dict)
+    found: dict[str, str] = {}
+    for key, value in tracking.flatten(written).items():
+        if key.startswith(UNCHECKED_HYDRA_KEYS):
+            continue
+        resolved = value
+        if "${" in value:
+            try:
+                node = OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+            except Exception:  # a resolver Hydra sets up later: the value as written
+                node = None
+            if OmegaConf.is_config(node):
+                resolved = str(OmegaConf.to_container(node, resolve=True))
+            elif node is not None:
+                resolved = str(node)
+        if tracking.holds_password(value) or tracking.holds_password(resolved):
+            found[key] = value
+    if found:
+        first = next(iter(found.values()))
+        tracking.refuse_password(", ".join(found), first)
 
 
 def resumed_config(saved: Mapping[str, Any], command_line: DictConfig) -> DictConfig:
@@ -306,8 +344,60 @@ def resumed_config(saved: Mapping[str, Any], command_line: DictConfig) -> DictCo
 
 def download_checkpoint(run_id: str, name: str, dest: Path) -> dict[str, Any]:
     """Checkpoint ``name`` ('best' or 'last') of MLflow run ``run_id``, downloaded into
-    ``dest`` and loaded onto the CPU."""
-    return load_checkpoint(tracking.run_checkpoint(run_id, name, dest))
+    ``dest`` and loaded onto the CPU. Raises ConfigError when its config names a model,
+    optimizer or scheduler that :func:`chordrec.targets.allowed_class` refuses."""
+    checkpoint = load_checkpoint(tracking.run_checkpoint(run_id, name, dest))
+    check_run_config(checkpoint.get("config") or {}, f"checkpoints/{name}.pt of run {run_id}")
+    return checkpoint
+
+
+def resume_checkpoint(run_id: str, checkpoint_dir: Path) -> dict[str, Any]:
+    """The checkpoint run ``run_id`` resumes from, loaded onto the CPU, with its
+    ``last.pt`` and ``best.pt`` in ``checkpoint_dir`` for training to go on from.
+
+    ``checkpoint_dir`` is where the run wrote each epoch's checkpoints before logging
+    them, and where the error of a run whose server stopped answering points. A
+    ``last.pt`` there of the same or a later epoch than the run's logged one is kept
+    (with its ``best.pt``) and resumed from; never is it replaced by an older logged
+    copy. Otherwise the run's logged checkpoints go there. Raises
+    :class:`~chordrec.io.checkpoints.CheckpointError` naming both when the local
+    ``last.pt`` cannot be read (nothing is replaced), and ConfigError as
+    :func:`download_checkpoint`."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    local = checkpoint_dir / "last.pt"
+    with tempfile.TemporaryDirectory(prefix=".logged-", dir=checkpoint_dir) as tmp:
+        logged = download_checkpoint(run_id, "last", Path(tmp))
+        if local.exists():
+            kept = _local_checkpoint(local, f"checkpoints/last.pt of run {run_id}", logged)
+            if kept["epoch"] >= logged["epoch"]:
+                log.info(
+                    "resuming from %s (epoch %d), not the run's logged last.pt (epoch %d)",
+                    local,
+                    kept["epoch"],
+                    logged["epoch"],
+                )
+                if not (checkpoint_dir / "best.pt").exists():
+                    tracking.run_checkpoint(run_id, "best", checkpoint_dir)
+                return kept
+        tracking.run_checkpoint(run_id, "best", checkpoint_dir)
+        os.replace(Path(tmp) / "last.pt", local)
+    return logged
+
+
+def _local_checkpoint(path: Path, logged_name: str, logged: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint at ``path``, its config checked as a logged one's; CheckpointError
+    naming it and the logged checkpoint ``logged_name`` when it cannot be read or has
+    no epoch."""
+    try:
+        checkpoint = load_checkpoint(path)
+        checkpoint["epoch"] = int(checkpoint["epoch"])
+    except (CheckpointError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: not resumed from ({exc}); remove it to resume from {logged_name} "
+            f"(epoch {logged['epoch']})"
+        ) from None
+    check_run_config(checkpoint.get("config") or {}, str(path))
+    return checkpoint
 
 
 def load_initial_weights(
@@ -369,13 +459,14 @@ def train(cfg: DictConfig, extra_tags: Mapping[str, str] | None = None) -> dict[
     The run ends FINISHED, FAILED (an exception, logged as its ``error`` tag) or KILLED
     (Ctrl-C, SIGTERM). ``extra_tags`` (e.g. the Hydra sweep) are added to a new run; one
     with a ``sweep_id`` tag nests under that sweep's parent run
-    (:mod:`chordrec.sweeps`), unless ``tracking.parent_run_id`` names another."""
+    (:mod:`chordrec.sweeps`), unless ``tracking.parent_run_id`` names another. A
+    password in any setting is refused (:func:`check_no_passwords`)."""
+    check_no_passwords(cfg)
     tracking.configure(cfg.tracking.store_dir, cfg.tracking.uri, cfg.tracking.server_wait_s)
     resume = None
     if cfg.resume:
         tracking.check_resumable(cfg.resume)
-        resume = download_checkpoint(cfg.resume, "last", _checkpoint_dir(cfg, cfg.resume))
-        tracking.run_checkpoint(cfg.resume, "best", _checkpoint_dir(cfg, cfg.resume))
+        resume = resume_checkpoint(cfg.resume, _checkpoint_dir(cfg, cfg.resume))
         log.info("resuming run %s after epoch %d", cfg.resume, resume["epoch"])
         resume["history"] = tracking.current_metrics(resume["history"])  # an older run's
         cfg = resumed_config(resume["config"], cfg)
@@ -478,7 +569,9 @@ def evaluate(run_id: str, command_line: DictConfig, overrides: Sequence[str]) ->
     """Score the best weights of MLflow run ``run_id`` as a new run (tag
     ``evaluated_run``), under the run's own config changed by ``overrides``
     (``key=value``, e.g. ``trainer.eval_overlap=false`` or ``decode=argmax``);
-    :data:`MACHINE_SETTINGS` come from ``command_line``. Returns the final metrics."""
+    :data:`MACHINE_SETTINGS` come from ``command_line``, which may hold no password
+    (:func:`check_no_passwords`). Returns the final metrics."""
+    check_no_passwords(command_line)
     tracking.configure(command_line.tracking.store_dir, command_line.tracking.uri)
     with tempfile.TemporaryDirectory(prefix="chordrec-evaluate-") as tmp:
         saved = download_checkpoint(run_id, "best", Path(tmp))["config"]

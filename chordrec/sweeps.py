@@ -64,7 +64,7 @@ class SweepParentRun(Callback):
         if config.tracking.parent_run_id:
             return
         directory = Path(str(config.hydra.sweep.dir)).resolve()
-        overrides = " ".join(config.hydra.overrides.task)
+        overrides = tracking.redact(" ".join(config.hydra.overrides.task))
         key = sweep_key(config.hydra)
         tags = {
             "kind": "sweep",

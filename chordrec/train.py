@@ -7,7 +7,8 @@
 
 ``--help`` lists the config groups and every setting. The run itself is
 :func:`chordrec.run.train`; this module owns Hydra: composing the config, the sweep
-tags of a multirun, and turning a user's mistake into one line.
+tags of a multirun, turning a user's mistake into one line, and refusing a password in
+any setting before Hydra saves the config (:class:`PasswordCheck`).
 """
 
 from __future__ import annotations
@@ -16,14 +17,17 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 import hydra
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict
 
 from chordrec import run as lifecycle
+from chordrec import tracking
 from chordrec.errors import UserError
 from chordrec.sweeps import sweep_id
 
@@ -66,7 +70,7 @@ def sweep_tags() -> dict[str, str]:
         tags["sweep_dir"] = str(Path(hc.sweep.dir).resolve())
         tags["sweep_id"] = sweep_id(hc)
         tags["sweep_job"] = str(hc.job.num)
-        tags["sweep_overrides"] = " ".join(hc.overrides.task)
+        tags["sweep_overrides"] = tracking.redact(" ".join(hc.overrides.task))
     return tags
 
 
@@ -75,8 +79,34 @@ def report_user_error(program: str, exc: UserError) -> None:
     asks for the traceback (then re-raise)."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise exc
+    exit_with_error(program, exc)
+
+
+def exit_with_error(program: str, exc: UserError) -> NoReturn:
+    """Print ``exc`` as one line and exit with status 1."""
     print(f"{program}: error: {exc}", file=sys.stderr)
     sys.exit(1)
+
+
+class PasswordCheck(Callback):
+    """The Hydra callback (``conf/train.yaml``, before any other) that stops a run or a
+    multirun whose config holds a password (:func:`chordrec.run.check_no_passwords`)
+    before Hydra saves its config (``.hydra/``), a sweeper opens a study or any job
+    starts: one line and exit status 1, even with ``HYDRA_FULL_ERROR=1`` (Hydra turns
+    a callback's exception into a warning and goes on)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)
+
+    @staticmethod
+    def _check(config: DictConfig) -> None:
+        try:
+            lifecycle.check_no_passwords(config)
+        except UserError as exc:
+            exit_with_error("chordrec.train", exc)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

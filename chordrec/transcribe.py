@@ -11,13 +11,15 @@ also says how to run it: level (frame or beat), sequence length and mode, decodi
 Outputs: MIREX ``.lab`` (``start end label``, seconds, Harte labels), JAMS (chord
 namespace) or CSV, one segment per run of equal frames; optionally a PNG of the
 chromagram and the chords. Files are written atomically (a temporary file, then a
-link or rename) and never replace an existing file unless ``force`` is set.
+link or rename), a song's output and plot both or neither, and never replace an
+existing file unless ``force`` is set.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
@@ -35,14 +37,14 @@ from chordrec.audio.analysis import (
     audio_features,
     files_features,
 )
-from chordrec.audio.features import MAX_DURATION_S
+from chordrec.audio.features import DEFAULT_LIMITS, AudioLimits
 from chordrec.constants import FRAME_RATE, SAMPLE_RATE
 from chordrec.data.songs import Song
 from chordrec.decoding import decode
 from chordrec.errors import ConfigError
 from chordrec.fit import resolve_device
 from chordrec.inference import InferenceRecipe, Predictor
-from chordrec.io.atomic_write import write_atomic
+from chordrec.io.atomic_write import write_all_atomic
 from chordrec.io.checkpoints import load_checkpoint
 from chordrec.io.chord_files import format_csv, format_jams, format_lab
 from chordrec.metrics import frames_to_segments
@@ -120,8 +122,10 @@ def network_model(
         )
         recipe = replace(recipe, self_transition=VITERBI_SELF_TRANSITION)
     try:
-        network = build_model(spec)
+        network = build_model(spec, source)
         network.load_state_dict(state)
+    except ConfigError:
+        raise  # a _target_ the allow-list refuses: the message names it and ``source``
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ValueError(f"{source}: the weights do not fit the model config ({exc})") from None
     device = torch.device(device)
@@ -282,8 +286,9 @@ def find_audio(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
     A file is taken as given, whatever its suffix (libsndfile reads by content;
     relative name: its file name); a directory is searched recursively for files with
     an :data:`AUDIO_EXTENSIONS` suffix (hidden files skipped), each named by its path
-    below the directory. Raises ValueError for a missing path or a directory without
-    audio.
+    below the directory. Raises ValueError for a missing path, one that is neither a
+    regular file nor a directory (a FIFO, a device, a socket: audio is read from
+    files), or a directory without audio.
     """
     found: list[tuple[Path, Path]] = []
     for item in map(Path, inputs):
@@ -298,11 +303,30 @@ def find_audio(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
             if not files:
                 raise ValueError(f"{item}: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})")
             found += [(p, p.relative_to(item)) for p in files]
-        elif item.exists():
+        elif item.is_file():
             found.append((item, Path(item.name)))
+        elif item.exists():
+            raise ValueError(
+                f"{item}: not a regular file ({_file_kind(item)}); chordrec transcribes "
+                "audio files: save the audio to a file first"
+            )
         else:
             raise ValueError(f"{item}: no such file or directory")
     return found
+
+
+def _file_kind(path: Path) -> str:
+    """What a path that is neither a regular file nor a directory is, in words."""
+    mode = path.stat().st_mode
+    for test, kind in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "another kind of file"
 
 
 def plan_jobs(
@@ -387,15 +411,18 @@ class Outcome:
 def write_transcription(
     job: Job, result: Transcription, fmt: str, source: str, force: bool = False
 ) -> None:
-    """Write ``result`` to ``job.output`` in format ``fmt`` (and its figure to
-    ``job.plot``); raises FileExistsError or OSError naming the file."""
+    """Write ``result`` to ``job.output`` in format ``fmt`` and its figure to
+    ``job.plot``, both or neither (:func:`~chordrec.io.atomic_write.write_all_atomic`):
+    a plot that fails leaves no output behind to block a rerun. Raises FileExistsError
+    or OSError naming the file."""
     text = render(result, fmt, job.audio.stem, source)
-    write_atomic(job.output, lambda tmp: tmp.write_text(text, encoding="utf-8"), force)
+    files = [(job.output, lambda tmp: tmp.write_text(text, encoding="utf-8"))]
     if job.plot is not None:
         from chordrec.report.figures import transcription_figure
 
         figure = transcription_figure(result.chroma, result.classes, title=job.audio.name)
-        write_atomic(job.plot, lambda tmp: figure.savefig(tmp, format="png", dpi=100), force)
+        files.append((job.plot, lambda tmp: figure.savefig(tmp, format="png", dpi=100)))
+    write_all_atomic(files, force)
 
 
 def transcribe_files(
@@ -404,11 +431,12 @@ def transcribe_files(
     fmt: str,
     force: bool = False,
     progress: bool = True,
-    max_duration: float = MAX_DURATION_S,
+    limits: AudioLimits = DEFAULT_LIMITS,
     workers: int | FeatureWorkers = 1,
 ) -> Outcome:
-    """Run every job; a failing file is recorded and the others still finish. Audio
-    longer than ``max_duration`` seconds is refused (a failure). An output (or plot)
+    """Run every job; a failing file is recorded and the others still finish (running
+    out of memory, or a worker process dying on it, included). Audio over ``limits``
+    (duration, samples) is refused from its header (a failure). An output (or plot)
     that exists fails its job before its audio is read, unless ``force``.
 
     ``workers`` > 1, or started :class:`~chordrec.audio.analysis.FeatureWorkers`: the
@@ -430,7 +458,7 @@ def transcribe_files(
             seen[key] = job.audio
             todo.append((index, job))
     with_beats = model.level == "beat"
-    results = files_features([job.audio for _, job in todo], with_beats, max_duration, workers)
+    results = files_features([job.audio for _, job in todo], with_beats, limits, workers)
     bar = tqdm(
         total=len(todo), unit="file", disable=not progress or len(jobs) < 2, dynamic_ncols=True
     )
@@ -444,6 +472,8 @@ def transcribe_files(
                     write_transcription(job, result, fmt, model.source, force)
                 except (OSError, ValueError) as exc:
                     error = exc
+                except MemoryError as exc:
+                    error = MemoryError(f"out of memory transcribing it ({exc})")
             if error is None:
                 written.append(job.output)
             else:

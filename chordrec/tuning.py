@@ -16,16 +16,16 @@ that imports Optuna.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 
 from chordrec.errors import ConfigError, TrialPruned
+from chordrec.targets import allowed_class
 from chordrec.tracking import redact
 
 log = logging.getLogger(__name__)
@@ -75,24 +75,23 @@ class Asked:
     trial: optuna.trial.Trial
 
 
-def instantiate(spec: Mapping[str, Any] | None) -> Any:
-    """The object ``spec`` describes (``{"_target_": "module.Class", **kwargs}``), e.g. a
-    sampler or pruner; None for None."""
+def instantiate(kind: Literal["sampler", "pruner"], spec: Any, source: str) -> Any:
+    """The Optuna sampler or pruner that ``spec`` (read from ``source``) describes, e.g.
+    ``{"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 2}``; None for
+    None. Only the classes :func:`chordrec.targets.allowed_class` allows for ``kind``
+    are imported: a spec read from a study's storage never names arbitrary code. Raises
+    ConfigError naming the target and ``source`` for anything else."""
     if not spec:
         return None
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{kind} in {source} is not a _target_ spec: {spec!r}")
     kwargs = dict(spec)
-    target = str(kwargs.pop("_target_", ""))
-    module, _, name = target.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigError(
-            f"cannot import {target!r} (a sampler or pruner _target_): {exc}"
-        ) from exc
+    target = kwargs.pop("_target_", "")
+    cls = allowed_class(kind, target, source)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{target}({kwargs}): {exc}") from exc
+        raise ConfigError(f"{kind} {target}({kwargs}) in {source}: {exc}") from exc
 
 
 def open_study(
@@ -105,7 +104,8 @@ def open_study(
     """Create study ``name`` in RDB ``storage`` (an SQLAlchemy URL), or load it when
     another sweep made it already (``load_if_exists``). ``sampler`` and ``pruner`` are
     ``_target_`` specs; the pruner spec is stored with a new study (see the module)."""
-    made_sampler, made_pruner = instantiate(sampler), instantiate(pruner)
+    made_sampler = instantiate("sampler", sampler, "hydra.sweeper.sampler")
+    made_pruner = instantiate("pruner", pruner, "hydra.sweeper.pruner")
     try:
         study = optuna.create_study(
             storage=storage,
@@ -194,7 +194,9 @@ class TrialReporter:
                 f"Optuna study {study_name!r} in {redact(storage)} (optuna.study, "
                 f"optuna.storage): {type(exc).__name__}: {_first_line(exc)}"
             ) from exc
-        study.pruner = instantiate(study.user_attrs.get(PRUNER_ATTR)) or optuna.pruners.NopPruner()
+        stored = f"attribute {PRUNER_ATTR!r} of Optuna study {study_name!r} in {redact(storage)}"
+        pruner = instantiate("pruner", study.user_attrs.get(PRUNER_ATTR), stored)
+        study.pruner = pruner or optuna.pruners.NopPruner()
         trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
         self.trial = optuna.trial.Trial(study, trial_id)
         self.number = number

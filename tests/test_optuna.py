@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -13,8 +14,9 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from chordrec import run as lifecycle
 from chordrec import tuning
 from chordrec.errors import ConfigError, TrialPruned
 from hydra_plugins.chordrec_optuna.optuna_sweeper import OptunaSweeper, dimension, hydra_value
@@ -90,7 +92,7 @@ def test_a_storage_that_cannot_be_opened_is_one_error_naming_it(tmp_path: Path) 
     storage = f"sqlite:///{tmp_path / 'no-such-dir' / 'study.db'}"
     with pytest.raises(ConfigError, match=f"Optuna storage {storage}: OperationalError"):
         tuning.open_study(storage, "s", "maximize")
-    with pytest.raises(ConfigError, match="cannot import 'optuna.pruners.Nope'"):
+    with pytest.raises(ConfigError, match="'optuna.pruners.Nope' in hydra.sweeper.pruner: .*Nope"):
         tuning.open_study(storage, "s", "maximize", pruner={"_target_": "optuna.pruners.Nope"})
 
 
@@ -109,6 +111,46 @@ def test_each_job_outcome_is_told_to_the_study(tmp_path: Path) -> None:
     states = [t.state.name for t in study.get_trials()]
     assert states == ["COMPLETE", "PRUNED", "FAIL", "FAIL"]  # a NaN objective fails too
     assert study.best_value == 0.5
+
+
+# ------------------------------------------------------------------ a trial's run later
+
+
+@pytest.mark.integration
+def test_a_trials_run_resumed_or_evaluated_never_touches_its_study(
+    train_config: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    study_file = tmp_path / "study.db"
+    storage = f"sqlite:///{study_file}"
+    pruner = {"_target_": "optuna.pruners.ThresholdPruner", "lower": 1.01}  # prunes every trial
+    study = tuning.open_study(storage, "s", "maximize", pruner=pruner)
+    asked = tuning.ask(study, [])
+    here = ["data.level=beat", "seq_len=16", "ood.part=null"]
+    trial = train_config(
+        *here, f"optuna.storage={storage}", "optuna.study=s", f"optuna.trial={asked.number}"
+    )
+    with pytest.raises(TrialPruned, match="pruned after epoch 1"):
+        lifecycle.train(trial)
+    tuning.tell(study, asked, tuning.PRUNED)  # as the sweeper does
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    (pruned,) = client.search_runs([client.get_experiment_by_name("chordrec").experiment_id])
+    assert pruned.info.status == "KILLED" and pruned.data.tags["pruned"] == "true"
+    run_id = pruned.info.run_id
+
+    # resumed, then evaluated, with the study's storage gone: neither may open it
+    study_file.rename(tmp_path / "elsewhere.db")
+    resumed = lifecycle.train(train_config(*here, f"resume={run_id}"))
+    evaluated = lifecycle.evaluate(run_id, train_config(*here), [])
+    assert not study_file.exists()
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert evaluated["test/frame_acc"] == pytest.approx(resumed["test/frame_acc"])
+
+    # the study holds the trial as the sweeper told it: pruned after epoch 1, nothing more
+    (tmp_path / "elsewhere.db").rename(study_file)
+    (told,) = optuna.load_study(study_name="s", storage=storage).get_trials()
+    assert told.state == optuna.trial.TrialState.PRUNED
+    assert list(told.intermediate_values) == [1]
+    assert told.user_attrs == {tuning.RUN_ID_ATTR: run_id}
 
 
 # ------------------------------------------------------------------ two workers, one study
@@ -208,3 +250,80 @@ def test_two_sweep_processes_share_one_study_and_prune(data_root: Path, tmp_path
     for seed in (1, 2):
         results = OmegaConf.load(tmp_path / f"worker{seed}" / "optimization_results.yaml")
         assert results.name == "shared" and results.storage == storage
+
+
+# ------------------------------------------------------------------ what a study may name
+
+
+def _stored_pruner(storage: str, spec: object) -> None:
+    """Write ``spec`` as the study's pruner straight into its database, as anyone who can
+    write the storage can."""
+    optuna.load_study(study_name="s", storage=storage).set_user_attr(tuning.PRUNER_ATTR, spec)
+
+
+def test_a_pruner_in_the_study_database_names_no_code_a_trial_runs(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = tuning.open_study(storage, "s", "maximize")
+    asked = tuning.ask(study, [])
+    marker = tmp_path / "ran"
+    for spec in (
+        {"_target_": "os.system", "command": f"touch {marker}"},
+        {"_target_": "optuna.pruners.os.system", "command": f"touch {marker}"},
+        {"_target_": "optuna.pruners.TYPE_CHECKING"},
+        f"os.system('touch {marker}')",
+    ):
+        _stored_pruner(storage, spec)
+        with pytest.raises(
+            ConfigError, match=f"in attribute 'pruner' of Optuna study 's' in {storage}"
+        ):
+            tuning.TrialReporter(storage, "s", asked.number, "val/acc")
+    assert not marker.exists()
+    # an Optuna pruner is still built from the database, and prunes
+    _stored_pruner(storage, {"_target_": "optuna.pruners.ThresholdPruner", "lower": 0.5})
+    with pytest.raises(TrialPruned, match="pruned after epoch 1"):
+        tuning.TrialReporter(storage, "s", asked.number, "val/acc")(1, {"val/acc": 0.3})
+
+
+def test_a_trials_run_refuses_the_studys_pruner_naming_code(tmp_path: Path) -> None:
+    """The trial's own process (``python -m chordrec.train optuna.trial=N``, as the sweeper
+    launches it) stops with one line naming the target and the study; the code never runs."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    asked = tuning.ask(tuning.open_study(storage, "s", "maximize"), [])
+    marker = tmp_path / "ran"
+    _stored_pruner(storage, {"_target_": "os.system", "command": f"touch {marker}"})
+    trial = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chordrec.train",
+            f"optuna.storage={storage}",
+            "optuna.study=s",
+            f"optuna.trial={asked.number}",
+            f"tracking.store_dir={tmp_path / 'mlruns'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            *TINY,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
+    assert trial.returncode != 0
+    assert "pruner _target_ 'os.system' in attribute 'pruner' of Optuna study 's'" in trial.stderr
+    assert "Traceback" not in trial.stderr
+    assert not marker.exists()
+
+
+def test_the_sweepers_sampler_and_pruner_name_only_optuna_classes(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    marker = tmp_path / "ran"
+    code = {"_target_": "os.system", "command": f"touch {marker}"}
+    with pytest.raises(ConfigError, match="sampler _target_ 'os.system' in hydra.sweeper.sampler"):
+        tuning.open_study(storage, "s", "maximize", sampler=code)
+    with pytest.raises(ConfigError, match="pruner _target_ 'os.system' in hydra.sweeper.pruner"):
+        tuning.open_study(storage, "s", "maximize", pruner=code)
+    assert not marker.exists()
+    sampler = {"_target_": "optuna.samplers.RandomSampler", "seed": 1}
+    study = tuning.open_study(storage, "s", "maximize", sampler=sampler)
+    assert isinstance(study.sampler, optuna.samplers.RandomSampler)

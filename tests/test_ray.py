@@ -17,7 +17,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from mlflow.tracking import MlflowClient
 from chordrec.bench.launchers import TINY
 from chordrec.data.fetch import dataset_digest, verify_dataset
 from tests.conftest import OOD, free_port, subprocess_env
-from tests.test_server import answers_health, kill_session
+from tests.test_server import answers_health, stop_server
 
 pytestmark = pytest.mark.integration
 
@@ -122,13 +121,7 @@ def services(ray_env: None, workdir: Path) -> Iterator[Services]:
     finally:
         if cluster is not None:
             cluster.shutdown()
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-        kill_session(server)
+        stop_server(server)
 
 
 class Listeners:

@@ -625,9 +625,9 @@ def test_start_up_errors_are_one_line_naming_the_store_and_no_run_is_made(
     wrong_password = "not-the-password-7Qx"
     unused = free_port()
     cases = {
-        "password": (
-            f"postgresql://chordrec:{wrong_password}@127.0.0.1:{server.postgres_port}/mlflow",
-            f"postgresql://chordrec:***@127.0.0.1:{server.postgres_port}/mlflow",
+        "password": (  # the password in the environment, as chordrec requires
+            f"postgresql://chordrec@127.0.0.1:{server.postgres_port}/mlflow",
+            f"postgresql://chordrec@127.0.0.1:{server.postgres_port}/mlflow",
             "password authentication failed",
         ),
         "port": (f"http://127.0.0.1:{unused}", f"http://127.0.0.1:{unused}", "unreachable"),
@@ -639,7 +639,13 @@ def test_start_up_errors_are_one_line_naming_the_store_and_no_run_is_made(
     }
     overrides = [f"data.root={data_root}", f"ood.root={OOD}", *FAILING]
     processes = {
-        case: train(workdir, f"error-{case}", overrides, tracking=[f"tracking.uri={uri}"])
+        case: train(
+            workdir,
+            f"error-{case}",
+            overrides,
+            tracking=[f"tracking.uri={uri}"],
+            env={"PGPASSWORD": wrong_password},
+        )
         for case, (uri, _, _) in cases.items()
     }
     try:

@@ -1,20 +1,29 @@
 """Tracking-server faults during a run, on a real PostgreSQL and a real MLflow server:
-the server restarting, PostgreSQL restarting, the server staying down (then resume)."""
+the server restarting, PostgreSQL restarting, the server staying down (then resume), a
+reply cut off after the server made a run, logged model or model version, and a server
+that accepts requests and never answers."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import signal
+import socketserver
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from chordrec import tracking
@@ -87,6 +96,110 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     finally:
         started.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+class CuttingProxy:
+    """A proxy on a port of its own in front of the lab's MLflow server. It forwards each
+    request and the server's whole reply, except that the reply to the next request to a
+    path given to :meth:`cut_next` stops after its headers (the server has done the
+    request; the client sees "Connection broken: IncompleteRead"), and while
+    :meth:`silent` it accepts requests and never answers them."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.requests: list[tuple[str, str]] = []
+        self.cut: list[tuple[str, str]] = []  # the requests whose replies were cut off
+        self._to_cut: set[tuple[str, str]] = set()
+        self._silent = threading.Event()
+        self._answer_again = threading.Event()
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                proxy._forward(self)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def cut_next(self, method: str, path: str) -> None:
+        with self._lock:
+            self._to_cut.add((method, path))
+
+    def count(self, method: str, path: str) -> int:
+        with self._lock:
+            return self.requests.count((method, path))
+
+    @contextmanager
+    def silent(self) -> Iterator[None]:
+        """Accept and read every request in the block, and answer none (they are
+        dropped, unanswered, when the block ends)."""
+        self._answer_again.clear()
+        self._silent.set()
+        try:
+            yield
+        finally:
+            self._silent.clear()
+            self._answer_again.set()
+
+    def close(self) -> None:
+        self._answer_again.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _forward(self, client: socketserver.StreamRequestHandler) -> None:
+        request_line = client.rfile.readline().decode("latin-1")
+        if not request_line.strip():
+            return
+        method, target, _ = request_line.split(" ", 2)
+        headers: dict[str, str] = {}
+        while (line := client.rfile.readline().decode("latin-1")).strip():
+            name, _, value = line.partition(":")
+            headers[name.strip()] = value.strip()
+        lengths = [v for k, v in headers.items() if k.lower() == "content-length"]
+        assert not any(k.lower() == "transfer-encoding" for k in headers), headers
+        body = client.rfile.read(int(lengths[0])) if lengths else b""
+        path = target.split("?", 1)[0]
+        with self._lock:
+            self.requests.append((method, path))
+        if self._silent.is_set():
+            self._answer_again.wait(120)
+            return  # the connection closes unanswered
+        server = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=60)
+        try:
+            forwarded = {
+                k: v for k, v in headers.items() if k.lower() not in ("connection", "host")
+            }
+            server.request(method, target, body=body, headers=forwarded)
+            reply = server.getresponse()
+            data = reply.read()
+        finally:
+            server.close()
+        head = [f"HTTP/1.1 {reply.status} {reply.reason}"]
+        head += [
+            f"{k}: {v}"
+            for k, v in reply.getheaders()
+            if k.lower() not in ("connection", "content-length", "transfer-encoding")
+        ]
+        head += [f"Content-Length: {len(data)}", "Connection: close"]
+        raw = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        with self._lock:
+            cut = (method, path) in self._to_cut and bool(data)
+            if cut:
+                self._to_cut.discard((method, path))
+                self.cut.append((method, path))
+        client.wfile.write(raw if cut else raw + data)
+
+
+@pytest.fixture
+def proxy(lab: Lab) -> Iterator[CuttingProxy]:
+    started = CuttingProxy(lab.port)
+    try:
+        yield started
+    finally:
+        started.close()
 
 
 def _train(
@@ -177,3 +290,65 @@ def test_a_server_that_stays_down_stops_the_run_then_resume_finishes_it(lab, dat
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output[-3000:]
     _assert_complete(client, run_id, 4)
+
+
+RUNS_CREATE = ("POST", "/api/2.0/mlflow/runs/create")
+LOGGED_MODELS_CREATE = ("POST", "/api/2.0/mlflow/logged-models")
+VERSIONS_CREATE = ("POST", "/api/2.0/mlflow/model-versions/create")
+
+
+def test_a_run_whose_creation_reply_is_cut_off_is_created_once(lab, proxy):
+    tracking.configure(tracking_uri=proxy.url)
+    proxy.cut_next(*RUNS_CREATE)
+    with tracking.RunTracker(experiment="cut-run", system_metrics=False) as tracker:
+        tracker.log_metrics({"val/acc": 0.5}, step=1)
+    assert proxy.cut == [RUNS_CREATE], proxy.requests  # the server made the run, unheard
+    assert proxy.count(*RUNS_CREATE) == 1  # found, not asked again
+    client = MlflowClient(lab.url)
+    experiment = client.get_experiment_by_name("cut-run")
+    runs = client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL)
+    assert [(r.info.run_id, r.info.status) for r in runs] == [(tracker.run_id, "FINISHED")]
+    assert runs[0].data.metrics == {"val/acc": 0.5}
+
+
+def test_a_model_and_a_version_whose_creation_replies_are_cut_off_are_made_once(
+    lab, proxy, tmp_path
+):
+    tracking.configure(tracking_uri=proxy.url)
+    best = tmp_path / "best.pt"
+    torch.save({"weights": torch.zeros(2)}, best)
+    proxy.cut_next(*LOGGED_MODELS_CREATE)
+    with tracking.RunTracker(experiment="cut-model", system_metrics=False) as tracker:
+        tracker.log_checkpoint(best)
+        model_uri = tracker.log_model(torch.nn.Linear(4, 3), np.zeros((2, 4), np.float32))
+    proxy.cut_next(*VERSIONS_CREATE)
+    version = tracking.register_run_model(tracker.run_id, name="cut-model", alias="champion")
+    assert proxy.cut == [LOGGED_MODELS_CREATE, VERSIONS_CREATE], proxy.requests
+    assert proxy.count(*LOGGED_MODELS_CREATE) == proxy.count(*VERSIONS_CREATE) == 1
+
+    client = MlflowClient(lab.url)
+    models = client.search_logged_models([tracker.experiment_id])
+    assert [(m.model_uri, m.status.value) for m in models] == [(model_uri, "READY")]
+    assert "MLmodel" in {f.path for f in client.list_logged_model_artifacts(models[0].model_id)}
+    versions = client.search_model_versions("name = 'cut-model'")
+    assert [str(v.version) for v in versions] == [version] == ["1"]
+    assert client.get_model_version_by_alias("cut-model", "champion").version == "1"
+    assert tracking.registered_run_id("models:/cut-model@champion") == tracker.run_id
+
+
+def test_a_server_that_accepts_and_never_answers_ends_a_logging_call_within_the_wait(lab, proxy):
+    wait = 2.0
+    tracking.configure(tracking_uri=proxy.url, server_wait_s=wait)
+    with tracking.RunTracker(experiment="silent", system_metrics=False) as tracker:
+        with proxy.silent():
+            started = time.monotonic()
+            with pytest.raises(tracking.ServerUnavailable) as raised:
+                tracker.log_metrics({"val/acc": 0.5}, step=1)
+            waited = time.monotonic() - started
+        tracker.log_metrics({"val/acc": 0.75}, step=2)  # answered again: the run goes on
+    message = str(raised.value)
+    assert message.startswith(f"MLflow tracking server {proxy.url} did not answer"), message
+    assert "tracking.server_wait_s = 2 s" in message
+    assert waited < 2 * wait + 3, waited  # one call, not MLflow's retries times chordrec's
+    run = MlflowClient(lab.url).get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics == {"val/acc": 0.75}

@@ -1,6 +1,7 @@
 """The SQLite store under real lock contention: retry_locked, the file lock that
 configure takes to create the store, and backfill_history while another connection
-holds the database's write lock.
+holds the database's write lock. And retry_locked against real sockets: a server that
+cuts its answers off, and one that accepts requests and never answers.
 
 MLflow's SQLite store waits for a lock before it reports "database is locked"
 (``PRAGMA busy_timeout = 20000`` in its sessions; Python's sqlite3 default of 5 s while
@@ -276,18 +277,63 @@ def test_redact_hides_a_password_and_nothing_else() -> None:
         assert tracking.redact(uri) == uri
 
 
-def test_the_server_wait_bounds_mlflows_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in ("MAX_RETRIES", "BACKOFF_FACTOR", "BACKOFF_JITTER", "TIMEOUT"):
+def test_the_server_wait_makes_mlflow_try_each_request_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MLflow's own retries would repeat a POST whose reply was lost and multiply the
+    wait: retry_locked retries instead, under one deadline."""
+    for key in ("MAX_RETRIES", "TIMEOUT"):
         monkeypatch.setenv(f"MLFLOW_HTTP_REQUEST_{key}", "unset")  # restored afterwards
-    store.bound_server_wait(60)  # retries after 1, 2, 4, 8, 16, 32 s: 63 s in all
-    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "6"
-    assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "1"
-    assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] == "0"
+    store.bound_server_wait(60)
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "60"
     store.bound_server_wait(0.5)
-    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "1"  # MLflow reads whole seconds
     with pytest.raises(ConfigError, match="tracking.server_wait_s"):
         store.bound_server_wait(0)
+
+
+def test_one_call_to_a_server_that_accepts_and_never_answers_ends_within_the_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that answers /health (so configure takes it), then accepts every other
+    request and never answers: one logging call gives up after about
+    tracking.server_wait_s, naming the server and the setting."""
+    for key in ("MAX_RETRIES", "TIMEOUT"):
+        monkeypatch.delenv(f"MLFLOW_HTTP_REQUEST_{key}", raising=False)  # restored afterwards
+    release = threading.Event()
+    requests: list[bytes] = []
+
+    class Silent(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            request_line = self.rfile.readline()
+            requests.append(request_line)
+            if request_line.startswith(b"GET /health "):
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+            else:
+                release.wait(60)  # accepted, read, never answered
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Silent) as server:
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        wait = 2.0
+        try:
+            tracking.configure(tracking_uri=url, server_wait_s=wait)
+            started = time.monotonic()
+            with pytest.raises(tracking.ServerUnavailable) as raised:
+                tracking.set_run_tags("0" * 32, {"note": "never answered"})
+            waited = time.monotonic() - started
+        finally:
+            release.set()
+            server.shutdown()
+    message = str(raised.value)
+    assert message.startswith(f"MLflow tracking server {url} did not answer within "), message
+    assert "tracking.server_wait_s = 2 s" in message
+    assert waited < 2 * wait + 3, waited  # one bounded call, not retries upon retries
+    assert any(b"/set-tag " in r for r in requests), requests
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # configure's, for subprocesses
+    tracking.configure(tmp_path / "mlruns")  # the tests that follow log to a local store
 
 
 def test_retry_locked_retries_a_response_cut_off_by_a_dying_server() -> None:

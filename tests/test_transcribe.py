@@ -11,19 +11,25 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import stat
+import struct
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import mir_eval
 import numpy as np
+import psutil
 import pytest
 import soundfile as sf
 import torch
 
 from chordrec import tracking
 from chordrec.audio.analysis import FeatureWorkers, file_features, files_features
-from chordrec.audio.features import MAX_DURATION_S, AudioError
+from chordrec.audio.features import MAX_DURATION_S, MAX_SAMPLES, AudioError
 from chordrec.cli import build_parser, main
 from chordrec.constants import FRAME_RATE
 from chordrec.data.sequences import BatchedExamples, song_steps
@@ -35,7 +41,7 @@ from chordrec.io.atomic_write import write_atomic
 from chordrec.io.chord_files import read_lab
 from chordrec.models import build_model, templates
 from chordrec.transcribe import Transcription, load_model, plan_jobs, transcribe_audio
-from tests.test_features import SONG, SR, render_song, write_song
+from tests.test_features import SONG, SR, render_song, write_silence_flac, write_song
 
 # Measured: templates 0.98, template network 0.98 (frame level) and 0.99 (beat level,
 # pulsed song), the quickly trained linear model 0.96-0.97 over seeds. A pipeline with
@@ -545,16 +551,165 @@ def test_a_file_over_the_duration_limit_is_refused_in_one_line(tmp_path, capsys)
     assert [p.name for p in tmp_path.iterdir()] == ["long.wav"]  # nothing written
 
 
+@pytest.mark.parametrize("option", ["--max-duration", "--max-samples"])
 @pytest.mark.parametrize("value", ["0", "-5", "nan"])
-def test_max_duration_must_be_positive(song_wav, tmp_path, capsys, value) -> None:
+def test_audio_limits_must_be_positive(song_wav, tmp_path, capsys, option, value) -> None:
     out = tmp_path / "x.lab"
-    assert transcribe(song_wav, "-m", "templates", "-o", out, "--max-duration", value) == 1
+    assert transcribe(song_wav, "-m", "templates", "-o", out, option, value) == 1
     err = capsys.readouterr().err
-    assert err.startswith("chordrec: error: --max-duration") and value in err
+    assert err.startswith(f"chordrec: error: {option} must be a positive") and value in err
     assert not out.exists()
 
 
-def test_max_duration_help_gives_the_default() -> None:
+def test_audio_limits_help_gives_the_defaults() -> None:
     commands = next(a for a in build_parser()._actions if a.dest == "command")
-    help_text = commands.choices["transcribe"].format_help()
-    assert f"default: {MAX_DURATION_S:g} s" in " ".join(help_text.split())
+    help_text = " ".join(commands.choices["transcribe"].format_help().split())
+    assert f"default: {MAX_DURATION_S:g} s" in help_text
+    assert f"default: {MAX_SAMPLES} = 30 min of 48 kHz stereo" in help_text
+    assert MAX_SAMPLES == 30 * 60 * 48_000 * 2
+
+
+# ------------------------------------------------- all-or-nothing outputs, FIFOs (issue 24)
+
+
+def test_a_failing_plot_leaves_no_output_behind(song_wav, tmp_path, capsys) -> None:
+    """`--plot` into a path that cannot be a folder fails the song with nothing written,
+    so the rerun with a good plot path does not stop at "exists"."""
+    out, blocker = tmp_path / "song.lab", tmp_path / "notes.txt"
+    blocker.write_text("a file, not a folder\n")
+    assert transcribe(song_wav, "-m", "templates", "-o", out, "--plot", blocker / "p.png") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"chordrec: error: {song_wav}: ") and "notes.txt" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no .lab, no temp
+    assert transcribe(song_wav, "-m", "templates", "-o", out, "--plot", tmp_path / "p.png") == 0
+    assert out.is_file() and (tmp_path / "p.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_fifo_is_refused_as_not_a_regular_file(tmp_path, capsys) -> None:
+    """A FIFO given as input is named as what it is, before any model loads or anything
+    waits on it for audio; nothing is written beside it."""
+    fifo = tmp_path / "stream.wav"
+    os.mkfifo(fifo)
+    assert transcribe(fifo, "-m", "templates") == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"chordrec: error: {fifo}: not a regular file (a FIFO); chordrec transcribes audio "
+        "files: save the audio to a file first\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stream.wav"]
+
+
+# --------------------------------------------------------------- memory, dying workers (issue 24)
+
+
+def write_silent_wav(path: Path, seconds: float, sr: int) -> Path:
+    """A 16-bit mono WAV file of ``seconds`` of silence at ``sr`` Hz, written as its
+    header and a sparse run of zero bytes: no time or disk space, whatever its size."""
+    data = int(seconds * sr) * 2
+    header = struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        *(b"RIFF", 36 + data, b"WAVE", b"fmt ", 16, 1, 1, sr, 2 * sr, 2, 16, b"data", data),
+    )
+    with path.open("wb") as wav:
+        wav.write(header)
+        wav.truncate(len(header) + data)
+    return path
+
+
+def two_songs(tmp_path: Path) -> Path:
+    """``tmp_path/songs`` holding ``a.wav`` and ``c.wav`` (three chords each), for a
+    ``b`` file between them that fails."""
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    for name, segments in (("a", SONG[0:3]), ("c", SONG[3:6])):
+        write_song(songs / f"{name}.wav", segments)
+    return songs
+
+
+def assert_only_b_failed(out: Path, err: str, message: str) -> None:
+    """The batch of :func:`two_songs` and ``b`` listed ``b`` alone as failed, with
+    ``message``, and wrote the others' outputs into ``out``."""
+    assert "1 of 3 files failed" in err
+    assert message in err
+    assert sorted(p.name for p in out.iterdir()) == ["a.lab", "c.lab"]
+
+
+def test_a_high_rate_file_is_refused_from_its_header_while_the_others_finish(
+    tmp_path, capsys
+) -> None:
+    """A 4.5-minute FLAC at 655,350 Hz (0.7 MB; 177 million samples, over
+    :data:`MAX_SAMPLES`) in a folder is refused from its header, by default, naming its
+    length, rate and the option; the songs beside it are transcribed."""
+    songs, out = two_songs(tmp_path), tmp_path / "out"
+    high = write_silence_flac(songs / "b.flac", 270, 655_350)
+    assert transcribe(songs, "-m", "templates", "-j", "1", "--out-dir", out) == 1
+    assert_only_b_failed(
+        out,
+        capsys.readouterr().err,
+        f"  {high}: too many samples to decode (270.0 s at 655350 Hz × 1 channel = "
+        f"176,944,500 samples; the limit is {MAX_SAMPLES:,} samples, --max-samples N raises it)",
+    )
+
+
+def _kill_processes_reading(path: Path, kills: int, done: threading.Event) -> list[int]:
+    """Kill (SIGKILL) each process below this one that opens ``path``, until ``kills``
+    of them or ``done``; the ids of those killed."""
+    target, killed = str(path.resolve()), []
+    while len(killed) < kills and not done.is_set():
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if child.pid not in killed and any(f.path == target for f in child.open_files()):
+                    child.kill()
+                    killed.append(child.pid)
+            except psutil.Error:  # ended meanwhile
+                pass
+        time.sleep(0.001)
+    return killed
+
+
+def test_a_worker_killed_on_a_file_fails_that_file_and_the_others_finish(tmp_path, capsys) -> None:
+    """The worker process reading one file of a folder is killed (SIGKILL, as the
+    out-of-memory killer does), and again when that file is retried: the file is listed
+    as failed, every other file gets its output. The file: 160 s of silence at 655,350 Hz
+    (105 million samples, within the limits), decoded long enough to be caught."""
+    songs, out = two_songs(tmp_path), tmp_path / "out"
+    doomed = write_silent_wav(songs / "b.wav", 160, 655_350)
+    done = threading.Event()
+    with ThreadPoolExecutor(1) as killer:
+        killed = killer.submit(_kill_processes_reading, doomed, 2, done)
+        try:
+            status = transcribe(songs, "-m", "templates", "-j", "2", "--out-dir", out)
+        finally:
+            done.set()
+        assert len(killed.result()) == 2
+    assert status == 1
+    assert_only_b_failed(
+        out,
+        capsys.readouterr().err,
+        f"  {doomed}: the worker process computing its features died 2 times",
+    )
+
+
+def test_running_out_of_memory_on_a_file_fails_that_file_and_the_others_finish(
+    tmp_path, capsys
+) -> None:
+    """Under an address-space limit (``ulimit -v``: 1 GB more than this process maps),
+    a file whose decoding needs more (10 minutes at 655,350 Hz, 393 million samples,
+    let through by ``--max-samples inf``) fails with "out of memory"; the songs beside
+    it are transcribed, in the same process."""
+    songs, out = two_songs(tmp_path), tmp_path / "out"
+    huge = write_silent_wav(songs / "b.wav", 600, 655_350)
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (psutil.Process().memory_info().vms + 2**30, hard))
+    try:
+        status = transcribe(
+            songs, "-m", "templates", "-j", "1", "--out-dir", out, "--max-samples", "inf"
+        )
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    assert status == 1
+    assert_only_b_failed(
+        out,
+        capsys.readouterr().err,
+        f"  {huge}: out of memory computing its features (Unable to allocate",
+    )

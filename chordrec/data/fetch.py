@@ -699,10 +699,10 @@ def fetch_dataset(
             elif not force:
                 raise DataFetchError(
                     f"{dest} exists but does not verify: {exc} "
-                    "(pass force=True to fetch it afresh and replace it)"
+                    "(`chordrec data fetch --force` fetches it afresh and replaces it)"
                 ) from exc
             else:
-                log.warning("%s does not verify (%s); fetching afresh (force=True)", dest, exc)
+                log.warning("%s does not verify (%s); fetching afresh (--force)", dest, exc)
         else:
             log.info("%s: already present and verified", dest)
             return dest

@@ -8,9 +8,14 @@ concern and imports only those beneath it (``store`` ← ``runs`` ← ``registry
 - :mod:`~chordrec.tracking.store`: where MLflow writes: :func:`configure` (SQLite store
   ``<store>/mlflow.db`` with artifacts under ``<store>/artifacts``, or
   ``$MLFLOW_TRACKING_URI``, or a server checked by :func:`check_server`),
-  :func:`retry_locked` for writes that find SQLite locked, :func:`ensure_experiment`,
+  :func:`retry_locked` for calls that find SQLite locked or a server not answering (each
+  within ``tracking.server_wait_s``, a create never repeated after a lost reply),
+  :func:`ensure_experiment`,
   :func:`ui_command` and :func:`tracking_server_command` (the commands that serve a store),
-  :func:`redact`, and :class:`TrackingError`.
+  :func:`redact` (every password form, for everything chordrec writes) and
+  :func:`refuse_password` (a setting or argument holding one), and :class:`TrackingError`.
+- :mod:`~chordrec.tracking.auth`: MLflow's basic-auth app for a server others reach:
+  :func:`prepare_auth` (its settings and generated admin password, as :class:`AuthSetup`).
 - :mod:`~chordrec.tracking.runs`: one training run: :class:`RunTracker` (start or resume,
   log, end with the right status), its tags (:func:`base_tags`, :func:`git_state`,
   :func:`process_tags`), :func:`flatten` for params, reading a run back
@@ -38,6 +43,7 @@ The defaults (store directory, experiment, registered model) are those of
 
 from __future__ import annotations
 
+from chordrec.tracking.auth import AuthSetup, prepare_auth
 from chordrec.tracking.legacy import current_metrics
 from chordrec.tracking.registry import register_run_model, registered_run_id, run_checkpoint
 from chordrec.tracking.runs import (
@@ -77,8 +83,10 @@ from chordrec.tracking.store import (
     configure,
     current_uri,
     ensure_experiment,
+    holds_password,
     mlflow_client,
     redact,
+    refuse_password,
     retry_locked,
     store_uri,
     tracking_server_command,
@@ -93,6 +101,9 @@ from chordrec.tracking.ui import (
 )
 
 __all__ = [
+    # auth
+    "AuthSetup",
+    "prepare_auth",
     # legacy
     "current_metrics",
     # store
@@ -104,8 +115,10 @@ __all__ = [
     "configure",
     "current_uri",
     "ensure_experiment",
+    "holds_password",
     "mlflow_client",
     "redact",
+    "refuse_password",
     "retry_locked",
     "store_uri",
     "tracking_server_command",

@@ -10,7 +10,13 @@ from mlflow.tracking import MlflowClient
 
 from chordrec.constants import REGISTERED_MODEL
 from chordrec.tracking.runs import get_run
-from chordrec.tracking.store import TrackingError, retry_locked
+from chordrec.tracking.store import (
+    ServerUnavailable,
+    TrackingError,
+    request_filter,
+    request_tag,
+    retry_locked,
+)
 
 
 def run_checkpoint(run_id: str, name: str = "best", dest: str | Path | None = None) -> Path:
@@ -19,9 +25,13 @@ def run_checkpoint(run_id: str, name: str = "best", dest: str | Path | None = No
     get_run(run_id)
     dest = Path(dest or tempfile.mkdtemp(prefix="chordrec-ckpt-"))
     try:
-        path = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=f"checkpoints/{name}.pt", dst_path=str(dest)
+        path = retry_locked(
+            lambda: mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=f"checkpoints/{name}.pt", dst_path=str(dest)
+            )
         )
+    except ServerUnavailable:
+        raise
     except Exception as exc:  # MlflowException, OSError: the artifact is not there
         raise TrackingError(f"run {run_id} has no checkpoints/{name}.pt ({exc})") from exc
     return Path(path)
@@ -63,7 +73,9 @@ def register_run_model(run_id: str, name: str = REGISTERED_MODEL, alias: str | N
     """Register the model that run ``run_id`` logged (``mlflow.pytorch``, name "model")
     as a new version of registered model ``name``, optionally pointing ``alias`` at it;
     returns the version. The run must hold ``checkpoints/best.pt`` (what transcription
-    loads). Raises :class:`TrackingError` naming what is missing."""
+    loads). Raises :class:`TrackingError` naming what is missing. The version is tagged
+    with a :func:`~chordrec.tracking.store.request_tag`: a reply lost after the registry
+    made it is answered by finding that version, never by a second one."""
     client = MlflowClient()
     run = get_run(run_id, client)
     checkpoints = retry_locked(lambda: client.list_artifacts(run_id, "checkpoints"))
@@ -80,7 +92,11 @@ def register_run_model(run_id: str, name: str = REGISTERED_MODEL, alias: str | N
             f"run {run_id} logged no model named 'model' (was it trained with "
             "tracking.log_model=false?)"
         )
-    version = retry_locked(lambda: mlflow.register_model(f"models:/{logged[0].model_id}", name))
+    request = request_tag()
+    version = retry_locked(
+        lambda: mlflow.register_model(f"models:/{logged[0].model_id}", name, tags=request),
+        landed=lambda: next(iter(client.search_model_versions(request_filter(request))), None),
+    )
     if alias:
         retry_locked(lambda: client.set_registered_model_alias(name, alias, version.version))
     return str(version.version)

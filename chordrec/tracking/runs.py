@@ -26,7 +26,7 @@ import numpy as np
 import psutil
 from mlflow.data.http_dataset_source import HTTPDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import Metric, Run, RunStatus
+from mlflow.entities import LoggedModelStatus, Metric, Run, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
@@ -37,8 +37,12 @@ from chordrec.tracking.legacy import current_metric_names, current_metrics
 from chordrec.tracking.store import (
     ServerUnavailable,
     TrackingError,
+    created_run,
     ensure_experiment,
+    holds_password,
     redact,
+    request_filter,
+    request_tag,
     retry_locked,
     server_answers,
 )
@@ -206,18 +210,30 @@ class RunTracker:
             )
         else:
             experiment_id = ensure_experiment(self.experiment, self.store_dir)
+            request = request_tag()
             active = retry_locked(
                 lambda: mlflow.start_run(
                     experiment_id=experiment_id,
                     run_name=self.run_name,
-                    tags=self.tags,
+                    tags={**self.tags, **request},
                     log_system_metrics=self.system_metrics,
-                )
+                ),
+                landed=lambda: self._start_created(experiment_id, request),
             )
         self.run_id, self.experiment_id = active.info.run_id, active.info.experiment_id
         self._previous_sigterm = signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGTERM, _raise_interrupted)
         return self
+
+    def _start_created(
+        self, experiment_id: str, request: dict[str, str]
+    ) -> mlflow.ActiveRun | None:
+        """Make the run that an earlier try created with tag ``request`` (its reply
+        lost) the active run; None when there is none."""
+        run = created_run(experiment_id, request)
+        if run is None:
+            return None
+        return mlflow.start_run(run_id=run.info.run_id, log_system_metrics=self.system_metrics)
 
     def __exit__(self, kind, exc, tb) -> bool:
         signal.signal(signal.SIGTERM, self._previous_sigterm)
@@ -233,8 +249,8 @@ class RunTracker:
                     if self.local_checkpoints
                     else ""
                 )
-                + f". Once the server is back, finish it with: python -m chordrec.train "
-                f"resume={self.run_id} tracking.uri={redact(uri)}"
+                + ". Once the server is back, finish it with: python -m chordrec.train "
+                + _resume_command(self.run_id, uri)
             ) from exc
         if kind is None:
             status = RunStatus.to_string(RunStatus.FINISHED)
@@ -358,11 +374,18 @@ class RunTracker:
     def log_model(self, model: Any, input_example: np.ndarray) -> str:
         """Log the torch model (``mlflow.pytorch``) with an input example (batch, ...);
         returns its URI. The model takes any batch size: MLflow's pt2 format exports through
-        torch.export, which would fix a batch of 1, so such an example is repeated."""
+        torch.export, which would fix a batch of 1, so such an example is repeated.
+
+        The logged model is tagged with a :func:`~chordrec.tracking.store.request_tag`:
+        a try that fails after the server created it is finished on that logged model
+        (or found finished), so the run never holds a second one."""
         if len(input_example) == 1:
             input_example = np.repeat(input_example, 2, axis=0)
-        info = retry_locked(
-            lambda: mlflow.pytorch.log_model(
+        request = request_tag()
+        unfinished: list[str] = []  # the logged model an earlier try created, not READY
+
+        def log() -> str:
+            return mlflow.pytorch.log_model(
                 model,
                 name="model",
                 input_example=input_example,
@@ -370,9 +393,30 @@ class RunTracker:
                     f"torch=={version('torch').split('+')[0]}",
                     f"chordrec=={chordrec.__version__}",
                 ],
+                tags=request,
+                model_id=unfinished[-1] if unfinished else None,
+            ).model_uri
+
+        def logged() -> str | None:
+            found = self.client.search_logged_models(
+                [self.experiment_id], filter_string=request_filter(request), max_results=1
             )
-        )
-        return info.model_uri
+            if not found:
+                return None
+            if found[0].status == LoggedModelStatus.READY:
+                return found[0].model_uri
+            unfinished.append(found[0].model_id)
+            return None
+
+        return retry_locked(log, landed=logged)
+
+
+def _resume_command(run_id: str, uri: str) -> str:
+    """The overrides that resume ``run_id`` on ``uri``: a URI that holds a password is
+    not repeated (it came from the environment, which the user keeps set)."""
+    if holds_password(uri):
+        return f"resume={run_id} (with the same MLFLOW_TRACKING_URI and password environment)"
+    return f"resume={run_id} tracking.uri={uri}"
 
 
 def _first_line(exc: BaseException, limit: int = 200) -> str:

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from chordrec.errors import ConfigError
 from chordrec.tracking.legacy import current_metrics, legacy_sizes
-from chordrec.tracking.store import TrackingError, ensure_experiment, retry_locked
+from chordrec.tracking.store import TrackingError, create_run, ensure_experiment, retry_locked
 
 
 @dataclass(frozen=True)
@@ -118,14 +118,8 @@ def start_parent_run(
     experiment: str, name: str, tags: Mapping[str, str], store_dir: str | Path
 ) -> str:
     """Create a RUNNING run that other runs nest under (a study); returns its id."""
-    client = MlflowClient()
     experiment_id = ensure_experiment(experiment, store_dir)
-    run = retry_locked(
-        lambda: client.create_run(
-            experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()}
-        )
-    )
-    return run.info.run_id
+    return create_run(experiment_id, name, {k: str(v) for k, v in tags.items()}).info.run_id
 
 
 def find_experiment_id(experiment: str) -> str | None:
@@ -216,9 +210,7 @@ def create_run_with_text(
     found = retry_locked(lambda: client.get_experiment_by_name(experiment))
     if found is None:
         raise TrackingError(f"no MLflow experiment {experiment!r}")
-    run = retry_locked(
-        lambda: client.create_run(found.experiment_id, run_name=name, tags=dict(tags))
-    )
+    run = create_run(found.experiment_id, name, tags)
     log_text_to_run(run.info.run_id, text, artifact)
     retry_locked(lambda: client.set_terminated(run.info.run_id, "FINISHED"))
     return run.info.run_id

@@ -12,21 +12,25 @@ import fcntl
 import http.client
 import math
 import os
+import re
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 import sqlalchemy
+from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
 from chordrec.constants import STORE_DIR
 from chordrec.errors import ConfigError, UserError
+from chordrec.tracking.auth import AUTH_APP, AuthSetup, check_access
 
 T = TypeVar("T")
 
@@ -47,8 +51,8 @@ class ServerUnavailable(TrackingError):
 
 
 SERVER_WAIT_S = 120.0
-"""How long a client waits for a tracking server that stops answering (MLflow's own
-retries, with backoff) before it gives up: the default of ``tracking.server_wait_s``."""
+"""How long one call to the tracking store may wait, in all, for a server (or database)
+that stops answering before it gives up: the default of ``tracking.server_wait_s``."""
 
 
 def configure(
@@ -58,18 +62,21 @@ def configure(
 ) -> str:
     """Point MLflow at ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else the SQLite
     store in ``store_dir``. Checks that a server or database answers; returns the URI
-    used. A request to a server that stops answering (a restart) is retried by MLflow
-    for about ``server_wait_s`` seconds (:func:`bound_server_wait`)."""
+    used. Each call through :func:`retry_locked` waits at most about ``server_wait_s``
+    seconds in all for a server that stops answering (a restart, a hang), then raises
+    :class:`ServerUnavailable`."""
+    if not server_wait_s > 0:
+        raise ConfigError(f"tracking.server_wait_s must be > 0 seconds, got {server_wait_s!r}")
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or store_uri(store_dir)
     # MLflow writes "View run ... at: <url>" to stdout when a run ends on a server, into
     # the output of commands such as `chordrec table --format csv`; chordrec prints its
     # own links.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    if uri.startswith(("http://", "https://")):
-        check_server(uri)
-        bound_server_wait(server_wait_s)
     global _server_wait_s
     _server_wait_s = server_wait_s
+    if uri.startswith(("http://", "https://")):
+        check_server(uri, timeout=min(5.0, server_wait_s))
+        bound_server_wait(server_wait_s)
     mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite:///"):
         _create_sqlite_store(uri)
@@ -79,23 +86,28 @@ def configure(
 
 
 def bound_server_wait(seconds: float) -> None:
-    """Make MLflow retry a request to a tracking server that does not answer for about
-    ``seconds`` in all (at least 1 s): retries after 1, 2, 4... s (backoff factor 1, no
-    jitter), each request waiting at most ``seconds``. Set through MLflow's environment
-    variables, read at every request."""
+    """Make each HTTP request of MLflow's client to a tracking server try once and wait
+    at most ``seconds`` (rounded up to whole seconds, at least 1) for the server to
+    connect and answer, through MLflow's environment variables (read at every request):
+    :func:`retry_locked` does the retrying, under one deadline per call and only where a
+    repeat is safe. MLflow's own retries would repeat a POST whose reply was lost (a
+    second run or model version) and multiply the wait."""
     if not seconds > 0:
         raise ConfigError(f"tracking.server_wait_s must be > 0 seconds, got {seconds!r}")
-    retries = max(1, math.ceil(math.log2(seconds + 1)))
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(retries)
-    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
-    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(seconds)))
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = _whole_seconds(seconds)
+
+
+def _whole_seconds(seconds: float) -> str:
+    """``seconds`` as MLflow's request timeout reads it: whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds)))
 
 
 def server_answers(uri: str) -> bool:
-    """Whether the tracking server at ``uri`` answers /health now."""
+    """Whether the tracking server at ``uri`` answers /health now (waiting at most 5 s,
+    or ``tracking.server_wait_s`` if shorter)."""
     try:
-        check_server(uri, timeout=5.0)
+        check_server(uri, timeout=min(5.0, _server_wait_s))
     except TrackingError:
         return False
     return True
@@ -150,7 +162,9 @@ def artifact_root(store_dir: str | Path) -> str:
 
 
 def check_server(uri: str, timeout: float = 5.0) -> None:
-    """Raise :class:`TrackingError` unless the MLflow server at ``uri`` answers /health."""
+    """Raise :class:`TrackingError` unless the MLflow server at ``uri`` answers /health,
+    and :class:`~chordrec.tracking.auth.AccessDenied` if it refuses this client's user
+    (:func:`~chordrec.tracking.auth.check_access`)."""
     url = uri.rstrip("/") + "/health"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -161,6 +175,7 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
             f"({exc}); start it, or name no server (MLFLOW_TRACKING_URI, --tracking-uri, "
             "tracking.uri) to use the local store"
         ) from exc
+    check_access(uri, redact(uri), timeout)
 
 
 _SERVER_GONE = (
@@ -175,32 +190,49 @@ _SERVER_GONE = (
     "server closed the connection",
     "bad gateway",
     "service unavailable",
+    "timed out",  # a server that accepts and does not answer within the request timeout
 )
 """Lower-case fragments of the errors of a tracking server (or its database) that is
-restarting or gone, as MLflow's client reports them."""
+restarting, hanging or gone, as MLflow's client reports them."""
 
 _server_wait_s = SERVER_WAIT_S
 
 
-def retry_locked(call: Callable[[], T], attempts: int = 8) -> T:
+def retry_locked(
+    call: Callable[[], T], attempts: int = 8, landed: Callable[[], T | None] | None = None
+) -> T:
     """Run ``call``, retrying with backoff while SQLite reports the database locked
-    (several processes of a multirun writing at once), or while a tracking server does
-    not answer (a restart of it or of its database), for up to the server wait that
-    :func:`configure` set. The last such error is raised when the tries or the wait run
-    out, any other error at once. ``call`` must be safe to repeat (the same params,
-    tags, artifacts, or metrics with their timestamps fixed).
+    (several processes of a multirun writing at once), or while a tracking server (or
+    its database) does not answer: refused, cut off, or silent for the request timeout.
+
+    The lock is retried ``attempts`` times, then its error raised. A server that does
+    not answer is retried until ``tracking.server_wait_s`` (:func:`configure`) has passed
+    since the call began, then :class:`ServerUnavailable` names the store and the
+    setting. Each request to a server waits at most the time left (MLflow's request
+    timeout, set for the call), so a server that accepts and never answers ends the call
+    within about the wait. Any other error is raised at once.
+
+    A call that is safe to repeat (a read; params, tags, artifacts, metrics with their
+    timestamps fixed) needs nothing more. A write that is not (creating a run, a logged
+    model, a model version) names in ``landed`` a read that finds what an earlier try
+    made (by a :func:`request_tag`): after a failure that may have come after the server
+    committed, ``landed`` is asked first, and what it finds (not None) is returned
+    instead of trying ``call`` again.
 
     MLflow's SQLite store itself waits for a lock (``PRAGMA busy_timeout``: 20 s in its
     sessions, Python's sqlite3 default of 5 s while it creates the tables) before it
-    reports it, so only a lock held longer than that is retried here. MLflow's client
-    retries a refused connection itself, but not a request cut off mid-way."""
+    reports it, so only a lock held longer than that is retried here."""
     if attempts < 1:
         raise ValueError(f"attempts must be at least 1, got {attempts}")
-    deadline = None
-    attempt = 0
+    deadline = time.monotonic() + _server_wait_s
+    attempt = retry = 0
+    unsure = False  # a try failed after the server may have done it
     while True:
         try:
-            return call()
+            with _request_timeout(deadline - time.monotonic()):
+                if unsure and landed is not None and (found := landed()) is not None:
+                    return found
+                return call()
         except Exception as exc:  # MlflowException wraps SQLAlchemy's and requests' errors
             message = str(exc).lower()
             # SQLite says "database is locked" (or "database table is locked"); a bare
@@ -211,10 +243,70 @@ def retry_locked(call: Callable[[], T], attempts: int = 8) -> T:
                 continue
             if not any(fragment in message for fragment in _SERVER_GONE):
                 raise
-            deadline = deadline or time.monotonic() + _server_wait_s
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+            unsure = True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                uri = mlflow.get_tracking_uri()
+                what = "MLflow tracking server" if uri.startswith("http") else "tracking store"
+                line = next((x for x in str(exc).splitlines() if x.strip()), "")[:300]
+                raise ServerUnavailable(
+                    f"{what} {redact(uri)} did not answer within tracking.server_wait_s = "
+                    f"{_server_wait_s:g} s ({line})"
+                ) from exc
+            time.sleep(min(0.25 * 2**retry, 2.0, left))
+            retry += 1
+
+
+@contextmanager
+def _request_timeout(seconds: float) -> Iterator[None]:
+    """While in the block, each HTTP request of MLflow's client to the tracking server
+    waits at most ``seconds`` (whole seconds, at least 1); afterwards the whole
+    ``tracking.server_wait_s`` again (:func:`bound_server_wait`)."""
+    if not current_uri().startswith(("http://", "https://")):
+        yield
+        return
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = _whole_seconds(seconds)
+    try:
+        yield
+    finally:
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = _whole_seconds(_server_wait_s)
+
+
+REQUEST_TAG = "chordrec.request_id"
+"""The tag by which a run, logged model or model version names the create call that
+made it (a random id the client chose), so that a retry after a lost reply finds it
+(:func:`retry_locked`'s ``landed``) instead of making a second."""
+
+
+def request_tag() -> dict[str, str]:
+    """``{REQUEST_TAG: <a new random id>}``: the tag of one create call."""
+    return {REQUEST_TAG: uuid.uuid4().hex}
+
+
+def request_filter(request: Mapping[str, str]) -> str:
+    """The MLflow search filter that finds what was made with tag ``request``."""
+    return f"tags.`{REQUEST_TAG}` = '{request[REQUEST_TAG]}'"
+
+
+def create_run(experiment_id: str, run_name: str | None, tags: Mapping[str, str]) -> Run:
+    """Create a RUNNING run (not made the active run) in experiment ``experiment_id``,
+    tagged ``tags`` and a :func:`request_tag`: a reply lost after the server made it is
+    answered by finding that run, never by a second one."""
+    client = MlflowClient()
+    request = request_tag()
+    return retry_locked(
+        lambda: client.create_run(experiment_id, run_name=run_name, tags={**tags, **request}),
+        landed=lambda: created_run(experiment_id, request),
+    )
+
+
+def created_run(experiment_id: str, request: Mapping[str, str]) -> Run | None:
+    """The run of experiment ``experiment_id`` that was created with tag ``request``
+    (:func:`request_tag`), or None."""
+    found = MlflowClient().search_runs(
+        [experiment_id], request_filter(request), run_view_type=ViewType.ALL, max_results=1
+    )
+    return found[0] if found else None
 
 
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
@@ -242,8 +334,9 @@ def ensure_experiment(name: str, store_dir: str | Path | None = None) -> str:
             lambda: client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
         )
     except mlflow.exceptions.MlflowException:
-        # another process of the same multirun created it first
-        found = client.get_experiment_by_name(name)
+        # another process of the same multirun created it first (or this one did, and
+        # the reply was lost)
+        found = retry_locked(lambda: client.get_experiment_by_name(name))
         if found is None:
             raise
         return found.experiment_id
@@ -263,7 +356,12 @@ def ui_command(store_dir: str | Path, host: str, port: int) -> list[str]:
 
 
 def tracking_server_command(
-    backend_uri: str, artifacts_dir: str | Path, host: str, port: int, workers: int = 2
+    backend_uri: str,
+    artifacts_dir: str | Path,
+    host: str,
+    port: int,
+    workers: int = 2,
+    auth: AuthSetup | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """The ``mlflow server`` command line, and the environment it adds, for a tracking
     server on ``host``:``port`` over the SQLAlchemy store ``backend_uri`` that serves the
@@ -272,7 +370,9 @@ def tracking_server_command(
     a password, so it goes in the environment (``MLFLOW_BACKEND_STORE_URI``), not on the
     command line that ``ps`` shows. MLflow's job runner (GenAI jobs, which chordrec does
     not use: a process and five queue workers more) stays off unless
-    ``$MLFLOW_SERVER_ENABLE_JOB_EXECUTION`` says otherwise."""
+    ``$MLFLOW_SERVER_ENABLE_JOB_EXECUTION`` says otherwise. With ``auth``
+    (:func:`chordrec.tracking.auth.prepare_auth`), MLflow's basic-auth app asks every
+    request for a user and password."""
     artifacts = Path(artifacts_dir).expanduser().resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
     command = [
@@ -280,17 +380,72 @@ def tracking_server_command(
         "--serve-artifacts", "--artifacts-destination", str(artifacts),
         "--host", host, "--port", str(port), "--workers", str(workers),
     ]  # fmt: skip
+    if auth is not None:
+        command += ["--app-name", AUTH_APP]
     jobs = os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     return command, {
         "MLFLOW_BACKEND_STORE_URI": backend_uri,
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": jobs,
+        **(auth.server_env() if auth is not None else {}),
     }
 
 
-def redact(uri: str) -> str:
-    """``uri`` with any password replaced by ``***``: for messages and logs."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+HIDDEN = "***"
+"""What :func:`redact` writes in place of a password."""
+
+_SCHEME_USER = r"(?P<keep>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:'\"]*:)"
+_PASSWORDS = (
+    # a URL's user:password@, the password up to the host's "@" (urlsplit, libpq)...
+    re.compile(_SCHEME_USER + r"(?P<secret>[^\s/?#'\"]*)@"),
+    # ...or up to the first "@", "/" and "?" included (SQLAlchemy's URLs)
+    re.compile(_SCHEME_USER + r"(?P<secret>[^\s@'\"]*)@"),
+    # ?password=, &password=, a libpq "password=" and PGPASSWORD=-style assignments
+    re.compile(
+        r"(?P<keep>\b[\w.-]*(?:password|passwd|token|secret)\s*=\s*)"
+        r"(?P<secret>'[^']*'|\"[^\"]*\"|[^\s&;,#'\"]+)",
+        re.IGNORECASE,
+    ),
+)
+
+
+def _hide(match: re.Match[str]) -> str:
+    if match.group("secret").strip("'\"") == HIDDEN:  # hidden already
+        return match.group(0)
+    return match.group("keep") + HIDDEN + match.group(0)[match.end("secret") - match.start() :]
+
+
+def redact(text: str) -> str:
+    """``text`` (a URL, a command line, a log line, a config value) with every password
+    replaced by ``***``: a URL's ``user:password@``, a ``password=`` query or
+    connection-string parameter, and assignments such as ``PGPASSWORD=...`` or
+    ``MLFLOW_TRACKING_PASSWORD=...`` (names ending in password, passwd, token or
+    secret). Everything chordrec writes that may hold a URL goes through it."""
+    for pattern in _PASSWORDS:
+        text = pattern.sub(_hide, text)
+    return text
+
+
+def holds_password(text: str) -> bool:
+    """Whether ``text`` holds a password that :func:`redact` would hide."""
+    return redact(text) != text
+
+
+PASSWORD_PLACES = (
+    "PGPASSWORD or a ~/.pgpass file (PostgreSQL: the URL without the password, "
+    "postgresql://USER@HOST/DB), MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+    "(an MLflow server), or the whole URL in MLFLOW_TRACKING_URI"
+)
+"""Where a password goes instead of a setting or an argument: the environment, or a
+0600 file that libpq reads."""
+
+
+def refuse_password(where: str, value: str) -> None:
+    """Raise :class:`ConfigError` when ``value``, given as ``where`` (a setting or a
+    command-line option), holds a password: settings and arguments end up on command
+    lines (``ps``), in Hydra's saved config and in run tags."""
+    if holds_password(value):
+        raise ConfigError(
+            f"a password in {where} ({redact(value)}): settings and arguments show in ps, "
+            f"Hydra's saved config and run tags; give it in the environment instead: "
+            f"{PASSWORD_PLACES}"
+        )

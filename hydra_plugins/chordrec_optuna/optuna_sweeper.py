@@ -9,17 +9,19 @@ Hydra's syntax: ``choice(16, 32)``, ``range(16, 129, 16)`` (ints or a float step
 ``interval(0.0, 0.5)`` (floats), ``tag(log, interval(1e-4, 1e-2))`` (log scale) and
 ``tag(int, interval(8, 256))`` (integers). Other overrides are passed to every trial.
 
-The study lives in an Optuna RDB storage (``storage``: any SQLAlchemy URL; default
-``sqlite:///<sweep dir>/optuna.db``), opened with ``load_if_exists``, so that several
-sweep processes, on one machine or many, work on one study; each process runs
-``n_trials`` trials of its own, ``n_jobs`` at a time through the configured launcher
-(local, joblib or Ray). Every trial is a training run given ``optuna.storage``,
-``optuna.study``, ``optuna.trial`` and ``optuna.metric``: it reports that metric after
-each epoch and the study's ``pruner`` may stop it (the run ends KILLED, tagged
-``pruned=true``). A trial that fails is recorded FAIL and the search goes on; the sweep
-then raises the first failure at the end. The study's standing (best trial, counts) is
-written to ``optimization_results.yaml`` in the sweep directory and logged to the
-sweep's MLflow parent run (one per study, :mod:`chordrec.sweeps`).
+The study lives in an Optuna RDB storage (``storage``: any SQLAlchemy URL without a
+password, which comes from the environment: ``PGPASSWORD`` or ``~/.pgpass`` for
+PostgreSQL; default ``sqlite:///<sweep dir>/optuna.db``), opened with
+``load_if_exists``, so that several sweep processes, on one machine or many, work on
+one study; each process runs ``n_trials`` trials of its own, ``n_jobs`` at a time
+through the configured launcher (local, joblib or Ray). Every trial is a training run
+given ``optuna.storage``, ``optuna.study``, ``optuna.trial`` and ``optuna.metric``: it
+reports that metric after each epoch and the study's ``pruner`` may stop it (the run
+ends KILLED, tagged ``pruned=true``). A trial that fails is recorded FAIL and the
+search goes on; the sweep then raises the first failure at the end. The study's
+standing (best trial, counts) is written to ``optimization_results.yaml`` in the sweep
+directory and logged to the sweep's MLflow parent run (one per study,
+:mod:`chordrec.sweeps`).
 """
 
 import logging
@@ -123,6 +125,8 @@ class OptunaSweeper(Sweeper):
             raise ConfigError(
                 f"hydra.sweeper.n_trials and n_jobs must be >= 1, got {n_trials} and {n_jobs}"
             )
+        if storage:  # every trial gets it as an override: it must hold no password
+            tracking.refuse_password("hydra.sweeper.storage", storage)
         self.study_name = study_name
         self.storage = storage
         self.direction = direction

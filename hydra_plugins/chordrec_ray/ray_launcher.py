@@ -25,6 +25,12 @@ job's ``tracking.tags``).
 say), so the sweeper raises the first failure after the batch while the other jobs
 finish. Ctrl-C cancels the jobs still running.
 
+Passwords (``PGPASSWORD``, ``MLFLOW_TRACKING_PASSWORD``...) reach the jobs through the
+environment, never in a job's config: a local Ray's workers inherit this process's;
+each node of a cluster needs them in the environment ``ray start`` ran in (or a
+``~/.pgpass``). The job lines this launcher logs go through
+:func:`chordrec.tracking.redact`.
+
 Ray stays on the loopback interface unless the user asks otherwise: wherever this
 launcher starts or joins Ray on 127.0.0.1 it sets ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``
 first, which keeps every Ray listener on 127.0.0.1 (``--node-ip-address 127.0.0.1``
@@ -55,6 +61,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from chordrec.errors import ConfigError
+from chordrec.tracking import redact
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +320,7 @@ class RayLauncher(Launcher):
             log.info(
                 "\t#%d : %s (%g CPUs, %g GPUs)",
                 job.hydra.job.num,
-                " ".join(filter_overrides(job.hydra.overrides.task)),
+                redact(" ".join(filter_overrides(job.hydra.overrides.task))),
                 resources["CPU"],
                 resources["GPU"],
             )
