@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import shutil
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -31,6 +37,9 @@ import torch  # noqa: E402
 from omegaconf import DictConfig
 
 from chordrec.train import compose_config
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -118,3 +127,90 @@ def run_chordrec(*args: str, cwd: Path, timeout: float = 900) -> subprocess.Comp
         env=subprocess_env(),
         timeout=timeout,
     )
+
+
+def start_training(*overrides: str) -> subprocess.Popen:
+    """Start ``python -m chordrec.train <overrides>`` in the repository, in a process group
+    of its own (a signal reaches it alone), stdout and stderr together in one text pipe."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "chordrec.train", *overrides],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=subprocess_env(),
+        start_new_session=True,
+    )
+
+
+def printed_run_id(process: subprocess.Popen) -> str:
+    """The MLflow run id a training process prints before its first epoch (its output
+    read up to that line)."""
+    for line in process.stdout:
+        if match := re.search(r"MLflow run id: (\w+)", line):
+            return match.group(1)
+    raise AssertionError(f"the training process printed no run id (exit {process.wait()})")
+
+
+def await_first_epoch(
+    client: MlflowClient, run_id: str, process: subprocess.Popen, timeout: float = 600
+) -> None:
+    """Return once run ``run_id`` has logged its first epoch (step 1 of ``val/acc`` in
+    the store), its process still training; fail if the process ends first."""
+    deadline = time.monotonic() + timeout
+    while not client.get_metric_history(run_id, "val/acc"):
+        assert process.poll() is None, "training ended before its first epoch was logged"
+        assert time.monotonic() < deadline, f"no epoch logged in {timeout:.0f} s"
+        time.sleep(0.05)
+
+
+@contextmanager
+def metrics_held(store: str) -> Iterator[Callable[[str], int]]:
+    """Hold the metric table of the MLflow database ``store`` (``sqlite:///<path>`` or a
+    ``postgresql://`` URL) against writes for the block: every process logging a metric
+    waits until it ends, while reads go on. Yields a function giving the number of
+    epochs (``val/acc`` values) a run has logged, as the database holds them now."""
+    query = "SELECT COUNT(*) FROM metrics WHERE run_uuid = {} AND key = 'val/acc'"
+    if store.startswith("sqlite:///"):
+        db = sqlite3.connect(store.removeprefix("sqlite:///"), timeout=60, isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")  # the write lock: readers still read
+            yield lambda run_id: db.execute(query.format("?"), (run_id,)).fetchone()[0]
+            db.execute("ROLLBACK")
+        finally:
+            db.close()
+        return
+    import psycopg
+
+    with psycopg.connect(store.replace("postgresql+psycopg://", "postgresql://")) as db:
+        db.execute("LOCK TABLE metrics IN SHARE MODE")  # conflicts with every write
+        yield lambda run_id: db.execute(query.format("%s"), (run_id,)).fetchone()[0]
+        db.rollback()
+
+
+def signal_after_an_epoch(
+    process: subprocess.Popen,
+    run_id: str,
+    store: str,
+    sig: signal.Signals = signal.SIGKILL,
+    timeout: float = 600,
+) -> int:
+    """Send ``sig`` to the process group of training ``process`` (started in a session
+    of its own) once run ``run_id`` has logged an epoch to ``store`` (see
+    :func:`metrics_held`), and return the number of epochs logged then.
+
+    The count is taken and the signal sent while the metric table is held, so the run
+    logs nothing between the two: with SIGKILL the count is final whatever an epoch
+    lasts; a process that handles ``sig`` may at most finish the write it was waiting
+    in. Fails if the process ends first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, "training ended before its first epoch was logged"
+        assert time.monotonic() < deadline, f"no epoch logged in {timeout:.0f} s"
+        with metrics_held(store) as logged_epochs:
+            if (logged := logged_epochs(run_id)) >= 1:
+                os.killpg(process.pid, sig)
+                if sig == signal.SIGKILL:
+                    process.wait()
+                return logged
+        time.sleep(0.05)

@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -454,29 +453,43 @@ def test_ensure_dataset_fetches_once_for_runs_starting_together(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """The first caller fetches; the second, arriving while it does (its fetch is held
+    until the second says it waits), waits for it and then finds the set verified."""
     dest = tmp_path / "node" / "rwc-pop"
     fetching = threading.Event()
+    second_waits = threading.Event()
     fetches = []
     fetch_all = fetch._fetch_all
 
-    def slow_fetch_all(*args: Any) -> int:
+    class Waiting(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "waiting for another process fetching" in record.getMessage():
+                second_waits.set()
+
+    def held_fetch_all(*args: Any) -> int:
         fetches.append(args)
         fetching.set()
-        time.sleep(0.5)  # the second caller arrives while the first one fetches
+        second_waits.wait(timeout=30)  # the fetch goes on once the second caller waits
         return fetch_all(*args)
 
-    monkeypatch.setattr(fetch, "_fetch_all", slow_fetch_all)
+    monkeypatch.setattr(fetch, "_fetch_all", held_fetch_all)
     results: list[Path] = []
     callers = [
         threading.Thread(target=lambda: results.append(ensure_dataset(str(tiny_mirror), dest)))
         for _ in range(2)
     ]
-    with caplog.at_level(logging.INFO, logger="chordrec.data.fetch"):
-        callers[0].start()
-        assert fetching.wait(timeout=30)
-        callers[1].start()
-        for caller in callers:
-            caller.join(timeout=30)
+    waiting = Waiting()
+    logging.getLogger("chordrec.data.fetch").addHandler(waiting)
+    try:
+        with caplog.at_level(logging.INFO, logger="chordrec.data.fetch"):
+            callers[0].start()
+            assert fetching.wait(timeout=30)
+            callers[1].start()
+            for caller in callers:
+                caller.join(timeout=60)
+    finally:
+        logging.getLogger("chordrec.data.fetch").removeHandler(waiting)
+    assert second_waits.is_set(), "the second caller never waited for the first"
     assert results == [dest, dest] and len(fetches) == 1
     assert "waiting for another process fetching the data set" in caplog.text
     assert "already present and verified" in caplog.text  # the second caller's

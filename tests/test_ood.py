@@ -9,7 +9,6 @@ from pathlib import Path
 
 import mir_eval
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -19,7 +18,7 @@ from chordrec import tracking
 from chordrec.data.synthetic import ood_songs
 from chordrec.errors import ConfigError
 from chordrec.io.chord_files import read_lab
-from chordrec.run import evaluate, train
+from chordrec.run import evaluate, out_of_domain_songs, train
 from tests.conftest import OOD, REPO, compose_train, run_chordrec
 
 TINY = ["model=rnn_baseline", "seq_len=32", "split.max_songs=1", "decode=viterbi"]
@@ -100,11 +99,16 @@ def test_ood_part_null_scores_no_out_of_domain_songs(train_config):
     assert not any(k.startswith("ood") for k in metrics)
 
 
-def test_the_default_run_scores_the_whole_validation_part():
-    cfg = compose_train([])
-    assert cfg.ood.part == "validation" and cfg.ood.max_songs is None
-    assert Path(cfg.ood.root) == Path("data/ood-synth")
-    assert np.all([a.exists() and b.exists() for a, b in ood_songs(OOD, "validation")])
+def test_the_default_run_scores_all_16_validation_songs(monkeypatch):
+    """The songs a run scores out of domain (each one's scores are logged, as
+    test_a_run_logs_what_transcribing_its_songs_scores shows) are, by default, every
+    song of data/ood-synth/validation."""
+    monkeypatch.chdir(REPO)  # where the default, relative data paths lead
+    scored = out_of_domain_songs(compose_train([]))
+    on_disk = sorted((OOD / "validation").glob("*.flac"))
+    assert len(on_disk) == 16
+    assert [audio.absolute() for audio, _ in scored] == on_disk
+    assert [lab.absolute() for _, lab in scored] == [a.with_suffix(".lab") for a in on_disk]
 
 
 def test_chordrec_ood_scores_a_model_per_song_and_in_all(tmp_path: Path):

@@ -6,7 +6,8 @@ server`` on SQLite. No file system is shared on purpose: every run fetches the d
 into an empty directory from ``data.fetch_source`` and logs its artifacts through the
 server. One job fails (crnn2 needs seq_len >= 12); the others still finish. While the
 sweep runs, a thread records every TCP listener of this process's children (the cluster,
-the sweep and its jobs): all must be on 127.0.0.1.
+the sweep and its jobs): all must be on 127.0.0.1. On a local Ray, a job whose worker
+process dies (SIGKILL) comes back to the launcher failed, carrying Ray's error.
 
 Ray's state (its temporary directory, the token it keeps in ``~/.ray``) lives in this
 module's own directories: ``HOME`` and ``RAY_TMPDIR`` point there while it runs.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -45,6 +47,9 @@ length; it needs seq_len >= 12, so 4 fails."""
 SERVER_START_S = 90
 SWEEP_TIMEOUT_S = 300
 
+RAY_AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+"""Ray's token authentication settings: unset here, so that Ray does what it does by default."""
+
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -54,14 +59,18 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def ray_env(workdir: Path) -> Iterator[None]:
     """``HOME`` and ``RAY_TMPDIR`` in directories of this module's own (the latter short:
-    Ray's socket paths must stay under 108 bytes) and ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``
-    in this process's environment, restored after."""
+    Ray's socket paths must stay under 108 bytes), ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``
+    and Ray's token authentication settings unset (:data:`RAY_AUTH_ENV`) in this process's
+    environment, restored after (a local ``ray.init`` sets ``RAY_AUTH_MODE`` in it)."""
     ray_tmp = tempfile.mkdtemp(prefix="cr-")
     (workdir / "home").mkdir()
     with pytest.MonkeyPatch.context() as env:
         env.setenv("HOME", str(workdir / "home"))
         env.setenv("RAY_TMPDIR", ray_tmp)
         env.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        for name in RAY_AUTH_ENV:
+            env.setenv(name, "")  # recorded, so that undoing removes what Ray sets later
+            env.delenv(name)
         # Ray reads it when imported: set what it read, should this process have imported it
         env.setattr("ray._private.ray_constants.ENABLE_RAY_CLUSTER", False)
         try:
@@ -256,11 +265,40 @@ def test_a_local_ray_listens_on_127_0_0_1_only_and_leaves_nothing_behind(ray_env
             assert ray.cluster_resources()["CPU"] == 1
             assert ray_launcher.connect(None, local_cpus=1) is ray  # once per process
             listeners.record()
-            token = Path.home() / ".ray" / "auth_token"  # HOME is this module's
-            assert not token.exists() or token.stat().st_mode & 0o777 == 0o600
+            # a new local cluster turns on Ray's token authentication (RAY_AUTH_MODE
+            # unset) and writes the token into HOME (this module's): for its owner only
+            token = Path.home() / ".ray" / "auth_token"
+            assert token.stat().st_mode & 0o777 == 0o600
         finally:
             ray_launcher.stop_local_ray(ray, str(temp_dir))
     assert not temp_dir.exists() and not ray.is_initialized()
     assert "raylet" in {name for name, _, _ in listeners.found}
     elsewhere = sorted(entry for entry in listeners.found if not is_loopback(entry[1]))
     assert not elsewhere, elsewhere
+
+
+def test_a_job_whose_ray_worker_died_comes_back_failed_carrying_ray_s_error(
+    ray_env: None,
+) -> None:
+    import ray
+    from hydra.core.utils import JobStatus
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.chordrec_ray import ray_launcher
+
+    def die() -> None:  # defined here, Ray ships it by value: the worker imports no test
+        os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer would
+
+    before = set(Path(os.environ["RAY_TMPDIR"]).iterdir())
+    assert ray_launcher.connect(None, local_cpus=1) is ray
+    (temp_dir,) = set(Path(os.environ["RAY_TMPDIR"]).iterdir()) - before
+    try:
+        job = OmegaConf.create({"seed": 1, "hydra": {"overrides": {"task": ["seed=1"]}}})
+        ref = ray.remote(max_retries=0)(die).remote()
+        result = ray_launcher.RayLauncher._result(ray, job, ref)
+    finally:
+        ray_launcher.stop_local_ray(ray, str(temp_dir))
+    assert result.status == JobStatus.FAILED and result.overrides == ["seed=1"]
+    assert "hydra" not in result.cfg and result.cfg.seed == 1
+    with pytest.raises(ray.exceptions.WorkerCrashedError):
+        result.return_value  # noqa: B018 (what the sweeper does with a failed job)

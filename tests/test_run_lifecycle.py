@@ -1,11 +1,15 @@
 """What a run was scored with is what it runs with afterwards; resume refuses runs it must
-not reopen; a user's mistake in ``python -m chordrec.train`` is one line, not a traceback."""
+not reopen; a user's mistake in ``python -m chordrec.train`` is one line, not a traceback,
+and ends the run FAILED with its error; Ctrl-C ends a run KILLED."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -21,7 +25,14 @@ from chordrec.io.checkpoints import load_checkpoint
 from chordrec.run import resumed_config
 from chordrec.train import run
 from chordrec.transcribe import VITERBI_SELF_TRANSITION, load_model, network_model
-from tests.conftest import OOD, REPO, subprocess_env
+from tests.conftest import (
+    OOD,
+    REPO,
+    await_first_epoch,
+    printed_run_id,
+    start_training,
+    subprocess_env,
+)
 from tests.test_transcribe import LINEAR
 
 # experiment=best's decoding and evaluation chunking, on one song per part
@@ -36,7 +47,12 @@ SCORED_LIKE_BEST = [
 
 
 def _runs(cfg) -> list:
-    mlflow.set_tracking_uri(f"sqlite:///{cfg.tracking.store_dir}/mlflow.db")
+    return _store_runs(cfg.tracking.store_dir)
+
+
+def _store_runs(store: str | Path) -> list:
+    """The runs of the chordrec experiment in the SQLite store in ``store``."""
+    mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
     client = MlflowClient()
     return client.search_runs([client.get_experiment_by_name("chordrec").experiment_id])
 
@@ -208,17 +224,19 @@ def test_a_resumed_run_runs_where_it_is_resumed() -> None:
 # ------------------------------------------------------------------ user errors
 
 
+def _train_overrides(tmp_path, *overrides: str) -> list[str]:
+    """What ``python -m chordrec.train`` is given to log to a store in ``tmp_path``."""
+    return [
+        f"tracking.store_dir={tmp_path / 'mlruns'}",
+        f"hydra.run.dir={tmp_path / 'outputs'}",
+        "tracking.system_metrics=false",
+        *overrides,
+    ]
+
+
 def _train_cli(tmp_path, *overrides: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "chordrec.train",
-            f"tracking.store_dir={tmp_path / 'mlruns'}",
-            f"hydra.run.dir={tmp_path / 'outputs'}",
-            "tracking.system_metrics=false",
-            *overrides,
-        ],
+        [sys.executable, "-m", "chordrec.train", *_train_overrides(tmp_path, *overrides)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -228,26 +246,92 @@ def _train_cli(tmp_path, *overrides: str, **env: str) -> subprocess.CompletedPro
 
 
 @pytest.mark.parametrize(
-    ("overrides", "env", "message"),
+    ("overrides", "env", "message", "error_tag"),
     [
-        (["seq_len=-3"], {}, "seq_len must be a positive number of steps, got -3"),
-        (["data.batch_size=0"], {}, "data.batch_size must be >= 1, got 0"),
-        (["data.root=/nonexistent/rwc"], {}, "/nonexistent/rwc"),
-        ([], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, "http://127.0.0.1:9 is unreachable"),
+        (
+            ["seq_len=-3"],
+            {},
+            "seq_len must be a positive number of steps, got -3",
+            "ConfigError: seq_len must be a positive number of steps, got -3",
+        ),
+        (
+            ["data.batch_size=0"],
+            {},
+            "data.batch_size must be >= 1, got 0",
+            "ConfigError: data.batch_size must be >= 1, got 0",
+        ),
+        (["data.root=/nonexistent/rwc"], {}, "/nonexistent/rwc", "/nonexistent/rwc"),
+        # no store answers: no run to end
+        (
+            [],
+            {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},
+            "http://127.0.0.1:9 is unreachable",
+            None,
+        ),
     ],
 )
-def test_a_users_mistake_is_one_line_without_a_traceback(tmp_path, overrides, env, message):
+def test_a_users_mistake_is_one_line_without_a_traceback(
+    tmp_path, overrides, env, message, error_tag
+):
     result = _train_cli(tmp_path, *overrides, **env)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and message in errors[0], result.stderr
+    # the run it opened ends FAILED, its error a tag
+    store = tmp_path / "mlruns"
+    if error_tag is None:
+        assert not (store / "mlflow.db").exists()
+        return
+    (record,) = _store_runs(store)
+    assert record.info.status == "FAILED"
+    assert error_tag in record.data.tags["error"]
 
 
 def test_hydra_full_error_keeps_the_traceback(tmp_path):
     result = _train_cli(tmp_path, "seq_len=-3", HYDRA_FULL_ERROR="1")
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "ConfigError" in result.stderr
+
+
+# ------------------------------------------------------------------ Ctrl-C
+
+
+@pytest.mark.integration
+def test_ctrl_c_during_training_ends_the_run_killed(tmp_path, data_root):
+    """SIGINT to the training process's group, as a terminal's Ctrl-C sends it, once an
+    epoch is logged: the run ends KILLED with the epochs it logged, and is not scored."""
+    max_epochs = 100  # far more than it can train before the interrupt
+    process = start_training(
+        *_train_overrides(
+            tmp_path,
+            f"data.root={data_root}",
+            f"ood.root={OOD}",
+            "split.max_songs=2",
+            "seq_len=16",
+            "trainer.num_threads=1",
+            f"trainer.max_epochs={max_epochs}",
+            "trainer.progress=false",
+            "tracking.log_model=false",
+        )
+    )
+    try:
+        run_id = printed_run_id(process)
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns'}/mlflow.db")
+        client = MlflowClient()
+        await_first_epoch(client, run_id, process)
+        os.killpg(process.pid, signal.SIGINT)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode != 0, output[-3000:]
+    record = client.get_run(run_id)
+    assert record.info.status == "KILLED", output[-3000:]
+    epochs = [m.step for m in client.get_metric_history(run_id, "val/acc")]
+    assert 1 <= len(epochs) < max_epochs
+    assert "test/frame_acc" not in record.data.metrics
 
 
 # ------------------------------------------------------------------ chordrec evaluate

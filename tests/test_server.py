@@ -35,7 +35,7 @@ from mlflow.tracking import MlflowClient
 from chordrec import tracking
 from chordrec.io.chord_files import read_lab
 from chordrec.postgres import LocalPostgres, PostgresError, postgres_bin_dir
-from tests.conftest import OOD, free_port, run_chordrec, subprocess_env
+from tests.conftest import OOD, free_port, run_chordrec, signal_after_an_epoch, subprocess_env
 from tests.test_features import write_song
 
 pytestmark = pytest.mark.integration
@@ -53,8 +53,8 @@ TINY = [
 # two songs per part, two epochs, the model logged (what `chordrec register` needs).
 COMPARED = [*TINY, "split.max_songs=2", "trainer.max_epochs=2", "tracking.log_model=true"]
 
-# The run killed and resumed: frame level in batches of 4 makes an epoch last about a
-# second, so the kill lands between epoch 1 and epoch 3.
+# The run killed (once it has logged an epoch, the metric table held: see
+# conftest.signal_after_an_epoch) and resumed.
 RESUMED_EPOCHS = 3
 RESUMED = [
     *TINY,
@@ -431,19 +431,14 @@ def test_a_run_killed_with_sigkill_resumes_through_the_server(
                 run_id = match.group(1)
                 break
         assert run_id, f"no run id printed: {''.join(lines)[-3000:]}"
-        deadline = time.monotonic() + TRAIN_TIMEOUT_S
-        while not client.get_metric_history(run_id, "val/acc"):
-            assert process.poll() is None, "training ended before epoch 1 was logged"
-            assert time.monotonic() < deadline, "epoch 1 was never logged"
-            time.sleep(0.05)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        database = LocalPostgres(server.postgres_dir, server.postgres_port).url()
+        logged = signal_after_an_epoch(process, run_id, database, timeout=TRAIN_TIMEOUT_S)
     finally:
         kill_session(process)
         process.stdout.close()
     killed = client.get_run(run_id)
     assert killed.info.status == "RUNNING"  # SIGKILL leaves no chance to end the run
-    logged = len(client.get_metric_history(run_id, "val/acc"))
+    assert len(client.get_metric_history(run_id, "val/acc")) == logged
     assert 1 <= logged < RESUMED_EPOCHS
     runs_before = {r.info.run_id for r in all_runs(client)}
 

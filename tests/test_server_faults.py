@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -102,16 +102,24 @@ class CuttingProxy:
     """A proxy on a port of its own in front of the lab's MLflow server. It forwards each
     request and the server's whole reply, except that the reply to the next request to a
     path given to :meth:`cut_next` stops after its headers (the server has done the
-    request; the client sees "Connection broken: IncompleteRead"), and while
-    :meth:`silent` it accepts requests and never answers them."""
+    request; the client sees "Connection broken: IncompleteRead"), while :meth:`silent`
+    it accepts requests and never answers them, and while :meth:`holding` it holds each
+    request until the block ends. A server that refuses the connection gets the client
+    "502 Bad Gateway", as a reverse proxy answers. Each reply's status and time are kept
+    (:attr:`replies`)."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.requests: list[tuple[str, str]] = []
         self.cut: list[tuple[str, str]] = []  # the requests whose replies were cut off
+        self.replies: list[tuple[int, float]] = []  # (status, time.monotonic()) of each
+        self._replied = threading.Condition()
         self._to_cut: set[tuple[str, str]] = set()
         self._silent = threading.Event()
         self._answer_again = threading.Event()
+        self._holding = threading.Event()
+        self._held = threading.Event()
+        self._release = threading.Event()
         self._lock = threading.Lock()
         proxy = self
 
@@ -144,8 +152,36 @@ class CuttingProxy:
             self._silent.clear()
             self._answer_again.set()
 
+    @contextmanager
+    def holding(self) -> Iterator[threading.Event]:
+        """Hold every request that arrives in the block, then forward them when it ends.
+        Yields an event set once a request is held (its client waits on it)."""
+        self._held.clear()
+        self._release.clear()
+        self._holding.set()
+        try:
+            yield self._held
+        finally:
+            self._holding.clear()
+            self._release.set()
+
+    def await_reply(self, status: Callable[[int], bool], since: int, timeout: float) -> int:
+        """Wait until a reply after the first ``since`` has a status for which ``status``
+        is true; return the index of the first such reply. Fails after ``timeout`` s."""
+        with self._replied:
+            found = self._replied.wait_for(
+                lambda: next(
+                    (i for i, (code, _) in enumerate(self.replies) if i >= since and status(code)),
+                    None,
+                ),
+                timeout,
+            )
+        assert found is not None, f"no such reply in {timeout:g} s: {self.replies[since:]}"
+        return found
+
     def close(self) -> None:
         self._answer_again.set()
+        self._release.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -167,6 +203,9 @@ class CuttingProxy:
         if self._silent.is_set():
             self._answer_again.wait(120)
             return  # the connection closes unanswered
+        if self._holding.is_set():
+            self._held.set()
+            self._release.wait(120)
         server = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=60)
         try:
             forwarded = {
@@ -174,13 +213,19 @@ class CuttingProxy:
             }
             server.request(method, target, body=body, headers=forwarded)
             reply = server.getresponse()
-            data = reply.read()
+            status, reason, data = reply.status, reply.reason, reply.read()
+            reply_headers = reply.getheaders()
+        except ConnectionRefusedError:
+            status, reason, data, reply_headers = 502, "Bad Gateway", b"connection refused", []
         finally:
             server.close()
-        head = [f"HTTP/1.1 {reply.status} {reply.reason}"]
+        with self._replied:
+            self.replies.append((status, time.monotonic()))
+            self._replied.notify_all()
+        head = [f"HTTP/1.1 {status} {reason}"]
         head += [
             f"{k}: {v}"
-            for k, v in reply.getheaders()
+            for k, v in reply_headers
             if k.lower() not in ("connection", "content-length", "transfer-encoding")
         ]
         head += [f"Content-Length: {len(data)}", "Connection: close"]
@@ -203,12 +248,13 @@ def proxy(lab: Lab) -> Iterator[CuttingProxy]:
 
 
 def _train(
-    lab: Lab, data_root: Path, tmp_path: Path, experiment: str, *overrides: str
+    url: str, data_root: Path, tmp_path: Path, experiment: str, *overrides: str
 ) -> subprocess.Popen:
+    """Start a run of two songs logging to the tracking server at ``url``."""
     return subprocess.Popen(
         [
             sys.executable, "-m", "chordrec.train",
-            f"data.root={data_root}", f"ood.root={OOD}", f"tracking.uri={lab.url}", f"tracking.experiment={experiment}",
+            f"data.root={data_root}", f"ood.root={OOD}", f"tracking.uri={url}", f"tracking.experiment={experiment}",
             f"tracking.store_dir={tmp_path / 'mlruns'}", f"hydra.run.dir={tmp_path / 'hydra'}",
             "split.max_songs=2", "data.level=beat", "seq_len=16", "trainer.num_threads=1",
             "trainer.progress=false", "tracking.log_model=false", "tracking.system_metrics=false",
@@ -248,17 +294,32 @@ def _assert_complete(client: MlflowClient, run_id: str, epochs: int) -> None:
     assert run.data.metrics["fit/epochs_run"] == epochs
 
 
-def test_a_run_survives_the_server_and_then_postgresql_restarting(lab, data_root, tmp_path):
+def test_a_run_survives_the_server_and_then_postgresql_restarting(lab, proxy, data_root, tmp_path):
+    """The run logs through the proxy. Each outage begins while one of its requests is
+    held (the run waits on it), and ends only once the run has had a failed reply from
+    the outage: 502 (refused) while the server is down, a 5xx from the server while its
+    database is."""
     client = MlflowClient(lab.url)
-    run = _train(lab, data_root, tmp_path, "restarts", "trainer.max_epochs=5")
+    run = _train(proxy.url, data_root, tmp_path, "restarts", "trainer.max_epochs=5")
     run_id = _wait_for_epoch(client, "restarts", 1, run)
-    lab.kill_server()  # the run's next writes wait in MLflow's retries
-    time.sleep(3)
+
+    since = len(proxy.replies)
+    with proxy.holding() as held:
+        assert held.wait(120), "the run sent no request"
+        lab.kill_server()
+    proxy.await_reply(lambda status: status == 502, since, timeout=60)
+    assert run.poll() is None  # the run, waiting for the server, goes on
     lab.start_server()  # same port, same database
     _wait_for_epoch(client, "restarts", 3, run)
-    lab.postgres._run("pg_ctl", "-D", str(lab.postgres.data), "-m", "immediate", "-w", "stop")
-    time.sleep(3)
+
+    since = len(proxy.replies)
+    with proxy.holding() as held:
+        assert held.wait(120), "the run sent no request"
+        lab.postgres._run("pg_ctl", "-D", str(lab.postgres.data), "-m", "immediate", "-w", "stop")
+    proxy.await_reply(lambda status: 500 <= status != 502, since, timeout=60)
+    assert run.poll() is None  # the run, waiting for the database, goes on
     lab.postgres.start()
+
     output, _ = run.communicate(timeout=300)
     assert run.returncode == 0, output[-3000:]
     _assert_complete(client, run_id, 5)
@@ -266,27 +327,33 @@ def test_a_run_survives_the_server_and_then_postgresql_restarting(lab, data_root
     assert Path(best).stat().st_size > 0
 
 
-def test_a_server_that_stays_down_stops_the_run_then_resume_finishes_it(lab, data_root, tmp_path):
+def test_a_server_that_stays_down_stops_the_run_then_resume_finishes_it(
+    lab, proxy, data_root, tmp_path
+):
+    wait = 3
     client = MlflowClient(lab.url)
-    run = _train(
-        lab, data_root, tmp_path, "down", "trainer.max_epochs=4", "tracking.server_wait_s=3"
-    )
+    overrides = ["trainer.max_epochs=4", f"tracking.server_wait_s={wait}"]
+    run = _train(proxy.url, data_root, tmp_path, "down", *overrides)
     run_id = _wait_for_epoch(client, "down", 1, run)
-    lab.kill_server()
-    started = time.monotonic()
+    since = len(proxy.replies)
+    with proxy.holding() as held:
+        assert held.wait(120), "the run sent no request"
+        lab.kill_server()
     output, _ = run.communicate(timeout=300)
-    waited = time.monotonic() - started
     assert run.returncode == 1, output[-3000:]
     message = output.strip().splitlines()[-1]
-    assert message.startswith("chordrec.train: error: MLflow tracking server " + lab.url)
-    assert f"resume={run_id} tracking.uri={lab.url}" in message
-    assert waited < 60, waited  # bounded: retries of a few seconds, not MLflow's minutes
+    assert message.startswith("chordrec.train: error: MLflow tracking server " + proxy.url)
+    assert f"tracking.server_wait_s = {wait} s" in message
+    assert f"resume={run_id} tracking.uri={proxy.url}" in message
+    # the call retried the refused server for about the wait, not MLflow's minutes
+    refused = [at for status, at in proxy.replies[since:] if status == 502]
+    assert len(refused) >= 2 and refused[-1] - refused[0] < wait + 1, refused
     local = tmp_path / "mlruns" / "checkpoints-in-progress" / run_id
     assert str(local) in message and (local / "last.pt").is_file()
 
     lab.start_server()
     assert client.get_run(run_id).info.status == "RUNNING"
-    resumed = _train(lab, data_root, tmp_path, "down", f"resume={run_id}")
+    resumed = _train(lab.url, data_root, tmp_path, "down", f"resume={run_id}")
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output[-3000:]
     _assert_complete(client, run_id, 4)

@@ -3,18 +3,24 @@ Table 5 from MLflow, sweeps and parallel runs."""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
+import shutil
 import sqlite3
 import statistics
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import pytest
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from chordrec import study
+from chordrec.report.tables import NOT_REPORTED, REPORT, format_duration
 from tests.conftest import OOD, REPO, run_chordrec, subprocess_env
 
 TINY = [
@@ -27,22 +33,23 @@ TINY = [
 ]
 
 
-def _sweep(data_root, tmp_path, *overrides, experiment="chordrec", succeeds=True):
-    """Run ``python -m chordrec.train -m <overrides>`` on a tiny budget into a store in
-    tmp_path; returns the command's output and the runs it logged in ``experiment``.
-    The sweep can import this module (an override may name a class of it)."""
+def _sweep(data_root, tmp_path, *overrides, experiment="chordrec", succeeds=True, multirun=True):
+    """Run ``python -m chordrec.train -m <overrides>`` (without ``-m`` unless
+    ``multirun``) on a tiny budget into a store in tmp_path; returns the command's output
+    and the runs the store holds in ``experiment``. The sweep can import this module (an
+    override may name a class of it)."""
     store = tmp_path / "mlruns"
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    mode = ["-m", f"hydra.sweep.dir={tmp_path / 'sweep'}"] if multirun else []
     done = subprocess.run(
         [
             sys.executable,
             "-m",
             "chordrec.train",
-            "-m",
+            *mode,
             f"data.root={data_root}",
             f"ood.root={OOD}",
             f"tracking.store_dir={store}",
-            f"hydra.sweep.dir={tmp_path / 'sweep'}",
             *TINY,
             *overrides,
         ],
@@ -117,67 +124,216 @@ def test_an_invalid_study_id_is_refused_before_any_run(tmp_path):
     assert not (tmp_path / "mlruns").exists()
 
 
-@pytest.mark.integration
-def test_study_then_table_then_a_deleted_metric(data_root, tmp_path):
-    store = tmp_path / "mlruns"
+@dataclass(frozen=True)
+class TinyStudy:
+    """``chordrec study --study-id tiny`` of the six presets on the TINY budget."""
+
+    root: Path
+    """The directory it ran in; its store is ``root / "mlruns"``."""
+    output: str
+    """What the command printed (its members' output, then Table 5)."""
+    client: MlflowClient
+    parent: Run
+    members: dict[str, Run]
+    """Each preset's run, a to f."""
+    logged_table: str
+    """``table5.md`` as the study logged it to its parent run."""
+
+    @property
+    def store(self) -> Path:
+        return self.root / "mlruns"
+
+
+@pytest.fixture(scope="module")
+def tiny_study(data_root, tmp_path_factory) -> TinyStudy:
+    root = tmp_path_factory.mktemp("study")
     done = run_chordrec(
         "study",
         "--store",
-        str(store),
+        str(root / "mlruns"),
         "--study-id",
         "tiny",
         f"data.root={data_root}",
         f"ood.root={OOD}",
         *TINY,
-        cwd=tmp_path,
+        cwd=root,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "| | a | b | c | d | e | f |" in done.stdout
-    assert "N/A" not in done.stdout
-
-    client = _client(store)
+    client = MlflowClient(_store_uri(root / "mlruns"))
     experiment = client.get_experiment_by_name("chordrec")
     runs = client.search_runs([experiment.experiment_id], "tags.study = 'tiny'")
-    parent = [r for r in runs if r.data.tags.get("kind") == "study"]
-    members = [r for r in runs if r.data.tags.get("kind") != "study"]
-    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
-    assert sorted(r.data.tags["preset"] for r in members) == list("abcdef")
-    assert all(r.info.status == "FINISHED" for r in members)
-    assert all(r.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for r in members)
-    assert "table5.md" in {a.path for a in client.list_artifacts(parent[0].info.run_id)}
-    # the study's multirun nests under the study: no sweep parent of its own
-    assert not client.search_runs([experiment.experiment_id], "tags.kind = 'sweep'")
+    (parent,) = (r for r in runs if r.data.tags.get("kind") == "study")
+    members = {r.data.tags["preset"]: r for r in runs if r.data.tags.get("kind") != "study"}
+    members = dict(sorted(members.items()))  # a to f, as Table 5's columns
+    logged = Path(client.download_artifacts(parent.info.run_id, "table5.md", str(root)))
+    return TinyStudy(root, done.stdout, client, parent, members, logged.read_text())
 
-    out = tmp_path / "table.csv"
+
+def _store_uri(store: Path) -> str:
+    return f"sqlite:///{store}/mlflow.db"
+
+
+def _table5_cells(text: str) -> list[list[str]]:
+    """The rows of Table 5 as ``chordrec`` printed it (Markdown lines among other output,
+    or CSV), each its label (indent dropped) and its cells as text; the header first."""
+    if text.startswith(","):  # CSV
+        rows = list(csv.reader(io.StringIO(text)))
+    else:
+        rows = [
+            [cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in text.splitlines()
+            if line.startswith("|") and not line.startswith("|---")
+        ]
+    return [[label.strip(), *cells] for label, *cells in rows]
+
+
+def _expected_table5(runs: dict[str, Run]) -> list[list[str]]:
+    """Table 5 of ``runs`` (preset -> run) as it must read: each cell what MLflow holds
+    for that preset's run, next to the report's number (tables.REPORT) and the difference
+    between the two in points."""
+    presets = list(runs)
+
+    def each(cell) -> list[str]:
+        return [str(cell(runs[p].data.metrics, runs[p].data.params, p)) for p in presets]
+
+    def percent(key: str) -> list[str]:
+        return each(lambda m, _, __: f"{100 * m[key]:.2f}")
+
+    def reported(key: str) -> list[str]:
+        def cell(_, __, preset):
+            number = REPORT[preset][key]
+            if number is None:
+                return NOT_REPORTED
+            return f"{number:.2f}" if isinstance(number, float) else number
+
+        return each(cell)
+
+    def difference(key: str, reported_key: str) -> list[str]:
+        return each(lambda m, _, p: f"{100 * m[key] - REPORT[p][reported_key]:+.2f}")
+
+    rows = [
+        ["", *presets],
+        [
+            "what",
+            *each(
+                lambda _, q, __: (
+                    f"{q['model_name']}, {q['data.level']} level, L={q['seq_len']}, {q['seq_mode']}"
+                )
+            ),
+        ],
+    ]
+    for word, part in (("training", "train"), ("validation", "validation"), ("test", "test")):
+        chunks = each(lambda _, q, __, part=part: q[f"sizes.{part}.chunks32"])
+        rows += [[f"{word} examples (32-step chunks)", *chunks], ["report", *reported(part)]]
+    rows += [
+        [
+            "training / validation / test size",
+            *each(
+                lambda _, q, __: (
+                    " / ".join(
+                        f"{int(q[f'sizes.{part}.steps']):,}"
+                        for part in ("train", "validation", "test")
+                    )
+                    + (" beats" if q["data.level"] == "beat" else " frames")
+                )
+            ),
+        ],
+        ["converged", *each(lambda m, _, __: "yes" if m["fit/converged"] else "no")],
+        ["report", *reported("converged")],
+        ["validation accuracy %", *percent("val/frame_acc")],
+        ["report", *reported("val")],
+        ["difference (points)", *difference("val/frame_acc", "val")],
+        ["test accuracy %", *percent("test/frame_acc")],
+        ["report", *reported("test_acc")],
+        ["difference (points)", *difference("test/frame_acc", "test_acc")],
+        ["training time", *each(lambda m, _, __: format_duration(m["time/train_s"]))],
+        ["report", *reported("time")],
+        ["epochs run", *each(lambda m, _, __: int(m["fit/epochs_run"]))],
+        ["best epoch", *each(lambda m, _, __: int(m["fit/best_epoch"]))],
+        ["run id", *(runs[p].info.run_id for p in presets)],
+    ]
+    for key, label in (
+        ("test/frame_acc_viterbi", "test accuracy % (Viterbi)"),
+        ("test/majmin", "test majmin WCSR %"),
+        ("test/root", "test root WCSR %"),
+        ("test/seg", "test segmentation %"),
+    ):
+        assert all(key in r.data.metrics for r in runs.values()), key  # every run logs it
+        rows.append([label, *percent(key)])
+    return rows
+
+
+@pytest.mark.integration
+def test_the_study_runs_every_preset_under_its_parent_run(tiny_study):
+    assert "| | a | b | c | d | e | f |" in tiny_study.output
+    assert "N/A" not in tiny_study.output
+    parent, members = tiny_study.parent, list(tiny_study.members.values())
+    assert parent.info.status == "FINISHED"
+    assert sorted(tiny_study.members) == list("abcdef")
+    assert all(r.info.status == "FINISHED" for r in members)
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in members)
+    # the study's multirun nests under the study: no sweep parent of its own
+    client = tiny_study.client
+    assert not client.search_runs([parent.info.experiment_id], "tags.kind = 'sweep'")
+
+
+@pytest.mark.integration
+def test_table5_cells_are_what_mlflow_holds_for_each_member(tiny_study):
+    expected = _expected_table5(tiny_study.members)
+    # as the study printed it, and logged it (with its wall time) to its parent run
+    assert _table5_cells(tiny_study.output) == expected
+    assert tiny_study.logged_table.startswith("| | a | b | c | d | e | f |\n")
+    assert tiny_study.output.endswith(tiny_study.logged_table)
+    assert "Study tiny: wall time" in tiny_study.logged_table
+    # rebuilt by `chordrec table --study`
+    out = tiny_study.root / "table.csv"
     table = run_chordrec(
         "table",
         "--store",
-        str(store),
+        str(tiny_study.store),
         "--study",
         "tiny",
         "--format",
         "csv",
         "--out",
         str(out),
-        cwd=tmp_path,
+        cwd=tiny_study.root,
     )
     assert table.returncode == 0, table.stderr
     assert out.read_text() == table.stdout
-    header = out.read_text().splitlines()[0]
-    assert header == ",a,b,c,d,e,f"
-    for member in members:
-        assert member.info.run_id in table.stdout
+    assert _table5_cells(table.stdout) == expected
 
-    victim = next(r for r in members if r.data.tags["preset"] == "c")
+
+@pytest.mark.integration
+def test_plain_table_takes_each_presets_newest_finished_run(tiny_study, data_root):
+    """Without --study, Table 5 holds each preset's newest FINISHED run in the experiment:
+    a run of preset a started after the study replaces the study's."""
+    _, _, runs = _sweep(data_root, tiny_study.root, "experiment=a", "ood.part=null", multirun=False)
+    study_runs = {r.info.run_id for r in tiny_study.members.values()}
+    (newer,) = (r for r in runs if r.info.run_id not in study_runs)
+    assert newer.data.tags["preset"] == "a" and newer.info.status == "FINISHED"
+    assert newer.info.start_time > tiny_study.members["a"].info.start_time
+    table = run_chordrec(
+        "table", "--store", str(tiny_study.store), "--format", "csv", cwd=tiny_study.root
+    )
+    assert table.returncode == 0, table.stderr
+    assert _table5_cells(table.stdout) == _expected_table5({**tiny_study.members, "a": newer})
+
+
+@pytest.mark.integration
+def test_a_member_without_a_metric_makes_the_table_an_error_naming_both(tiny_study, tmp_path):
+    store = tmp_path / "mlruns"  # a copy of the study's store: the others keep theirs
+    store.mkdir()
+    shutil.copy(tiny_study.store / "mlflow.db", store / "mlflow.db")
+    victim = tiny_study.members["c"].info.run_id
     with sqlite3.connect(store / "mlflow.db") as db:
         for relation in ("metrics", "latest_metrics"):
             db.execute(
-                f"DELETE FROM {relation} WHERE run_uuid = ? AND key = 'test/frame_acc'",
-                (victim.info.run_id,),
+                f"DELETE FROM {relation} WHERE run_uuid = ? AND key = 'test/frame_acc'", (victim,)
             )
     broken = run_chordrec("table", "--store", str(store), "--study", "tiny", cwd=tmp_path)
     assert broken.returncode == 1
-    assert victim.info.run_id in broken.stderr and "test/frame_acc" in broken.stderr
+    assert victim in broken.stderr and "test/frame_acc" in broken.stderr
     assert broken.stdout == ""
 
 

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
+from pathlib import Path
 
 import mlflow
 import numpy as np
+import psutil
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from chordrec.data.sequences import song_steps
+import chordrec.fit
+import chordrec.run
+from chordrec.data.chords import class_names, transpose_labels
+from chordrec.data.sequences import BatchedExamples, song_steps
 from chordrec.data.songs import load_songs, song_names, split_songs
 from chordrec.decoding import DEFAULT_SELF_TRANSITIONS, decode
 from chordrec.fit import resolve_device
@@ -19,6 +26,7 @@ from chordrec.inference import evaluate
 from chordrec.io.checkpoints import load_checkpoint
 from chordrec.models import build_model
 from chordrec.train import run
+from tests.test_sequences import _recover_shift
 
 pytestmark = pytest.mark.integration
 
@@ -44,15 +52,21 @@ def _songs(cfg, part: str):
     return load_songs(cfg.data.root, split[part])
 
 
-def _logged_accuracy(run_id: str, cfg, part: str) -> float:
-    """Frame accuracy of the predictions a run logged for ``part`` ('val' or 'test'),
-    against the songs' labels read here."""
+def _logged_predictions(run_id: str, part: str) -> dict[str, np.ndarray]:
+    """The frame classes a run logged for ``part`` ('val' or 'test'), by song."""
     path = mlflow.artifacts.download_artifacts(
         run_id=run_id, artifact_path=f"predictions/{part}.npz"
     )
-    songs = _songs(cfg, "validation" if part == "val" else "test")
     with np.load(path, allow_pickle=False) as predicted:
-        correct = sum(int((predicted[s.name] == s.labels).sum()) for s in songs)
+        return dict(predicted)
+
+
+def _logged_accuracy(run_id: str, cfg, part: str) -> float:
+    """Frame accuracy of the predictions a run logged for ``part`` ('val' or 'test'),
+    against the songs' labels read here."""
+    predicted = _logged_predictions(run_id, part)
+    songs = _songs(cfg, "validation" if part == "val" else "test")
+    correct = sum(int((predicted[s.name] == s.labels).sum()) for s in songs)
     return correct / sum(s.n_frames for s in songs)
 
 
@@ -69,13 +83,26 @@ def test_every_preset_trains_at_both_levels(train_config, model, level):
     assert run_info.data.params["data.level"] == level
 
 
-def test_window_mode_run(train_config):
-    cfg = train_config("seq_mode=window", "seq_len=8", "data.window_stride=50")
+def test_window_mode_trains_on_one_window_in_window_stride_per_epoch(train_config, monkeypatch):
+    stride = 50
+    cfg = train_config("seq_mode=window", "seq_len=8", f"data.window_stride={stride}")
+    trained = []  # the example indices each epoch trains on, as the training loop draws them
+    train_epoch = chordrec.fit.train_epoch
+
+    def recorded(model, train, order, *args, **kwargs):
+        trained.append(list(order))
+        return train_epoch(model, train, order, *args, **kwargs)
+
+    monkeypatch.setattr(chordrec.fit, "train_epoch", recorded)
     run(cfg)
     run_info = _only_run(_client(cfg))
     assert run_info.info.status == "FINISHED"
     # window mode: one example per step; the stride trains on a 1/50 sample of them each epoch
-    assert run_info.data.params["sizes.train.examples"] == run_info.data.params["sizes.train.steps"]
+    examples = int(run_info.data.params["sizes.train.examples"])
+    assert examples == int(run_info.data.params["sizes.train.steps"])
+    (order,) = trained
+    assert len(order) == examples // stride
+    assert len(set(order)) == len(order) and all(0 <= i < examples for i in order)
 
 
 @pytest.mark.device
@@ -203,6 +230,41 @@ def test_a_run_logs_everything(train_config, tmp_path):
     assert m["val/frame_acc_viterbi"] == pytest.approx(max(by_value))
     tuned = DEFAULT_SELF_TRANSITIONS[int(np.argmax(by_value))]
     assert m["decode/self_transition"] == tuned == best["inference"]["self_transition"]
+    # the losses of the scored weights: validation's as its best epoch, and test's
+    val_loss = sorted(client.get_metric_history(r.info.run_id, "val/loss"), key=lambda h: h.step)
+    assert m["val/best_loss"] == pytest.approx(val.loss)
+    assert m["val/best_loss"] == pytest.approx(val_loss[int(m["fit/best_epoch"]) - 1].value)
+    test_songs = _songs(cfg, "test")
+    test = evaluate(
+        model, [song_steps(s, "beat") for s in test_songs], 16, "sequence", torch.device("cpu")
+    )
+    assert m["test/loss"] == pytest.approx(test.loss)
+    # evaluation.json: each test song's frame accuracy and each class's recall, of the
+    # test predictions the run logged
+    evaluation = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=r.info.run_id, artifact_path="evaluation.json"
+            )
+        ).read_text()
+    )
+    predicted = _logged_predictions(r.info.run_id, "test")
+    assert evaluation["test_per_song_frame_acc"] == {
+        s.name: pytest.approx(float((predicted[s.name] == s.labels).mean())) for s in test_songs
+    }
+    reference = np.concatenate([s.labels for s in test_songs])
+    estimate = np.concatenate([predicted[s.name] for s in test_songs])
+    recall = evaluation["test_per_class_recall"]
+    assert list(recall) == class_names()
+    for c, name in enumerate(class_names()):
+        if (reference == c).any():
+            assert recall[name] == pytest.approx(float((estimate[reference == c] == c).mean()))
+        else:
+            assert recall[name] is None, name
+    # the process that logged the run (what resume checks), here this one
+    assert r.data.tags["process_host"] == socket.gethostname()
+    assert r.data.tags["process_pid"] == str(os.getpid())
+    assert float(r.data.tags["process_started"]) == psutil.Process().create_time()
     assert any(p.startswith("figures/timeline_N061") for p in figures)
     local = mlflow.artifacts.download_artifacts(
         run_id=r.info.run_id, artifact_path="checkpoints/last.pt"
@@ -290,12 +352,32 @@ def test_template_anchor_runs_without_training(train_config):
     assert m["test/frame_acc_argmax"] == pytest.approx(correct / sum(s.n_frames for s in songs))
 
 
-def test_transposition_augmentation_at_beat_level(train_config):
+def test_transposition_augmentation_at_beat_level(train_config, monkeypatch):
     cfg = train_config("data.augment=transpose", "data.level=beat", "seq_len=16")
+    trained_on = []  # the training examples the run hands to the training loop
+    fit = chordrec.run.fit
+
+    def recorded(model, train, *args, **kwargs):
+        trained_on.append(train)
+        return fit(model, train, *args, **kwargs)
+
+    monkeypatch.setattr(chordrec.run, "fit", recorded)
     run(cfg)
     r = _only_run(_client(cfg))
     assert r.info.status == "FINISHED"
-    assert r.data.params["data.augment"] == "transpose"
+    # each example is a chunk of the training songs' beats, every chroma bin and chord
+    # root moved by one random number of semitones
+    (examples,) = trained_on
+    beats = [song_steps(s, "beat") for s in _songs(cfg, "train")]
+    plain = BatchedExamples(beats, 16, "sequence")
+    assert len(examples) == len(plain)
+    everything = list(range(len(plain)))
+    x0, y0 = (t.numpy() for t in plain[everything])
+    x1, y1 = (t.numpy() for t in examples[everything])
+    shifts = [_recover_shift(x1[i], x0[i]) for i in everything]
+    for i, k in enumerate(shifts):
+        np.testing.assert_array_equal(y1[i], transpose_labels(y0[i], k))
+    assert len(set(shifts)) > 3
 
 
 def test_cosine_schedule_runs_to_max_epochs_past_min_lr(train_config):
