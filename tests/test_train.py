@@ -230,15 +230,18 @@ def test_a_run_logs_everything(train_config, tmp_path):
     assert m["val/frame_acc_viterbi"] == pytest.approx(max(by_value))
     tuned = DEFAULT_SELF_TRANSITIONS[int(np.argmax(by_value))]
     assert m["decode/self_transition"] == tuned == best["inference"]["self_transition"]
-    # the losses of the scored weights: validation's as its best epoch, and test's
+    # the losses of the scored weights: validation's as its best epoch, and test's; the run
+    # computed them on its device, this test on the CPU (cuDNN's LSTM differs in the 6th digit)
+    on_cpu = r.data.tags["device"] == "cpu"
+    loss_tolerance = {} if on_cpu else {"rel": 1e-5}
     val_loss = sorted(client.get_metric_history(r.info.run_id, "val/loss"), key=lambda h: h.step)
-    assert m["val/best_loss"] == pytest.approx(val.loss)
+    assert m["val/best_loss"] == pytest.approx(val.loss, **loss_tolerance)
     assert m["val/best_loss"] == pytest.approx(val_loss[int(m["fit/best_epoch"]) - 1].value)
     test_songs = _songs(cfg, "test")
     test = evaluate(
         model, [song_steps(s, "beat") for s in test_songs], 16, "sequence", torch.device("cpu")
     )
-    assert m["test/loss"] == pytest.approx(test.loss)
+    assert m["test/loss"] == pytest.approx(test.loss, **loss_tolerance)
     # evaluation.json: each test song's frame accuracy and each class's recall, of the
     # test predictions the run logged
     evaluation = json.loads(
