@@ -57,9 +57,10 @@ TEST_WORKERS ?= 2
 test: install data  ## the test suite (unit tests and short runs on the real data)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
-lint: install  ## ruff
+lint: install  ## ruff, and the layers and library owners of ARCHITECTURE.md (import-linter)
 	$(VENV)/bin/ruff check chordrec hydra_plugins tests experiments
 	$(VENV)/bin/ruff format --check chordrec hydra_plugins tests
+	$(VENV)/bin/lint-imports --no-cache
 
 bench: install data  ## window mode against the course's loop (ratio, one run), then training throughput per mode
 	$(PY) -m chordrec.bench.training $(ARGS)
