@@ -60,9 +60,10 @@ test: install data  ## the test suite (unit tests and short runs on the real dat
 test-fast: install  ## unit tests on small generated data (not `integration`, not `slow`): the edit-test loop
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not integration and not slow" $(ARGS)
 
-lint: install  ## ruff
+lint: install  ## ruff, and the layers and library owners of ARCHITECTURE.md (import-linter)
 	$(VENV)/bin/ruff check chordrec hydra_plugins tests experiments
 	$(VENV)/bin/ruff format --check chordrec hydra_plugins tests
+	$(VENV)/bin/lint-imports --no-cache
 
 bench: install data  ## window mode against the course's loop (ratio, one run), then training throughput per mode
 	$(PY) -m chordrec.bench.training $(ARGS)
