@@ -16,7 +16,7 @@ ARGS ?=
 .PHONY: help install data train study table ui server test test-fast lint bench bench-transcription bench-tracking bench-launchers gpu-check clean-venv
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -80,5 +80,5 @@ bench-launchers: install data  ## one tiny sweep (8 jobs) through joblib, then a
 gpu-check: install data  ## on a GPU machine: device tests, experiment=best on CUDA, resumed on CPU, epoch times
 	$(PY) -m chordrec.bench.gpu_check $(ARGS)
 
-clean-venv:
+clean-venv:  ## remove .venv (the next make installs it again)
 	rm -rf $(VENV)

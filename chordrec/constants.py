@@ -41,6 +41,6 @@ PRESETS = ("a", "b", "c", "d", "e", "f")
 """The report's experiments, one per column of its Table 5 (``experiments/a.yaml``...)."""
 
 LONGEST_FIRST = ("b", "c", "d", "e", "f", "a")
-"""The report's experiments by their training time on the 2-core CPU of README "Speed",
+"""The report's experiments by their training time on the 2-core CPU of docs/performance.md "Speed",
 longest first: a study starts its members in this order (others after them), so that
 its parallel jobs end close together."""

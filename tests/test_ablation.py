@@ -42,7 +42,7 @@ def test_each_option_changes_one_factor_of_best(option):
 @pytest.mark.integration
 def test_ablation_sweep_logs_one_run_per_option_and_tabulates(data_root, tmp_path: Path):
     options = ",".join(OPTIONS)
-    # as the README runs it: its own MLflow experiment, the runs tagged with a study id
+    # as docs/results.md runs it: its own MLflow experiment, the runs tagged with a study id
     _, _, runs = _sweep(
         data_root,
         tmp_path,

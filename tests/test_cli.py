@@ -1,4 +1,4 @@
-"""The documented commands (README.md), run as a user runs them: ``chordrec``'s
+"""The documented commands (README.md, docs/), run as a user runs them: ``chordrec``'s
 subcommands, the training entry point's help, data fetch and verify, the tracking UI,
 the two benchmarks, the Makefile targets and an unreachable tracking server.
 
@@ -269,7 +269,10 @@ def test_transcription_benchmark_on_ten_seconds() -> None:
     )
     assert result.returncode == 0, result.stderr
     # the command end to end, one file and a folder, beside essentia's quoted figure
-    assert "essentia's HPCP chord detection, quoted from the README: 350-456x" in result.stdout
+    assert (
+        "essentia's HPCP chord detection, quoted from docs/performance.md: 350-456x"
+        in result.stdout
+    )
     for model in ("templates", "best_templates.pt"):
         assert re.search(
             rf"{re.escape(model)}\s+one 0.17-min file:\s+[\d.]+ s\s+[\d.]+x\s+"

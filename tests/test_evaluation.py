@@ -174,7 +174,7 @@ def test_chord_labels_agree_with_lab_annotations():
     classes = np.load(data / "chord" / f"{song}.npy")
     intervals, labels = read_lab(data / "labs" / f"{song}.lab")
     scores = chord_scores(classes, intervals, labels, frame_rate=FRAME_RATE)
-    # README: 99.4 % frame agreement where the major/minor reduction exists
+    # labs/ and chord/ agree where the major/minor reduction exists
     assert scores["majmin"] > 0.99
     assert scores["root"] > 0.99
 

@@ -9,7 +9,7 @@ roles and ``data-testid`` attributes, never its generated CSS classes.
 
 Every check saves screenshots in the module's temporary directory, and a failing check
 names them. With ``CHORDREC_UI_SCREENSHOTS=<dir>`` two of them are also copied there as
-``runs.png`` and ``compare.png`` (the README's images: ``CHORDREC_UI_SCREENSHOTS=docs/ui``).
+``runs.png`` and ``compare.png`` (the images of the README and docs/reference.md: ``CHORDREC_UI_SCREENSHOTS=docs/ui``).
 
 Needs the Debian packages chromium and chromium-driver (``/usr/bin/chromium``,
 ``/usr/bin/chromedriver``); without them the tests fail, saying so.

@@ -8,7 +8,7 @@ writing included) on one file of ``--minutes`` and on a folder of ``--files`` su
 files (``--out-dir``, worker processes as the command's default), for the template
 matcher, the champion's architecture (``experiment=best_templates``, untrained, as a
 ``.pt`` checkpoint) and any ``--model``; printed beside essentia's HPCP chord detection,
-quoted from the README (:data:`ESSENTIA_X_REAL_TIME`, measured with
+quoted from docs/performance.md (:data:`ESSENTIA_X_REAL_TIME`, measured with
 ``../shared/peers/essentia_chords.py``; essentia is not a dependency). The folder's files
 are the song rotated by a different offset each, so no two are alike.
 
@@ -103,7 +103,7 @@ def preset_model(name: str, level: str, seq_len: int, method: str) -> ChordModel
 
 ESSENTIA_X_REAL_TIME = (350, 456)
 """essentia's HPCP + ChordsDetection (``../shared/peers/essentia_chords.py``), multiples
-of real time on this machine's kind, as the README quotes them."""
+of real time on this machine's kind, as docs/performance.md quotes them."""
 
 
 def champion_checkpoint(path: Path, preset: str = "best_templates") -> Path:
@@ -144,7 +144,7 @@ def end_to_end(minutes: float, files: int, models: list[str], store: Path) -> No
     low, high = ESSENTIA_X_REAL_TIME
     print(
         f"end to end, `chordrec transcribe` as a command, {os.cpu_count()} CPUs "
-        f"(essentia's HPCP chord detection, quoted from the README: {low}-{high}x real time):"
+        f"(essentia's HPCP chord detection, quoted from docs/performance.md: {low}-{high}x real time):"
     )
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -98,8 +98,8 @@ class CRNN(nn.Module):
         between stacked layers, as torch does) or None for no RNN.
     head_dropout : dropout on the RNN outputs before the linear head.
     channels_last : run the conv blocks on channels-last tensors: oneDNN's convolutions
-        and max-pooling take a half to two thirds of the time on the CPU (README
-        "Speed"); the values differ from the default layout's in float rounding, so a
+        and max-pooling take a half to two thirds of the time on the CPU
+        (docs/performance.md "Speed"); the values differ from the default layout's in float rounding, so a
         preset's results change within noise when it is switched.
     """
 
@@ -279,7 +279,7 @@ class ChannelsLastGradient(torch.autograd.Function):
     The gradient that comes back through the conv blocks' sequence view
     (:meth:`CRNN._to_sequence`) has a stride in its size-1 features dimension that is
     not channels-last's own; torch's CPU max-pool backward then copies the whole conv
-    output's gradient twice to change its layout (README "Speed"). Only the memory
+    output's gradient twice to change its layout (docs/performance.md "Speed"). Only the memory
     layout changes here, so values and gradients are the same to the bit.
     """
 

@@ -307,8 +307,9 @@ def created_run(experiment_id: str, request: Mapping[str, str]) -> Run | None:
 
 
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-"""The experiment tag that marks a model-training experiment: MLflow 3's UI then opens
-it on its training runs, not on the GenAI overview of traces."""
+"""The experiment tag that marks a model-training experiment. MLflow 3.17's UI does not
+read it (it opens the GenAI overview unless the link asks for the training view): the
+links chordrec prints carry that view (:data:`chordrec.tracking.ui.TRAINING_VIEW`)."""
 
 
 def ensure_experiment(name: str, store_dir: str | Path | None = None) -> str:
