@@ -379,13 +379,15 @@ def test_ensure_keeps_a_matching_set_and_rebuilds_a_damaged_one_with_force(
 def test_cli_data_synth_writes_the_set(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # the soundfonts that load fast (MuseScore's .sf3 takes seconds per song)
-    fast = tuple(sf for sf in synthetic.DEBIAN_SOUNDFONTS if sf.path in FAST_FONTS)
-    monkeypatch.setattr(synthetic, "DEBIAN_SOUNDFONTS", fast)
+    # the soundfonts that load fast (MuseScore's .sf3 takes seconds per song), named
+    monkeypatch.setenv("CHORDREC_SOUNDFONTS", "/nowhere/else.sf2")  # --soundfont wins
     dest = tmp_path / "ood"
-    assert cli.main(["data", "synth", "--dest", str(dest), "--songs-per-part", "1"]) == 0
+    fonts = [arg for font in FAST_FONTS for arg in ("--soundfont", str(font))]
+    argv = ["data", "synth", "--dest", str(dest), "--songs-per-part", "1", *fonts]
+    assert cli.main(argv) == 0
     assert str(dest) in capsys.readouterr().out
     manifest = json.loads((dest / MANIFEST_FILE).read_text())
+    assert manifest["soundfonts"] == [font.name for font in FAST_FONTS]
     assert list(manifest["parts"]) == ["validation", "test"]
     assert manifest["seed"] == 0 and manifest["songs_per_part"] == 1
     for part in ("validation", "test"):
