@@ -54,11 +54,24 @@ def _data_verify(args: argparse.Namespace) -> int:
 
 
 def _data_synth(args: argparse.Namespace) -> int:
-    from chordrec.data.synthetic import ensure_ood_set
+    from chordrec.data.synthetic import SynthesisUnavailable, ensure_ood_set
 
-    dest = ensure_ood_set(
-        args.dest, seed=args.seed, songs_per_part=args.songs_per_part, force=args.force
-    )
+    try:
+        dest = ensure_ood_set(
+            args.dest,
+            seed=args.seed,
+            songs_per_part=args.songs_per_part,
+            soundfonts=args.soundfont,
+            force=args.force,
+        )
+    except SynthesisUnavailable as exc:
+        if not args.optional:
+            raise
+        print(
+            f"chordrec: skipped: {exc} (until then, runs skip out-of-domain scoring)",
+            file=sys.stderr,
+        )
+        return 0
     print(f"out-of-domain set ready in {dest} (songs per part: {args.songs_per_part})")
     return 0
 
@@ -480,7 +493,8 @@ def _add_data_parser(commands: argparse._SubParsersAction) -> None:
             "already there whose manifest matches the settings and every file's sha256 is "
             "kept; one that does not match is rebuilt with --force (in a temporary "
             "directory, moved into place at the end). DEST may be missing, empty or such a "
-            "set; any other folder is left alone. Needs the Debian packages fluidsynth, "
+            "set; any other folder is left alone. Needs the fluidsynth program and, unless "
+            "--soundfont or $CHORDREC_SOUNDFONTS names others, the Debian packages "
             "fluid-soundfont-gm, timgm6mb-soundfont and musescore-general-soundfont-small."
         ),
     )
@@ -498,6 +512,24 @@ def _add_data_parser(commands: argparse._SubParsersAction) -> None:
         "--force",
         action="store_true",
         help="rebuild a set in DEST that does not match these settings (never another folder)",
+    )
+    synth.add_argument(
+        "--soundfont",
+        action="append",
+        type=Path,
+        metavar="PATH",
+        help=(
+            "a soundfont (.sf2, .sf3) to draw each song's from; repeat for more (default: "
+            "$CHORDREC_SOUNDFONTS, paths separated by ':', else the three Debian ones)"
+        ),
+    )
+    synth.add_argument(
+        "--optional",
+        action="store_true",
+        help=(
+            "where fluidsynth or a default soundfont is not installed, say so in one line "
+            "and exit 0 instead of failing (make data)"
+        ),
     )
     synth.set_defaults(func=_data_synth)
 

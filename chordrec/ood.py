@@ -2,9 +2,11 @@
 chords are known, through the same path as ``chordrec transcribe``.
 
 The songs are the synthesized set of :mod:`chordrec.data.synthetic` (``make data``
-builds it in ``data/ood-synth``): a ``validation`` part to choose models on, which
-every training run scores (metrics ``ood_val/majmin``, ``ood_val/root``,
-``ood_val/frame_acc``), and a ``test`` part to report on only (``ood_test/…``, e.g.
+builds it in ``data/ood-synth`` where ``fluidsynth`` is installed): a ``validation``
+part to choose models on, which every training run scores when the set is there
+(``ood.part=auto``, the default; metrics ``ood_val/majmin``, ``ood_val/root``,
+``ood_val/frame_acc``; without the set a run says why, :func:`missing_set`), and a
+``test`` part to report on only (``ood_test/…``, e.g.
 ``chordrec evaluate RUN_ID ood.part=test``). Each song goes audio file →
 :func:`~chordrec.audio.features.load_audio` → :func:`~chordrec.transcribe.transcribe_audio`
 (chroma, beats at beat level, the model, decoding) and is scored against its ``.lab``.
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from chordrec.audio.features import load_audio
-from chordrec.data.synthetic import ood_songs
+from chordrec.data.synthetic import MANIFEST_FILE, SynthesisError, missing_tools, ood_songs
 from chordrec.io.chord_files import read_lab
 from chordrec.metrics import aggregate_chord_scores, chord_scores, reference_frame_classes
 from chordrec.transcribe import ChordModel, transcribe_audio
@@ -28,6 +30,9 @@ PREFIXES = {"validation": "ood_val", "test": "ood_test"}
 """The metric section of each part."""
 KEYS = ("majmin", "root", "frame_acc")
 """What each part's metrics hold, after the prefix."""
+AUTO = "auto"
+"""``ood.part``: the ``validation`` part when the set is there, else none (the run says
+why); a part named explicitly fails the run when the set is missing."""
 
 
 @dataclass(frozen=True)
@@ -91,12 +96,36 @@ def songs_of(root: str | Path, part: str, max_songs: int | None = None) -> list[
     ``max_songs`` only when given. Raises ValueError for an unknown part or a
     ``max_songs`` below 1, and :mod:`chordrec.data.synthetic`'s error naming ``make
     data`` when the set is missing."""
-    if part not in PREFIXES:
-        raise ValueError(f"ood.part must be one of {sorted(PREFIXES)} or null, got {part!r}")
-    if max_songs is not None and max_songs < 1:
-        raise ValueError(f"ood.max_songs must be at least 1 or null, got {max_songs}")
+    check_settings(part, max_songs)
+    if part == AUTO:
+        raise ValueError(f"ood.part={AUTO} names no part: resolve it first (missing_set)")
     songs = ood_songs(Path(root), part)
     return songs if max_songs is None else songs[:max_songs]
+
+
+def check_settings(part: str | None, max_songs: int | None) -> None:
+    """ValueError naming ``ood.part`` or ``ood.max_songs`` when out of range."""
+    if part is not None and part != AUTO and part not in PREFIXES:
+        choices = ", ".join([AUTO, *sorted(PREFIXES)])
+        raise ValueError(f"ood.part must be one of {choices} or null, got {part!r}")
+    if max_songs is not None and max_songs < 1:
+        raise ValueError(f"ood.max_songs must be at least 1 or null, got {max_songs}")
+
+
+def missing_set(root: str | Path) -> str | None:
+    """``None`` when ``root`` holds a set (its manifest; a damaged one fails later, when
+    its songs are read), else one line saying why not and how to build it, e.g.
+    ``data/ood-synth missing: fluidsynth not installed (not on PATH); apt-get install
+    fluidsynth (...), then make data``."""
+    root = Path(root)
+    if (root / MANIFEST_FILE).is_file():
+        return None
+    where = f"{root} missing" if not root.exists() else f"{root} holds no {MANIFEST_FILE}"
+    try:
+        why = missing_tools() or "build it with make data"
+    except SynthesisError as exc:  # a soundfont named in the environment is not there
+        why = f"{exc}; fix it, then make data"
+    return f"{where}: {why}"
 
 
 def score_part(model: ChordModel, part: str, songs: Sequence[tuple[Path, Path]]) -> PartScores:

@@ -87,17 +87,25 @@ EXAMPLE_COLUMNS = {"chroma": "float", "chord": "integer"}
 """One step of the data set: a 12-bin chroma vector and its chord class (0-24)."""
 
 
+OOD_SKIPPED_TAG = "ood_skipped"
+"""The tag of a run that ``ood.part=auto`` scored on no out-of-domain songs: why (the set
+is missing, what to install, ``make data``)."""
+
+
 @dataclass
 class RunContext:
     """Everything a run trains and evaluates on: the split's songs, the training
     examples, the model and the out-of-domain songs it is scored on at the end
-    (``(audio, lab)`` files of part ``ood.part``; none when that is null)."""
+    (``(audio, lab)`` files of part ``ood_part``, :func:`out_of_domain`; none when that
+    is ``None``, ``ood_skipped`` then saying why when ``ood.part=auto`` found no set)."""
 
     config: Any
     parts: dict[str, list[SongSteps]]
     train_examples: BatchedExamples
     model: nn.Module
     ood_songs: list[tuple[Path, Path]]
+    ood_part: str | None = None
+    ood_skipped: str | None = None
 
     @property
     def validation(self) -> list[SongSteps]:
@@ -202,7 +210,7 @@ def build_context(cfg: Any) -> RunContext:
         cfg.data.random_offset,
         chroma_augment(cfg),
     )
-    return RunContext(cfg, parts, examples, model, out_of_domain_songs(cfg))
+    return RunContext(cfg, parts, examples, model, *out_of_domain(cfg))
 
 
 def chroma_augment(cfg: Any) -> ChromaAugment | None:
@@ -217,17 +225,32 @@ def chroma_augment(cfg: Any) -> ChromaAugment | None:
         raise ConfigError(f"data.chroma_augment: {exc}") from None
 
 
-def out_of_domain_songs(cfg: Any) -> list[tuple[Path, Path]]:
-    """The ``(audio, lab)`` files a run is scored on out of domain (config ``ood``),
-    checked before training so that a missing set fails the run at once; none when
-    ``ood.part`` is null. Raises ConfigError naming the setting or the missing set."""
+def out_of_domain(cfg: Any) -> tuple[list[tuple[Path, Path]], str | None, str | None]:
+    """The out-of-domain songs a run is scored on (config ``ood``), checked before
+    training: ``(songs, part, skipped)``. ``ood.part=auto`` (the default) is the
+    ``validation`` part when ``ood.root`` holds a set, else no songs and ``skipped``
+    saying why (:func:`chordrec.ood.missing_set`: what is missing, how to get it); a part
+    named explicitly (``validation``, ``test``) makes a missing set fail the run at
+    once; null scores none. Raises ConfigError naming the setting or the missing set."""
     settings = cfg.get("ood") or {}
-    if not settings.get("part"):
-        return []
+    part, max_songs = settings.get("part") or None, settings.get("max_songs")
     try:
-        return ood.songs_of(settings["root"], settings["part"], settings.get("max_songs"))
+        ood.check_settings(part, max_songs)
+        skipped = ood.missing_set(settings["root"]) if part == ood.AUTO else None
+        if skipped is not None or part is None:
+            return [], None, skipped
+        part = "validation" if part == ood.AUTO else part
+        return ood.songs_of(settings["root"], part, max_songs), part, None
     except (UserError, ValueError) as exc:  # the set's own errors name `make data`
-        raise ConfigError(f"ood: {exc} (ood.part=null scores no out-of-domain songs)") from None
+        raise ConfigError(
+            f"ood: {exc} (ood.part=auto skips a missing set, ood.part=null scores no "
+            "out-of-domain songs)"
+        ) from None
+
+
+def out_of_domain_songs(cfg: Any) -> list[tuple[Path, Path]]:
+    """The ``(audio, lab)`` files a run is scored on out of domain (:func:`out_of_domain`)."""
+    return out_of_domain(cfg)[0]
 
 
 def dataset_summary(context: RunContext) -> dict[tuple[str, str], int]:
@@ -519,6 +542,9 @@ def train(cfg: DictConfig, extra_tags: Mapping[str, str] | None = None) -> dict[
         # Bad data or a model that does not fit the data fail here: the run ends FAILED
         # with the error as a tag, its config logged.
         context = build_context(cfg)
+        if context.ood_skipped is not None:
+            log.warning("no out-of-domain scores (ood.part=auto): %s", context.ood_skipped)
+            tracker.set_tags({OOD_SKIPPED_TAG: context.ood_skipped})
         model = context.model
         if resume is None:
             record_dataset(tracker, context)
@@ -726,7 +752,8 @@ def score_out_of_domain(
     and recipe) as ``chordrec transcribe`` would, log the part's metrics
     (``ood_val/…`` or ``ood_test/…``) and each song's scores (``ood/<part>.json``);
     returns the metrics."""
-    part = context.config.ood.part
+    part = context.ood_part
+    assert part is not None, "a run with no out-of-domain part has no songs to score"
     source = f"run {tracker.run_id}"
     scored = ood.score_part(predictor_model(predictor, source), part, context.ood_songs)
     tracker.log_metrics(scored.metrics)

@@ -1,10 +1,17 @@
 """Out-of-domain scores: every run transcribes the synthesized validation songs as
-``chordrec transcribe`` does and logs ``ood_val/…``; the test part is scored on request;
-a missing set fails a run before it trains."""
+``chordrec transcribe`` does and logs ``ood_val/…``; the test part is scored on request.
+Without the set, the default (``ood.part=auto``) skips the scores with a warning and the
+run's tag ``ood_skipped`` saying why, and a part asked for by name fails the run before
+it trains. A machine without fluidsynth gets a green ``make data`` and ``make train``."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import mir_eval
@@ -15,11 +22,12 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from chordrec import tracking
+from chordrec.data import synthetic
 from chordrec.data.synthetic import ood_songs
 from chordrec.errors import ConfigError
 from chordrec.io.chord_files import read_lab
-from chordrec.run import evaluate, out_of_domain_songs, train
-from tests.conftest import OOD, REPO, compose_train, run_chordrec
+from chordrec.run import OOD_SKIPPED_TAG, evaluate, out_of_domain, out_of_domain_songs, train
+from tests.conftest import OOD, QUICK, REPO, compose_train, run_chordrec, subprocess_env
 
 TINY = ["model=rnn_baseline", "seq_len=32", "split.max_songs=1", "decode=viterbi"]
 
@@ -78,7 +86,8 @@ def test_templates_are_scored_out_of_domain_too(train_config):
 
 @pytest.mark.slow
 def test_a_missing_set_fails_the_run_before_training(train_config, tmp_path: Path):
-    cfg = train_config(*TINY, f"ood.root={tmp_path / 'nowhere'}")
+    """A part named explicitly is never dropped: without the set the run fails."""
+    cfg = train_config(*TINY, "ood.part=validation", f"ood.root={tmp_path / 'nowhere'}")
     with pytest.raises(ConfigError, match=r"nowhere.*make data.*ood\.part=null"):
         train(cfg)
     client = _client(cfg)
@@ -145,3 +154,140 @@ def test_best_templates_is_best_decoded_with_the_templates():
     changed = {k for k in best.keys() | champion.keys() if best.get(k) != champion.get(k)}
     assert changed == {"preset", "template_weight"}
     assert champion["template_weight"] == 1.0
+
+
+@pytest.fixture
+def no_fluidsynth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A machine without fluidsynth on PATH nor Debian's soundfont (the missing path it
+    would have)."""
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    monkeypatch.delenv("CHORDREC_SOUNDFONTS", raising=False)
+    missing = tmp_path / "FluidR3_GM.sf2"
+    fonts = (synthetic.Soundfont(missing, "fluid-soundfont-gm"),)
+    monkeypatch.setattr(synthetic, "DEBIAN_SOUNDFONTS", fonts)
+    return missing
+
+
+def test_by_default_a_missing_set_is_skipped_saying_why(no_fluidsynth: Path, tmp_path: Path):
+    """ood.part=auto (the default) scores no out-of-domain songs when the set is not
+    there, and says what is missing and how to get it; a part named explicitly fails."""
+    nowhere = tmp_path / "ood-synth"
+    assert compose_train([]).ood.part == "auto"
+    songs, part, skipped = out_of_domain(compose_train([f"ood.root={nowhere}"]))
+    assert songs == [] and part is None
+    assert skipped == (
+        f"{nowhere} missing: fluidsynth not installed (not on PATH), soundfont "
+        f"{no_fluidsynth} missing; apt-get install fluidsynth fluid-soundfont-gm (elsewhere: "
+        "fluidsynth from your package manager, and General MIDI soundfonts named with "
+        "--soundfont or $CHORDREC_SOUNDFONTS), then make data"
+    )
+    for asked in ("validation", "test"):  # a user's explicit request is never dropped
+        with pytest.raises(
+            ConfigError,
+            match=r"ood-synth/manifest\.json: no out-of-domain set there; build it with "
+            r"`make data`.*lacks: fluidsynth not installed.*ood\.part=auto skips a missing set",
+        ):
+            out_of_domain(compose_train([f"ood.root={nowhere}", f"ood.part={asked}"]))
+    assert out_of_domain(compose_train([f"ood.root={nowhere}", "ood.part=null"])) == (
+        [],
+        None,
+        None,
+    )
+    with pytest.raises(ConfigError, match="ood.max_songs must be at least 1"):
+        out_of_domain(compose_train([f"ood.root={nowhere}", "ood.max_songs=0"]))
+    nowhere.mkdir()  # a folder without the set's manifest is no set either
+    assert out_of_domain(compose_train([f"ood.root={nowhere}"]))[2].startswith(
+        f"{nowhere} holds no manifest.json: fluidsynth not installed"
+    )
+
+
+def test_with_fluidsynth_a_missing_set_is_skipped_naming_make_data(tmp_path: Path):
+    if shutil.which("fluidsynth") is None or not all(
+        sf.path.is_file() for sf in synthetic.DEBIAN_SOUNDFONTS
+    ):
+        pytest.skip("needs the fluidsynth program and the Debian soundfonts")
+    nowhere = tmp_path / "ood-synth"
+    assert out_of_domain(compose_train([f"ood.root={nowhere}"]))[2] == (
+        f"{nowhere} missing: build it with make data"
+    )
+
+
+def _fake_venv(clone: Path) -> None:
+    """A .venv in ``clone`` that `make` takes as installed: its python and chordrec run
+    this interpreter (on this checkout)."""
+    bin_dir = clone / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    for name, args in (("python", ""), ("chordrec", "-m chordrec ")):
+        script = bin_dir / name
+        script.write_text(f'#!/bin/sh\nexec "{sys.executable}" {args}"$@"\n')
+        script.chmod(0o755)
+    (clone / "pyproject.toml").write_text("")
+    os.utime(clone / "pyproject.toml", (0, 0))  # older than .installed: install is done
+    (clone / ".venv" / ".installed").touch()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_machine_without_fluidsynth_gets_a_green_make_data_and_make_train(
+    data_root: Path, tmp_path: Path
+):
+    """`make data` then `make train` in a copy of the Makefile, fluidsynth hidden from
+    PATH: the data set is fetched (from the local copy), the out-of-domain set skipped
+    in one line, and a 1-epoch run on 2 songs ends FINISHED, tagged ood_skipped with
+    why, after one warning line."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("needs make")
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    shutil.copy(REPO / "Makefile", clone)
+    _fake_venv(clone)
+    bin_dir = tmp_path / "bin"  # a PATH without fluidsynth: the tools a run uses only
+    bin_dir.mkdir()
+    for tool in ("git", "sh", "make"):
+        if found := shutil.which(tool):
+            (bin_dir / tool).symlink_to(found)
+    env = subprocess_env(
+        PATH=str(bin_dir),
+        CHORDREC_DATA_SOURCE=str(data_root.resolve()),
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    )
+    env.pop("CHORDREC_SOUNDFONTS", None)
+
+    def run_make(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [make, *args], cwd=clone, env=env, capture_output=True, text=True, timeout=900
+        )
+
+    data = run_make("data")
+    assert data.returncode == 0, data.stdout + data.stderr
+    (skip,) = [line for line in data.stderr.splitlines() if "out-of-domain" in line]
+    assert skip.startswith("chordrec: skipped: cannot build the out-of-domain set in ")
+    assert "fluidsynth not installed (not on PATH)" in skip and "apt-get install fluidsynth" in skip
+    assert (clone / "data" / "rwc-pop" / "SHA256SUMS").is_file()
+    assert not (clone / "data" / "ood-synth").exists()
+
+    train = run_make("train", f"ARGS={' '.join(QUICK)}")
+    output = train.stdout + train.stderr
+    assert train.returncode == 0, output
+    assert output.count("chordrec: skipped: cannot build the out-of-domain set") == 1  # make data
+    (warning,) = [line for line in output.splitlines() if "no out-of-domain scores" in line]
+    assert "WARNING" in warning
+    # (Debian's soundfonts are named too where they are missing)
+    assert (
+        "no out-of-domain scores (ood.part=auto): data/ood-synth missing: fluidsynth not "
+        "installed (not on PATH)" in warning
+    )
+    assert "apt-get install fluidsynth" in warning and warning.endswith(", then make data")
+    db = sqlite3.connect(clone / "mlruns" / "mlflow.db")
+    try:
+        ((run_id, status),) = db.execute("SELECT run_uuid, status FROM runs").fetchall()
+        tags = dict(db.execute("SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,)))
+        metrics = {
+            k for (k,) in db.execute("SELECT key FROM metrics WHERE run_uuid = ?", (run_id,))
+        }
+    finally:
+        db.close()
+    assert status == "FINISHED"
+    assert tags[OOD_SKIPPED_TAG] == warning.split("(ood.part=auto): ", 1)[1]
+    assert "test/frame_acc" in metrics and not any(k.startswith("ood") for k in metrics)

@@ -34,6 +34,7 @@ from chordrec.data.synthetic import (
     OODSetError,
     Song,
     SynthesisError,
+    SynthesisUnavailable,
     build_ood_set,
     draw_song,
     ensure_ood_set,
@@ -378,13 +379,15 @@ def test_ensure_keeps_a_matching_set_and_rebuilds_a_damaged_one_with_force(
 def test_cli_data_synth_writes_the_set(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # the soundfonts that load fast (MuseScore's .sf3 takes seconds per song)
-    fast = tuple(sf for sf in synthetic.DEBIAN_SOUNDFONTS if sf.path in FAST_FONTS)
-    monkeypatch.setattr(synthetic, "DEBIAN_SOUNDFONTS", fast)
+    # the soundfonts that load fast (MuseScore's .sf3 takes seconds per song), named
+    monkeypatch.setenv("CHORDREC_SOUNDFONTS", "/nowhere/else.sf2")  # --soundfont wins
     dest = tmp_path / "ood"
-    assert cli.main(["data", "synth", "--dest", str(dest), "--songs-per-part", "1"]) == 0
+    fonts = [arg for font in FAST_FONTS for arg in ("--soundfont", str(font))]
+    argv = ["data", "synth", "--dest", str(dest), "--songs-per-part", "1", *fonts]
+    assert cli.main(argv) == 0
     assert str(dest) in capsys.readouterr().out
     manifest = json.loads((dest / MANIFEST_FILE).read_text())
+    assert manifest["soundfonts"] == [font.name for font in FAST_FONTS]
     assert list(manifest["parts"]) == ["validation", "test"]
     assert manifest["seed"] == 0 and manifest["songs_per_part"] == 1
     for part in ("validation", "test"):
@@ -410,10 +413,13 @@ def test_missing_fluidsynth_names_the_package(
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
     with pytest.raises(
-        SynthesisError, match=r"'fluidsynth' program is not on PATH.*apt-get install fluidsynth"
+        SynthesisUnavailable,
+        match=r"set in .*set: fluidsynth not installed \(not on PATH\); apt-get install "
+        r"fluidsynth \(elsewhere: .*--soundfont or \$CHORDREC_SOUNDFONTS\), then make data$",
     ):
         build_ood_set(tmp_path / "set", songs_per_part=1, soundfonts=[_fake_font(tmp_path)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "fake.sf2"]
+    assert issubclass(SynthesisUnavailable, SynthesisError)
     assert issubclass(SynthesisError, UserError)
 
 
@@ -464,13 +470,68 @@ def test_missing_soundfont_names_it_and_its_package(
         synthetic, "DEBIAN_SOUNDFONTS", (synthetic.Soundfont(missing, "fluid-soundfont-gm"),)
     )
     with pytest.raises(
-        SynthesisError,
-        match=rf"soundfont {re.escape(str(missing))} not found: install the Debian package fluid-soundfont-gm",
+        SynthesisUnavailable,
+        match=rf"soundfont {re.escape(str(missing))} missing; apt-get install fluid-soundfont-gm ",
     ):
         build_ood_set(tmp_path / "set", songs_per_part=1)
-    with pytest.raises(SynthesisError, match=r"soundfont .*other\.sf2 not found$"):
+    # one named on purpose (an argument, --soundfont, $CHORDREC_SOUNDFONTS) is an error
+    with pytest.raises(SynthesisError, match=r"soundfont .*other\.sf2 not found$") as raised:
         build_ood_set(tmp_path / "set", songs_per_part=1, soundfonts=[tmp_path / "other.sf2"])
+    assert not isinstance(raised.value, SynthesisUnavailable)
+    monkeypatch.setenv("CHORDREC_SOUNDFONTS", f"{tmp_path / 'a.sf2'}{os.pathsep}{missing}")
+    with pytest.raises(
+        SynthesisError, match=r"soundfont .*a\.sf2 not found \(named in \$CHORDREC_SOUNDFONTS\)$"
+    ):
+        build_ood_set(tmp_path / "set", songs_per_part=1)
     assert not (tmp_path / "set").exists()
+
+
+def test_soundfonts_come_from_the_argument_the_environment_or_debian(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CHORDREC_SOUNDFONTS", raising=False)
+    debian = [sf.path for sf in synthetic.DEBIAN_SOUNDFONTS]
+    assert synthetic.soundfont_paths(None) == debian
+    monkeypatch.setenv("CHORDREC_SOUNDFONTS", "")  # set but empty: the default
+    assert synthetic.soundfont_paths(None) == debian
+    monkeypatch.setenv(
+        "CHORDREC_SOUNDFONTS", f"{tmp_path / 'a.sf2'}{os.pathsep}{tmp_path / 'b.sf3'}"
+    )
+    assert synthetic.soundfont_paths(None) == [tmp_path / "a.sf2", tmp_path / "b.sf3"]
+    assert synthetic.soundfont_paths([tmp_path / "c.sf2"]) == [tmp_path / "c.sf2"]
+
+
+def test_data_synth_without_fluidsynth_fails_or_with_optional_skips_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`chordrec data synth` cannot build without fluidsynth: an error naming what to
+    install; with --optional (what `make data` runs) one line saying so, exit 0. Either
+    way nothing is written but the lock."""
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    monkeypatch.delenv("CHORDREC_SOUNDFONTS", raising=False)
+    missing = tmp_path / "FluidR3_GM.sf2"  # a machine without Debian's soundfonts either
+    monkeypatch.setattr(
+        synthetic, "DEBIAN_SOUNDFONTS", (synthetic.Soundfont(missing, "fluid-soundfont-gm"),)
+    )
+    dest = tmp_path / "ood-synth"
+    argv = ["data", "synth", "--dest", str(dest)]
+    assert cli.main(argv) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith(f"chordrec: error: cannot build the out-of-domain set in {dest}: ")
+    assert f"fluidsynth not installed (not on PATH), soundfont {missing} missing; " in err
+    assert "apt-get install fluidsynth fluid-soundfont-gm (elsewhere: " in err
+    assert cli.main([*argv, "--optional"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith(f"chordrec: skipped: cannot build the out-of-domain set in {dest}: ")
+    assert "then make data (until then, runs skip out-of-domain scoring)" in err
+    # a soundfont named on purpose that is not there is an error, --optional or not
+    assert cli.main([*argv, "--optional", "--soundfont", str(tmp_path / "mine.sf2")]) == 1
+    assert (
+        capsys.readouterr().err == f"chordrec: error: soundfont {tmp_path / 'mine.sf2'} not found\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ood-synth.lock"]
 
 
 def test_ood_songs_on_a_missing_set_names_make_data(tmp_path: Path) -> None:

@@ -122,7 +122,11 @@ DEBIAN_SOUNDFONTS = (
         "musescore-general-soundfont-small",
     ),
 )
-"""The default soundfonts, one drawn per song."""
+"""The default soundfonts, one drawn per song (:data:`SOUNDFONTS_ENV` names others)."""
+SOUNDFONTS_ENV = "CHORDREC_SOUNDFONTS"
+"""The environment variable naming the soundfonts to use instead of
+:data:`DEBIAN_SOUNDFONTS`: paths separated by ``os.pathsep`` (``:``). ``chordrec data
+synth --soundfont`` overrides it."""
 
 TICKS_PER_BEAT = 480
 BEATS_PER_BAR = 4
@@ -251,6 +255,13 @@ class OODSetError(UserError, ValueError):
 class SynthesisError(UserError, RuntimeError):
     """Rendering failed: ``fluidsynth`` or a soundfont missing, or ``fluidsynth`` failing;
     the message names the program or file and what to install."""
+
+
+class SynthesisUnavailable(SynthesisError):
+    """This machine cannot build the set: ``fluidsynth`` or one of the default (Debian)
+    soundfonts is not installed. The message says what is missing and how to get it
+    (:func:`missing_tools`); ``chordrec data synth --optional`` (what ``make data`` runs)
+    skips the set then, and a run with ``ood.part=auto`` scores no out-of-domain songs."""
 
 
 # --------------------------------------------------------------------------- chords
@@ -870,14 +881,11 @@ def song_metadata(song: Song) -> dict[str, Any]:
 
 
 def fluidsynth_program() -> str:
-    """The path of the ``fluidsynth`` program; SynthesisError naming the Debian package
+    """The path of the ``fluidsynth`` program; SynthesisUnavailable saying how to get it
     when it is not on ``PATH``."""
     program = shutil.which(FLUIDSYNTH)
     if program is None:
-        raise SynthesisError(
-            f"the {FLUIDSYNTH!r} program is not on PATH; it renders the out-of-domain songs: "
-            f"install the Debian package {FLUIDSYNTH_PACKAGE} (apt-get install {FLUIDSYNTH_PACKAGE})"
-        )
+        raise SynthesisUnavailable(f"cannot build the out-of-domain set: {missing_tools([])}")
     return program
 
 
@@ -889,12 +897,19 @@ def fluidsynth_version(program: str) -> str:
     return match.group(1) if match else (first[0] if first else "unknown")
 
 
+def default_soundfonts() -> list[Path]:
+    """The soundfonts a build uses unless told: those named in :data:`SOUNDFONTS_ENV`
+    when it is set (and not empty), else those of :data:`DEBIAN_SOUNDFONTS`."""
+    named = [p for p in os.environ.get(SOUNDFONTS_ENV, "").split(os.pathsep) if p.strip()]
+    return [Path(p) for p in named] if named else [sf.path for sf in DEBIAN_SOUNDFONTS]
+
+
 def soundfont_paths(soundfonts: Sequence[str | os.PathLike[str]] | None) -> list[Path]:
     """The soundfont files to draw from: ``soundfonts`` as absolute paths, or (``None``)
-    those of :data:`DEBIAN_SOUNDFONTS`. ValueError when there are none or two share a file
-    name (the manifest records the names)."""
+    :func:`default_soundfonts`. ValueError when there are none or two share a file name
+    (the manifest records the names)."""
     if soundfonts is None:
-        return [sf.path for sf in DEBIAN_SOUNDFONTS]
+        soundfonts = default_soundfonts()
     paths = [Path(p).expanduser().absolute() for p in soundfonts]
     names = [p.name for p in paths]
     if not paths or len(set(names)) != len(names):
@@ -903,14 +918,40 @@ def soundfont_paths(soundfonts: Sequence[str | os.PathLike[str]] | None) -> list
 
 
 def check_soundfonts(paths: Sequence[Path]) -> None:
-    """SynthesisError naming the first of ``paths`` that is not a file (and, for one of
-    :data:`DEBIAN_SOUNDFONTS`, the Debian package that installs it)."""
-    packages = {sf.path: sf.package for sf in DEBIAN_SOUNDFONTS}
+    """SynthesisError naming the first of ``paths`` that is not a file and is not one of
+    :data:`DEBIAN_SOUNDFONTS` (a soundfont named on purpose; a Debian one that is not
+    installed is for :func:`missing_tools`)."""
+    debian = {sf.path for sf in DEBIAN_SOUNDFONTS}
     for path in paths:
-        if not path.is_file():
-            package = packages.get(path)
-            hint = f": install the Debian package {package} (apt-get install {package})"
-            raise SynthesisError(f"soundfont {path} not found{hint if package else ''}")
+        if not path.is_file() and path not in debian:
+            named = f" (named in ${SOUNDFONTS_ENV})" if os.environ.get(SOUNDFONTS_ENV) else ""
+            raise SynthesisError(f"soundfont {path} not found{named}")
+
+
+def missing_tools(soundfonts: Sequence[str | os.PathLike[str]] | None = None) -> str | None:
+    """What keeps this machine from building the set with ``soundfonts`` (default
+    :func:`default_soundfonts`), in one line with how to get it, e.g. ``fluidsynth not
+    installed; apt-get install fluidsynth fluid-soundfont-gm (elsewhere: ...), then make
+    data``; ``None`` when nothing is missing (an empty ``soundfonts``: the program only).
+    SynthesisError naming a soundfont that was named on purpose (not one of
+    :data:`DEBIAN_SOUNDFONTS`) and is not a file."""
+    paths = soundfont_paths(soundfonts) if soundfonts is None or soundfonts else []
+    check_soundfonts(paths)
+    missing, packages = [], []
+    if shutil.which(FLUIDSYNTH) is None:
+        missing.append(f"{FLUIDSYNTH} not installed (not on PATH)")
+        packages.append(FLUIDSYNTH_PACKAGE)
+    for sf in DEBIAN_SOUNDFONTS:
+        if sf.path in paths and not sf.path.is_file():
+            missing.append(f"soundfont {sf.path} missing")
+            packages.append(sf.package or sf.path.name)
+    if not missing:
+        return None
+    return (
+        f"{', '.join(missing)}; apt-get install {' '.join(packages)} (elsewhere: fluidsynth "
+        f"from your package manager, and General MIDI soundfonts named with --soundfont or "
+        f"${SOUNDFONTS_ENV}), then make data"
+    )
 
 
 def render(program: str, song: Song, midi: Path, audio: Path) -> None:
@@ -1067,7 +1108,8 @@ def build_ood_set(
     parts : sequence of str
         The parts (directories), e.g. ``("validation", "test")``.
     soundfonts : sequence of paths, optional
-        The soundfonts a song's is drawn from; default :data:`DEBIAN_SOUNDFONTS`.
+        The soundfonts a song's is drawn from; default :func:`default_soundfonts`
+        (:data:`SOUNDFONTS_ENV`, else :data:`DEBIAN_SOUNDFONTS`).
     song_seconds : (float, float)
         The range of the songs' lengths, seconds (short songs for tests; a song has at
         least two bars of chords whatever the range).
@@ -1081,8 +1123,10 @@ def build_ood_set(
 
     Raises
     ------
+    SynthesisUnavailable
+        ``fluidsynth`` or a default soundfont not installed (:func:`missing_tools`).
     SynthesisError
-        ``fluidsynth`` or a soundfont missing, or a render failing.
+        A soundfont named on purpose missing, or a render failing.
     ForeignDirectoryError
         ``dest`` is neither missing, empty nor a set built here; it is left as it was.
     ValueError
@@ -1091,7 +1135,9 @@ def build_ood_set(
     settings = _settings(seed, songs_per_part, parts, soundfonts, song_seconds)
     dest = Path(dest).expanduser().absolute()
     check_replaceable(dest, holds_ood_set, OOD_SET_DIRECTORY)
-    check_soundfonts(settings.soundfonts)
+    missing = missing_tools(settings.soundfonts)
+    if missing is not None:
+        raise SynthesisUnavailable(f"cannot build the out-of-domain set in {dest}: {missing}")
     program = fluidsynth_program()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
@@ -1206,6 +1252,9 @@ def ensure_ood_set(
                 f"{dest}: holds an out-of-domain set that does not match ({reason}); "
                 "--force rebuilds it"
             )
+        missing = missing_tools(settings.soundfonts)
+        if missing is not None:
+            raise SynthesisUnavailable(f"cannot build the out-of-domain set in {dest}: {missing}")
         log.info("%s: building the out-of-domain set (%s)", dest, reason)
         return build_ood_set(
             dest,
@@ -1253,7 +1302,12 @@ def _stale_reason(dest: Path, settings: _Settings) -> str | None:
 
 
 def _set_hint(root: Path) -> str:
-    return f"build it with `make data` (or `chordrec data synth --dest {root}`)"
+    hint = f"build it with `make data` (or `chordrec data synth --dest {root}`)"
+    try:
+        missing = missing_tools()
+    except SynthesisError as exc:
+        missing = str(exc)
+    return hint if missing is None else f"{hint}, which needs what this machine lacks: {missing}"
 
 
 def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
