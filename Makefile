@@ -58,7 +58,7 @@ test: install data  ## the test suite (unit tests and short runs on the real dat
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 lint: install  ## ruff
-	$(VENV)/bin/ruff check chordrec hydra_plugins tests experiments
+	$(VENV)/bin/ruff check chordrec hydra_plugins tests
 	$(VENV)/bin/ruff format --check chordrec hydra_plugins tests
 
 bench: install data  ## window mode against the course's loop (ratio, one run), then training throughput per mode
