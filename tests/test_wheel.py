@@ -53,7 +53,9 @@ def _clean_env(**extra: str) -> dict[str, str]:
 def _run(
     command: Sequence[str], cwd: Path, timeout: float, **env: str
 ) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    """Run ``command`` in ``cwd`` (:func:`_clean_env` plus ``env``); print its wall time."""
+    started = time.monotonic()
+    done = subprocess.run(
         [str(c) for c in command],
         cwd=cwd,
         capture_output=True,
@@ -61,6 +63,9 @@ def _run(
         timeout=timeout,
         env=_clean_env(**env),
     )
+    shown = " ".join(Path(str(c)).name if os.sep in str(c) else str(c) for c in command)
+    print(f"{time.monotonic() - started:6.1f} s  {shown[:120]}")
+    return done
 
 
 def _tail(done: subprocess.CompletedProcess, chars: int = 3000) -> str:
