@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -32,6 +33,9 @@ pytestmark = pytest.mark.integration
 
 TORCH_SPEC = "torch==2.13.0"
 """The torch the environment gets (the Makefile's TORCH_SPEC): a CPU build here."""
+
+PACKAGE_SOURCES = ("pyproject.toml", "README.md", "chordrec", "hydra_plugins")
+"""What the wheel is built from (pyproject.toml's packages and readme)."""
 
 INSTALL_TIMEOUT_S = 600
 """The longest the fresh environment's ``pip install`` may take."""
@@ -78,8 +82,18 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from the index or pip's cache); where that cannot be had, with this environment's
     setuptools. The test is skipped only if neither can build it."""
     out = tmp_path_factory.mktemp("wheel")
-    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(REPO), "-w", out]
-    isolated = _run(build, REPO, 600)
+    # a copy of what the wheel is made of: setuptools builds in the source tree, and a
+    # build/ left in the checkout could carry files the checkout no longer has
+    source = tmp_path_factory.mktemp("source")
+    for name in PACKAGE_SOURCES:
+        if (REPO / name).is_dir():
+            shutil.copytree(
+                REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__")
+            )
+        else:
+            shutil.copy2(REPO / name, source / name)
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(source), "-w", out]
+    isolated = _run(build, source, 600)
     if isolated.returncode != 0:
         try:
             import setuptools  # noqa: F401
@@ -88,7 +102,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "cannot build a wheel: no setuptools here, and pip could not fetch one "
                 f"for an isolated build (no network and no cache?): {_tail(isolated, 500)}"
             )
-        local = _run([*build, "--no-build-isolation"], REPO, 600)
+        local = _run([*build, "--no-build-isolation"], source, 600)
         assert local.returncode == 0, _tail(local)
     (built,) = out.glob("chordrec-*.whl")
     return built
