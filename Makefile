@@ -13,7 +13,7 @@ OOD_DIR := data/ood-synth
 DATA_SOURCE ?= $(or $(CHORDREC_DATA_SOURCE),$(if $(wildcard $(SHARED_DATA)/SHA256SUMS),$(SHARED_DATA),github))
 ARGS ?=
 
-.PHONY: help install data train study table ui server test lint bench bench-transcription bench-tracking bench-launchers gpu-check clean-venv
+.PHONY: help install data train study table ui server test test-fast lint bench bench-transcription bench-tracking bench-launchers gpu-check clean-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -57,9 +57,13 @@ TEST_WORKERS ?= 2
 test: install data  ## the test suite (unit tests and short runs on the real data)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
-lint: install  ## ruff
+test-fast: install  ## unit tests on small generated data (not `integration`, not `slow`): the edit-test loop
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not integration and not slow" $(ARGS)
+
+lint: install  ## ruff, and the layers and library owners of ARCHITECTURE.md (import-linter)
 	$(VENV)/bin/ruff check chordrec hydra_plugins tests
 	$(VENV)/bin/ruff format --check chordrec hydra_plugins tests
+	$(VENV)/bin/lint-imports --no-cache
 
 bench: install data  ## window mode against the course's loop (ratio, one run), then training throughput per mode
 	$(PY) -m chordrec.bench.training $(ARGS)

@@ -1,13 +1,13 @@
 """How this process's C allocator hands back freed memory: :func:`keep_freed_memory`,
 :func:`release_freed_memory` and both around a block (:func:`freed_memory_kept`).
 
-A training run (a CRNN's evaluation batch: 330 MB of convolution outputs), a
-transcription worker (a song's arrays: tens of MB each) and the transcribing process (a
-song's chunks through the network) allocate and free large blocks over and over. glibc's
-malloc serves blocks over its threshold (at most 32 MB) with fresh pages from the kernel
-and returns them on free, so the kernel zeroes every page again each time. Kept in the
-heap, a freed block is reused as it is (the measurements are in README "Speed"). A
-training run hands the kept memory back when it ends.
+A training run (a CRNN's evaluation batch of convolution outputs), a transcription
+worker (a song's arrays) and the transcribing process (a song's chunks through the
+network) allocate and free large blocks over and over. glibc's malloc serves blocks over
+its threshold (at most 32 MB) with fresh pages from the kernel and returns them on free,
+so the kernel zeroes every page again each time. Kept in the heap, a freed block is
+reused as it is. A training run hands the kept memory back when it ends. The sizes and
+the time this saves are in ``docs/performance.md``.
 """
 
 from __future__ import annotations

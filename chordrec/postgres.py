@@ -19,7 +19,6 @@ PostgreSQL refuses to run as root. Run as root, every PostgreSQL command runs as
 
 from __future__ import annotations
 
-import fcntl
 import os
 import pwd
 import secrets
@@ -31,6 +30,7 @@ from typing import IO
 from urllib.parse import quote
 
 from chordrec.errors import UserError
+from chordrec.file_locks import try_lock
 from chordrec.io.state_dirs import claim_state_dir
 
 USER = "chordrec"
@@ -212,22 +212,30 @@ class LocalPostgres:
     def _lock(self) -> None:
         """Hold ``server.lock`` (with this process's id in it) until :meth:`_unlock`;
         :class:`PostgresError` naming the process that holds it already."""
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
+        fd = try_lock(self.lock_file)
+        if fd is None:
+            holder = self._lock_holder()
             running = self._postmaster()
             where = f" on port {running[1]}" if running else ""
             raise PostgresError(
                 f"--postgres-dir {self.directory} is in use: the chordrec server with process "
                 f"id {holder} runs its PostgreSQL{where}; stop that server first, or give "
                 "another --postgres-dir"
-            ) from None
+            )
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
+
+    def _lock_holder(self) -> str:
+        """The process id written in ``server.lock`` by the process that holds it."""
+        try:
+            fd = os.open(self.lock_file, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return "unknown"
+        try:
+            return os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        finally:
+            os.close(fd)
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 # A child process allocates, fills and frees a 320 MB tensor (a CRNN evaluation batch's
 # convolution output) 24 times and prints the minor page faults of the last 8: by
 # default glibc maps fresh pages for every allocation (82,000 faults of 4 KiB each);
@@ -33,6 +35,7 @@ def _page_faults(mode: str) -> int:
     return int(done.stdout)
 
 
+@pytest.mark.slow
 def test_freed_large_blocks_are_reused_without_page_faults() -> None:
     assert _page_faults("default") > 8 * 80_000  # every allocation faulted its pages in
     assert _page_faults("keep") < 1_000  # the freed block reused as it was

@@ -75,6 +75,7 @@ def test_chordrec_help_lists_every_command() -> None:
     assert sorted(listed) == sorted(COMMANDS), result.stdout
 
 
+@pytest.mark.slow
 def test_train_help_shows_config_groups_and_examples() -> None:
     result = _run("-m", "chordrec.train", "--help")
     assert result.returncode == 0, result.stderr
@@ -175,6 +176,7 @@ def _answers(url: str) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_ui_serves_this_machine_only_and_stops_with_its_command(tmp_path: Path) -> None:
     if not Path("/proc/net/tcp").exists():
         pytest.skip("needs Linux /proc/net/tcp to see what the server binds")
@@ -260,6 +262,7 @@ def test_training_benchmark(data_root: Path) -> None:
         assert re.search(rf"^{mode}\s+L=128: [\d,]+ frames/s", result.stdout, re.M), result.stdout
 
 
+@pytest.mark.slow
 def test_transcription_benchmark_on_ten_seconds() -> None:
     result = _run(
         "-m", "chordrec.bench.transcription", "--minutes", "0.17", "--repeats", "1", "--files", "2"

@@ -214,6 +214,7 @@ def two_runs(tmp_path: Path) -> tuple[Path, list[str], str]:
     return store, run_ids, experiment_id
 
 
+@pytest.mark.slow
 def test_compare_prints_the_runs_and_the_ui_url(capsys, two_runs):
     store, run_ids, experiment_id = two_runs
     capsys.readouterr()  # MLflow's lines creating the store
@@ -240,6 +241,7 @@ def test_compare_prints_the_runs_and_the_ui_url(capsys, two_runs):
     assert last[1].startswith("MLflow UI, tables: http://ui:8080/#/compare-runs?runs=")
 
 
+@pytest.mark.slow
 def test_compare_names_a_missing_run_in_one_line(capsys, two_runs):
     store, run_ids, _ = two_runs
     capsys.readouterr()  # MLflow's lines creating the store

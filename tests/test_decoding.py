@@ -38,6 +38,7 @@ def _brute_force(log_probs: np.ndarray, p: float) -> tuple[np.ndarray, float]:
     return best_path, best_score
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9, 0.99])
 def test_viterbi_matches_brute_force(seed: int, p: float):

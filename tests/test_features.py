@@ -133,6 +133,7 @@ def _frames(start: float, end: float) -> slice:
 # ------------------------------------------------------------------------ load_audio
 
 
+@pytest.mark.slow
 def test_load_audio_mixes_down_and_resamples(tmp_path: Path) -> None:
     y, _, _ = render_song([("C:maj", 2.0)], sr=22050)
     stereo = np.stack([y, 0.5 * y], axis=1)
@@ -256,6 +257,7 @@ def test_a_three_hour_file_is_refused_from_its_header(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------ chroma
 
 
+@pytest.mark.slow
 def test_chroma_has_the_data_set_layout(song, chroma) -> None:
     y, _, _ = song
     assert chroma.dtype == np.float32
@@ -278,6 +280,7 @@ def test_chroma_bins_start_at_c_and_silence_is_zero(song, chroma) -> None:
         assert top3 == notes, f"{label} at {start:.1f} s: strongest bins {top3}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cents", [-40.0, 25.0, 45.0])
 def test_detuned_audio_keeps_its_pitch_classes(cents: float) -> None:
     """Tuning is estimated within a semitone: librosa's default estimate, within one of
@@ -421,6 +424,7 @@ def test_chroma_validates_its_input(y, sr, message) -> None:
 # ------------------------------------------------------------------------ beats
 
 
+@pytest.mark.slow
 def test_beat_frames_follow_a_click_track() -> None:
     y = np.zeros(8 * SR, np.float32)
     click = np.random.default_rng(0).standard_normal(400).astype(np.float32) * np.hanning(400)

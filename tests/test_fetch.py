@@ -221,6 +221,7 @@ def test_fetch_from_file_url(data_root: Path, tmp_path: Path) -> None:
     verify_dataset(dest)
 
 
+@pytest.mark.slow
 def test_fetch_over_http(
     data_root: Path, tmp_path: Path, serve: Callable[..., str], capsys: pytest.CaptureFixture
 ) -> None:

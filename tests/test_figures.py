@@ -215,6 +215,7 @@ def _bars(collection: PolyCollection) -> np.ndarray:
     return np.column_stack([xs.min(axis=1), xs.max(axis=1), ys.mean(axis=1)])
 
 
+@pytest.mark.slow
 def test_chord_timeline_draws_one_bar_per_run_not_per_frame(tmp_path: Path) -> None:
     # 20k frames: long runs in the reference, per-frame label noise in the
     # prediction (the worst case). Each chord layer is one collection holding one

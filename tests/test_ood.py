@@ -76,6 +76,7 @@ def test_templates_are_scored_out_of_domain_too(train_config):
     assert metrics["ood_val/root"] >= metrics["ood_val/majmin"] > 0.5
 
 
+@pytest.mark.slow
 def test_a_missing_set_fails_the_run_before_training(train_config, tmp_path: Path):
     cfg = train_config(*TINY, f"ood.root={tmp_path / 'nowhere'}")
     with pytest.raises(ConfigError, match=r"nowhere.*make data.*ood\.part=null"):
@@ -86,6 +87,7 @@ def test_a_missing_set_fails_the_run_before_training(train_config, tmp_path: Pat
     assert "train/loss" not in record.data.metrics
 
 
+@pytest.mark.slow
 def test_out_of_domain_settings_are_checked(train_config):
     with pytest.raises(ConfigError, match="ood.part must be one of"):
         train(train_config(*TINY, "ood.part=train"))
@@ -111,6 +113,7 @@ def test_the_default_run_scores_all_16_validation_songs(monkeypatch):
     assert [lab.absolute() for _, lab in scored] == [a.with_suffix(".lab") for a in on_disk]
 
 
+@pytest.mark.slow
 def test_chordrec_ood_scores_a_model_per_song_and_in_all(tmp_path: Path):
     done = run_chordrec("ood", "--model", "templates", "--max-songs", "2", cwd=REPO)
     assert done.returncode == 0, done.stderr

@@ -284,6 +284,7 @@ def test_a_pruner_in_the_study_database_names_no_code_a_trial_runs(tmp_path: Pat
         tuning.TrialReporter(storage, "s", asked.number, "val/acc")(1, {"val/acc": 0.3})
 
 
+@pytest.mark.slow
 def test_a_trials_run_refuses_the_studys_pruner_naming_code(tmp_path: Path) -> None:
     """The trial's own process (``python -m chordrec.train optuna.trial=N``, as the sweeper
     launches it) stops with one line naming the target and the study; the code never runs."""

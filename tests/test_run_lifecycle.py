@@ -160,6 +160,7 @@ def test_resuming_a_finished_run_is_refused(train_config):
     assert after.info.status == "FINISHED" and after.info.end_time == record.info.end_time
 
 
+@pytest.mark.slow
 def test_a_run_whose_process_lives_is_not_resumed(tmp_path) -> None:
     tracking.configure(tmp_path)
     with tracking.RunTracker(store_dir=tmp_path, system_metrics=False) as tracker:
@@ -270,6 +271,7 @@ def _train_cli(tmp_path, *overrides: str, **env: str) -> subprocess.CompletedPro
         ),
     ],
 )
+@pytest.mark.slow
 def test_a_users_mistake_is_one_line_without_a_traceback(
     tmp_path, overrides, env, message, error_tag
 ):
@@ -288,6 +290,7 @@ def test_a_users_mistake_is_one_line_without_a_traceback(
     assert error_tag in record.data.tags["error"]
 
 
+@pytest.mark.slow
 def test_hydra_full_error_keeps_the_traceback(tmp_path):
     result = _train_cli(tmp_path, "seq_len=-3", HYDRA_FULL_ERROR="1")
     assert result.returncode == 1
@@ -389,6 +392,7 @@ def test_chordrec_evaluate_rescores_a_run_as_a_new_run(train_config, data_root, 
     assert f"test frame accuracy {plain.data.metrics['test/frame_acc']:.4f}" in same.stdout
 
 
+@pytest.mark.slow
 def test_chordrec_evaluate_names_a_missing_run_in_one_line(tmp_path, data_root):
     result = _evaluate_cli(tmp_path, data_root, "0" * 32)
     assert result.returncode == 1

@@ -73,6 +73,7 @@ def _files_holding(root: Path, secret: str) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
 
 
+@pytest.mark.slow
 def test_a_password_in_a_setting_or_an_argument_is_refused_before_anything_is_written(
     tmp_path: Path,
 ) -> None:

@@ -125,6 +125,7 @@ def drawn(tmp_path_factory: pytest.TempPathFactory) -> list[Drawn]:
     return [Drawn(s, m, *_lab(s, tmp), _notes(m)) for s, m in zip(songs, midis, strict=True)]
 
 
+@pytest.mark.slow
 def test_notes_are_chord_tones_of_their_segment(drawn: list[Drawn]) -> None:
     for d in drawn:
         song, intervals, labels, notes = d.song, d.intervals, d.labels, d.notes
@@ -270,6 +271,7 @@ def short_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+@pytest.mark.slow
 def test_rendered_audio_lasts_as_long_as_its_labels(short_set: Path) -> None:
     import soundfile
 
@@ -283,6 +285,7 @@ def test_rendered_audio_lasts_as_long_as_its_labels(short_set: Path) -> None:
         assert synthetic.flac_seconds(audio) == pytest.approx(info.frames / info.samplerate)
 
 
+@pytest.mark.slow
 def test_rendered_chroma_matches_the_labels(short_set: Path) -> None:
     """The triad template nearest a chord segment's mean chroma has the label's root and
     major/minor quality: for at least 90 % of the root-position chords, 85 % of all
@@ -370,6 +373,7 @@ def test_ensure_keeps_a_matching_set_and_rebuilds_a_damaged_one_with_force(
     assert sorted(p.name for p in tmp_path.iterdir()) == [".set.lock", "set"]  # no leftovers
 
 
+@pytest.mark.slow
 @needs_fluidsynth
 def test_cli_data_synth_writes_the_set(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch

@@ -88,6 +88,7 @@ def test_a_checkpoint_file_naming_code_as_its_model_is_refused(tmp_path: Path) -
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_runs_checkpoint_naming_code_is_refused_when_read(tmp_path: Path) -> None:
     """Resume (``last.pt``), ``chordrec evaluate`` and ``init_from`` (``best.pt``) read a
     run's checkpoint from the store through ``download_checkpoint``."""

@@ -50,6 +50,7 @@ def test_only_the_tracking_package_imports_mlflow() -> None:
     assert outside == []
 
 
+@pytest.mark.slow
 def test_the_tracking_package_does_not_import_torch() -> None:
     for path in sorted((PACKAGE / "tracking").glob("*.py")):
         assert not any(m.split(".")[0] == "torch" for m in _imported_modules(path)), path
@@ -62,6 +63,7 @@ def test_the_tracking_package_does_not_import_torch() -> None:
     assert loaded == "False"
 
 
+@pytest.mark.slow
 def test_the_defaults_are_chordrecs_constants(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     uri = tracking.configure()
@@ -77,6 +79,7 @@ def test_the_defaults_are_chordrecs_constants(tmp_path: Path, monkeypatch) -> No
     )
 
 
+@pytest.mark.slow
 def test_metric_history_reads_any_run_by_its_id(tmp_path: Path) -> None:
     tracking.configure(tmp_path)
     with tracking.RunTracker(store_dir=tmp_path, system_metrics=False) as tracker:
@@ -90,6 +93,7 @@ def test_metric_history_reads_any_run_by_its_id(tmp_path: Path) -> None:
         tracking.metric_history("missing")
 
 
+@pytest.mark.slow
 def test_a_run_logged_with_the_old_names_is_read_with_the_current_ones(tmp_path: Path) -> None:
     """A store written before metrics were named by section: flat names, sizes as
     metrics, and a run resumed across the renaming that has both names."""
@@ -123,6 +127,7 @@ def test_a_run_logged_with_the_old_names_is_read_with_the_current_ones(tmp_path:
     assert record.params == {"sizes.train.chunks32": "12", "sizes.validation.steps": "345"}
 
 
+@pytest.mark.slow
 def test_run_checkpoint_names_what_is_missing(tmp_path: Path) -> None:
     tracking.configure(tmp_path)
     checkpoint = tmp_path / "last.pt"
@@ -137,6 +142,7 @@ def test_run_checkpoint_names_what_is_missing(tmp_path: Path) -> None:
         tracking.run_checkpoint("missing")
 
 
+@pytest.mark.slow
 def test_a_logged_model_requires_the_installed_torch(tmp_path: Path) -> None:
     tracking.configure(tmp_path)
     with tracking.RunTracker(store_dir=tmp_path, system_metrics=False) as tracker:

@@ -187,6 +187,7 @@ def _flock_waiters(path: Path) -> int:
     return sum(1 for f in waiting if f[0] == "FLOCK" and f[4].rsplit(":", 1)[1] == inode)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux's /proc/locks")
 def test_configure_creates_the_store_only_under_its_file_lock(tmp_path: Path) -> None:
     store = tmp_path / "mlruns"
@@ -210,6 +211,7 @@ def test_configure_creates_the_store_only_under_its_file_lock(tmp_path: Path) ->
     assert {"experiments", "runs", "metrics", "alembic_version"} <= _tables(store / "mlflow.db")
 
 
+@pytest.mark.slow
 def test_configure_retries_creating_the_store_while_the_database_is_locked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -239,6 +241,7 @@ def test_configure_retries_creating_the_store_while_the_database_is_locked(
 # ------------------------------------------------------------------- backfill_history
 
 
+@pytest.mark.slow
 def test_backfill_history_retries_the_write_that_found_the_store_locked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -293,6 +296,7 @@ def test_the_server_wait_makes_mlflow_try_each_request_once(
         store.bound_server_wait(0)
 
 
+@pytest.mark.slow
 def test_one_call_to_a_server_that_accepts_and_never_answers_ends_within_the_wait(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

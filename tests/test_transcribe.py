@@ -111,6 +111,7 @@ def transcribe(*args: str | Path) -> int:
 # --------------------------------------------------------------- templates, outputs
 
 
+@pytest.mark.slow
 def test_templates_transcribe_the_synthetic_song(song_wav, reference, tmp_path) -> None:
     out = tmp_path / "song.lab"
     assert transcribe(song_wav, "-m", "templates", "-o", out) == 0
@@ -130,6 +131,7 @@ def test_default_output_goes_beside_the_audio(song_wav, tmp_path) -> None:
     assert (tmp_path / "beside.lab").is_file()
 
 
+@pytest.mark.slow
 def test_jams_csv_and_plot(song_wav, tmp_path, capsys) -> None:
     lab, jams, csv, png = (tmp_path / f"song.{ext}" for ext in ("lab", "jams", "csv", "png"))
     assert transcribe(song_wav, "-m", "templates", "-o", lab) == 0
@@ -207,6 +209,7 @@ def test_too_short_file_fails_clearly(tmp_path, capsys) -> None:
     assert str(audio) in err and "too short" in err
 
 
+@pytest.mark.slow
 def test_directory_with_bad_files(tmp_path, capsys) -> None:
     songs = tmp_path / "songs"
     (songs / "album").mkdir(parents=True)
@@ -227,6 +230,7 @@ def test_directory_with_bad_files(tmp_path, capsys) -> None:
     assert read_lab(labs / "album" / "second.lab")[1][1:3] == ["D:maj", "B:min"]
 
 
+@pytest.mark.slow
 def test_worker_processes_write_what_one_process_writes(tmp_path, capsys) -> None:
     # --jobs 2 decodes and computes chroma (and beats, at beat level) in worker
     # processes; the files written, their bytes and the failures listed are those of
@@ -256,6 +260,7 @@ def _worker_blas_threads() -> list[int]:
     return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
 
 
+@pytest.mark.slow
 def test_feature_workers_start_warm_with_one_blas_thread_each(tmp_path) -> None:
     """Workers made before the files are known (as the CLI does, before importing its
     model) give the in-process features, in order, with one BLAS thread each."""
@@ -293,6 +298,7 @@ def test_jobs_must_be_positive(song_wav, capsys) -> None:
         (["song.wav", "song.wav", "-o", "x.lab", "-m", "templates"], "single input"),
     ],
 )
+@pytest.mark.slow
 def test_bad_arguments_fail_clearly(song_wav, tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "song.wav").write_bytes(song_wav.read_bytes())
@@ -313,6 +319,7 @@ def test_checkpoint_file_frame_level(song_wav, reference, tmp_path) -> None:
     assert majmin(out, reference) >= MIN_MAJMIN
 
 
+@pytest.mark.slow
 def test_checkpoint_file_beat_level(reference, tmp_path) -> None:
     """Beat level: chords struck on every beat (120 BPM) give the tracker a pulse."""
     audio = write_song(tmp_path / "pulse.wav", pulse=0.5)
@@ -351,6 +358,7 @@ def store(tmp_path_factory) -> dict[str, str]:
     return runs
 
 
+@pytest.mark.slow
 def test_register_then_transcribe_with_the_champion(
     store, song_wav, reference, tmp_path, monkeypatch, capsys
 ) -> None:
@@ -634,6 +642,7 @@ def assert_only_b_failed(out: Path, err: str, message: str) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["a.lab", "c.lab"]
 
 
+@pytest.mark.slow
 def test_a_high_rate_file_is_refused_from_its_header_while_the_others_finish(
     tmp_path, capsys
 ) -> None:
@@ -667,6 +676,7 @@ def _kill_processes_reading(path: Path, kills: int, done: threading.Event) -> li
     return killed
 
 
+@pytest.mark.slow
 def test_a_worker_killed_on_a_file_fails_that_file_and_the_others_finish(tmp_path, capsys) -> None:
     """The worker process reading one file of a folder is killed (SIGKILL, as the
     out-of-memory killer does), and again when that file is retried: the file is listed
@@ -690,6 +700,7 @@ def test_a_worker_killed_on_a_file_fails_that_file_and_the_others_finish(tmp_pat
     )
 
 
+@pytest.mark.slow
 def test_running_out_of_memory_on_a_file_fails_that_file_and_the_others_finish(
     tmp_path, capsys
 ) -> None:

@@ -32,7 +32,6 @@ fetch once.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import http.client
 import logging
@@ -55,6 +54,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from chordrec.errors import UserError
+from chordrec.file_locks import exclusive_lock
 from chordrec.io.atomic_write import (
     ForeignDirectoryError,
     check_replaceable,
@@ -744,8 +744,9 @@ def ensure_dataset(
     is missing (:func:`fetch_dataset`, same sources, same checks).
 
     The check and the fetch hold an exclusive lock on ``.<dest name>.lock`` beside
-    ``dest`` (``fcntl.flock``), so the runs on one machine that start together fetch
-    once: the first fetches, the others wait and then find ``dest`` verified. A ``dest``
+    ``dest`` (:func:`chordrec.file_locks.exclusive_lock`), so the runs on one machine
+    that start together fetch once: the first fetches, the others wait (saying so in the
+    log) and then find ``dest`` verified. A ``dest``
     that verifies is returned without fetching (hashing the data set takes a fraction
     of a second); one that exists but does not verify raises, as in
     :func:`fetch_dataset` without ``force``.
@@ -762,13 +763,9 @@ def ensure_dataset(
     """
     dest = Path(dest).expanduser().absolute()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(dest.parent / f".{dest.name}.lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("%s: waiting for another process fetching the data set", dest)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            return fetch_dataset(source, dest, progress=progress, timeout=timeout)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with exclusive_lock(
+        dest.parent / f".{dest.name}.lock",
+        mode=0o666,  # less the umask: whoever may fill dest may take its lock
+        on_wait=lambda: log.info("%s: waiting for another process fetching the data set", dest),
+    ):
+        return fetch_dataset(source, dest, progress=progress, timeout=timeout)

@@ -52,7 +52,6 @@ soundfonts, identical FLAC).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import json
@@ -76,6 +75,7 @@ from chordrec.constants import OOD_DIR, SAMPLE_RATE
 from chordrec.data.chords import PITCH_CLASSES
 from chordrec.data.fetch import sha256_file
 from chordrec.errors import UserError
+from chordrec.file_locks import exclusive_lock
 from chordrec.io.atomic_write import (
     check_replaceable,
     default_dir_mode,
@@ -1194,31 +1194,28 @@ def ensure_ood_set(
     settings = _settings(seed, songs_per_part, parts, soundfonts, song_seconds)
     dest = Path(dest).expanduser().absolute()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(dest.parent / f".{dest.name}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            reason = _stale_reason(dest, settings)
-            if reason is None:
-                log.info("%s: out-of-domain set present and matches its manifest", dest)
-                return dest
-            check_replaceable(dest, holds_ood_set, OOD_SET_DIRECTORY)
-            if not force and dest.exists() and not is_empty_directory(dest):
-                raise OODSetError(
-                    f"{dest}: holds an out-of-domain set that does not match ({reason}); "
-                    "--force rebuilds it"
-                )
-            log.info("%s: building the out-of-domain set (%s)", dest, reason)
-            return build_ood_set(
-                dest,
-                settings.seed,
-                settings.songs_per_part,
-                settings.parts,
-                settings.soundfonts,
-                song_seconds=settings.song_seconds,
-                workers=workers,
+    # mode less the umask: whoever may build dest may take its lock
+    with exclusive_lock(dest.parent / f".{dest.name}.lock", mode=0o666):
+        reason = _stale_reason(dest, settings)
+        if reason is None:
+            log.info("%s: out-of-domain set present and matches its manifest", dest)
+            return dest
+        check_replaceable(dest, holds_ood_set, OOD_SET_DIRECTORY)
+        if not force and dest.exists() and not is_empty_directory(dest):
+            raise OODSetError(
+                f"{dest}: holds an out-of-domain set that does not match ({reason}); "
+                "--force rebuilds it"
             )
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        log.info("%s: building the out-of-domain set (%s)", dest, reason)
+        return build_ood_set(
+            dest,
+            settings.seed,
+            settings.songs_per_part,
+            settings.parts,
+            settings.soundfonts,
+            song_seconds=settings.song_seconds,
+            workers=workers,
+        )
 
 
 def holds_ood_set(root: Path) -> bool:

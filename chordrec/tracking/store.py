@@ -8,7 +8,6 @@ other store or a tracking server instead.
 
 from __future__ import annotations
 
-import fcntl
 import http.client
 import math
 import os
@@ -30,6 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from chordrec.constants import STORE_DIR
 from chordrec.errors import ConfigError, UserError
+from chordrec.file_locks import exclusive_lock
 from chordrec.tracking.auth import AUTH_APP, AuthSetup, check_access
 
 T = TypeVar("T")
@@ -146,12 +146,9 @@ def _create_sqlite_store(uri: str) -> None:
     processes of a parallel multirun do not all try to create them at once."""
     database = Path(uri.removeprefix("sqlite:///"))
     database.parent.mkdir(parents=True, exist_ok=True)
-    with open(database.parent / ".mlflow-db.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            retry_locked(lambda: MlflowClient(uri).search_experiments(max_results=1))
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    # mode less the umask: whoever may write the store may take its lock
+    with exclusive_lock(database.parent / ".mlflow-db.lock", mode=0o666):
+        retry_locked(lambda: MlflowClient(uri).search_experiments(max_results=1))
 
 
 def artifact_root(store_dir: str | Path) -> str:
