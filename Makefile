@@ -65,7 +65,7 @@ test-fast: install  ## unit tests on small generated data (not `integration`, no
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not integration and not slow" $(ARGS)
 
 lint: install  ## ruff, and the layers and library owners of ARCHITECTURE.md (import-linter)
-	$(VENV)/bin/ruff check chordrec hydra_plugins tests experiments
+	$(VENV)/bin/ruff check chordrec hydra_plugins tests
 	$(VENV)/bin/ruff format --check chordrec hydra_plugins tests
 	$(VENV)/bin/lint-imports --no-cache
 

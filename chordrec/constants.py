@@ -2,12 +2,13 @@
 
 The data set's signal parameters (its chroma is 44.1 kHz audio at a hop of 512
 samples, about 86.1 frames per second) and the defaults that command-line options
-share with ``conf/`` (``conf/paths/default.yaml`` and ``conf/tracking/default.yaml``
-hold the same values for training runs).
+share with the Hydra configs (``chordrec/conf/paths/default.yaml`` and
+``chordrec/conf/tracking/default.yaml`` hold the same values for training runs).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 SAMPLE_RATE = 44100
@@ -19,14 +20,24 @@ HOP_LENGTH = 512
 FRAME_RATE = SAMPLE_RATE / HOP_LENGTH
 """Chroma frames per second (about 86.13)."""
 
-DATA_DIR = Path("data/rwc-pop")
-"""Where ``chordrec data fetch`` puts the data set, relative to the working directory."""
+DATA_ENV_VAR = "CHORDREC_DATA"
+"""The environment variable that moves the data folder (``paths.data`` in the config)."""
 
-OOD_DIR = Path("data/ood-synth")
-"""Where ``chordrec data synth`` puts the synthesized out-of-domain songs (same base)."""
+STORE_ENV_VAR = "CHORDREC_STORE"
+"""The environment variable that moves the local tracking store (``paths.store_dir``)."""
 
-STORE_DIR = Path("mlruns")
-"""The default tracking store: SQLite database and artifacts."""
+DATA_HOME = Path(os.environ.get(DATA_ENV_VAR) or "data")
+"""The data folder: ``$CHORDREC_DATA``, else ``data`` in the working directory."""
+
+DATA_DIR = DATA_HOME / "rwc-pop"
+"""Where ``chordrec data fetch`` puts the data set."""
+
+OOD_DIR = DATA_HOME / "ood-synth"
+"""Where ``chordrec data synth`` puts the synthesized out-of-domain songs."""
+
+STORE_DIR = Path(os.environ.get(STORE_ENV_VAR) or "mlruns")
+"""The default tracking store (SQLite database and artifacts): ``$CHORDREC_STORE``, else
+``mlruns`` in the working directory."""
 
 EXPERIMENT = "chordrec"
 """The default MLflow experiment of training runs."""
@@ -38,7 +49,7 @@ CHAMPION = f"models:/{REGISTERED_MODEL}@champion"
 """The model ``chordrec transcribe`` uses by default."""
 
 PRESETS = ("a", "b", "c", "d", "e", "f")
-"""The report's experiments, one per column of its Table 5 (``experiments/a.yaml``...)."""
+"""The report's experiments, one per column of its Table 5 (``chordrec/conf/experiment/a.yaml``...)."""
 
 LONGEST_FIRST = ("b", "c", "d", "e", "f", "a")
 """The report's experiments by their training time on the 2-core CPU of docs/performance.md "Speed",

@@ -1,6 +1,6 @@
 """Every Hydra multirun as one MLflow parent run, its jobs' runs nested under it.
 
-``conf/train.yaml`` registers :class:`SweepParentRun` as a Hydra callback. When a
+``chordrec/conf/train.yaml`` registers :class:`SweepParentRun` as a Hydra callback. When a
 multirun starts (any sweeper, any launcher), it creates the sweep's parent run, tagged
 ``kind=sweep``, ``sweep_id`` (:func:`sweep_id` of the sweep directory), ``sweep_dir``
 and ``sweep_overrides`` (the command line's), or reopens the parent that an earlier

@@ -31,7 +31,8 @@ from chordrec import tracking
 from chordrec.errors import UserError
 from chordrec.sweeps import sweep_id
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parent / "conf"
+"""The Hydra configs, inside the package (``chordrec/conf``; presets in ``conf/experiment``)."""
 
 
 def run(cfg: DictConfig) -> float:
@@ -89,7 +90,7 @@ def exit_with_error(program: str, exc: UserError) -> NoReturn:
 
 
 class PasswordCheck(Callback):
-    """The Hydra callback (``conf/train.yaml``, before any other) that stops a run or a
+    """The Hydra callback (``chordrec/conf/train.yaml``, before any other) that stops a run or a
     multirun whose config holds a password (:func:`chordrec.run.check_no_passwords`)
     before Hydra saves its config (``.hydra/``), a sweeper opens a study or any job
     starts: one line and exit status 1, even with ``HYDRA_FULL_ERROR=1`` (Hydra turns
@@ -109,7 +110,7 @@ class PasswordCheck(Callback):
             exit_with_error("chordrec.train", exc)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Run one job. A :class:`~chordrec.errors.UserError` of a single run is one line
     and exit status 1; a multirun's launcher reports its jobs' errors itself."""

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = REPO / "chordrec" / "conf"  # the Hydra configs, shipped in the package
 DATA = REPO / "data" / "rwc-pop"
 OOD = REPO / "data" / "ood-synth"  # the synthesized out-of-domain songs (`make data`)
 

@@ -14,7 +14,7 @@ from chordrec.errors import ConfigError
 from chordrec.models import CRNN, ConvBlock, build_model, networks
 from chordrec.models.networks import zero_state_lstm_step
 
-PRESETS_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "chordrec" / "conf" / "model"
 PRESETS = ("crnn1", "crnn2", "crnn_tagging", "rnn_baseline", "rnn_table4")
 
 

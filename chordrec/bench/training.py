@@ -49,7 +49,7 @@ from chordrec.train import compose_config
 
 
 def preset_spec(name: str) -> dict[str, Any]:
-    """The model config of preset ``name`` (``conf/model/<name>.yaml``) as training
+    """The model config of preset ``name`` (``chordrec/conf/model/<name>.yaml``) as training
     composes it, as plain dicts and lists (what :func:`build_model` takes)."""
     spec = OmegaConf.to_container(compose_config([f"model={name}"]).model, resolve=True)
     assert isinstance(spec, dict)
@@ -159,7 +159,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="timed budget per mode")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--model", default="rnn_table4", help="a preset in conf/model/")
+    parser.add_argument("--model", default="rnn_table4", help="a preset in chordrec/conf/model/")
     parser.add_argument("--device", default="auto")
     parser.add_argument(
         "--course-seconds",

@@ -88,7 +88,7 @@ def best_time(call: Callable[[], object], repeats: int) -> float:
 
 
 def preset_model(name: str, level: str, seq_len: int, method: str) -> ChordModel:
-    """An untrained model preset of conf/model run as a checkpoint config would say."""
+    """An untrained model preset of chordrec/conf/model run as a checkpoint config would say."""
     spec = preset_spec(name)
     config = {
         "model": spec,
