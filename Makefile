@@ -13,19 +13,41 @@ OOD_DIR := data/ood-synth
 DATA_SOURCE ?= $(or $(CHORDREC_DATA_SOURCE),$(if $(wildcard $(SHARED_DATA)/SHA256SUMS),$(SHARED_DATA),github))
 ARGS ?=
 
-.PHONY: help install data train study table ui server test test-fast lint bench bench-transcription bench-tracking bench-launchers gpu-check clean-venv
+.PHONY: help install lock data train study table ui server test test-fast lint bench bench-transcription bench-tracking bench-launchers gpu-check clean-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# Every extra and the dev tools, at the exact versions of requirements.lock (torch by
+# version: the build already in .venv, CPU or CUDA, is kept when its version matches).
+EXTRAS ?= all,dev
+LOCK := requirements.lock
+
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q -c $(LOCK) "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -c $(LOCK) -e ".[$(EXTRAS)]"
 	touch $@
 
-install: $(VENV)/.installed  ## create .venv: torch first, then chordrec (editable) and dev tools
+install: $(VENV)/.installed  ## create .venv: torch first, then chordrec (editable) with every extra and the dev tools, as locked
+
+# A fresh venv with the newest releases that pyproject.toml's floors allow (torch: TORCH_SPEC,
+# e.g. TORCH_SPEC=torch for the newest), frozen into requirements.lock; then `make test`.
+LOCK_VENV := .lock-venv
+
+lock:  ## regenerate requirements.lock from a fresh venv (newest allowed releases; TORCH_SPEC=... for torch)
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(LOCK_VENV)/bin/python -m pip install -q ".[all,dev]"
+	{ sed -n '/^#/p' $(LOCK); \
+	  $(LOCK_VENV)/bin/python -m pip freeze --exclude chordrec | grep -v '^#' \
+	    | sed -E 's/^(torch==[^+]+)\+.*/\1/' | sort -f; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf $(LOCK_VENV) build
+	@echo "requirements.lock refreshed: review git diff $(LOCK), then make install test"
 
 $(DATA_DIR)/SHA256SUMS: | $(VENV)/.installed
 	$(VENV)/bin/chordrec data fetch --source "$(DATA_SOURCE)" --dest $(DATA_DIR)

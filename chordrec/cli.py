@@ -96,6 +96,7 @@ def _server(args: argparse.Namespace) -> int:
     from chordrec.postgres import LocalPostgres
 
     _check_server_access(args)
+    _check_server_extra(args)
     database = None
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # stop what started
     try:
@@ -158,6 +159,18 @@ def _check_server_access(args: argparse.Namespace) -> None:
             "every user of this machine sees command lines (ps); give the URL in "
             "MLFLOW_BACKEND_STORE_URI instead, or the password in PGPASSWORD or ~/.pgpass"
         )
+
+
+def _check_server_extra(args: argparse.Namespace) -> None:
+    """Name the ``[server]`` extra, before anything starts, when this server needs a
+    part of it that is not installed: psycopg for PostgreSQL, Flask-WTF for ``--auth``."""
+    from chordrec.extras import require_extra
+
+    backend = args.backend_store_uri or os.environ.get("MLFLOW_BACKEND_STORE_URI") or ""
+    if args.postgres_dir is not None or backend.startswith(("postgresql", "postgres:")):
+        require_extra("server", "chordrec server on PostgreSQL", ("psycopg",))
+    if args.auth is not None:
+        require_extra("server", "chordrec server --auth", ("flask_wtf",))
 
 
 def _loopback(host: str) -> bool:

@@ -24,11 +24,12 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from chordrec import run as lifecycle
 from chordrec import tracking
 from chordrec.errors import UserError
+from chordrec.extras import require_extra
 from chordrec.sweeps import sweep_id
 
 CONF = Path(__file__).resolve().parent / "conf"
@@ -89,18 +90,42 @@ def exit_with_error(program: str, exc: UserError) -> NoReturn:
     sys.exit(1)
 
 
+PLUGIN_EXTRAS = {
+    "hydra_plugins.chordrec_optuna.": ("tune", "hparams_search=optuna (hydra/sweeper=optuna)"),
+    "hydra_plugins.chordrec_ray.": ("cluster", "hydra/launcher=ray"),
+}
+"""The extra each of chordrec's Hydra plugins needs (by the start of its ``_target_``),
+and the setting that chooses it."""
+
+
+def check_plugin_extras(config: DictConfig) -> None:
+    """Raise :class:`~chordrec.extras.MissingExtra` when the multirun's sweeper or
+    launcher is a chordrec plugin whose extra is not installed."""
+    for node in ("sweeper", "launcher"):
+        target = str(OmegaConf.select(config, f"hydra.{node}._target_", default="") or "")
+        for prefix, (extra, what) in PLUGIN_EXTRAS.items():
+            if target.startswith(prefix):
+                require_extra(extra, what)
+
+
 class PasswordCheck(Callback):
     """The Hydra callback (``chordrec/conf/train.yaml``, before any other) that stops a run or a
-    multirun whose config holds a password (:func:`chordrec.run.check_no_passwords`)
-    before Hydra saves its config (``.hydra/``), a sweeper opens a study or any job
-    starts: one line and exit status 1, even with ``HYDRA_FULL_ERROR=1`` (Hydra turns
-    a callback's exception into a warning and goes on)."""
+    multirun whose config holds a password (:func:`chordrec.run.check_no_passwords`),
+    or a multirun whose sweeper or launcher needs an extra that is not installed
+    (:func:`check_plugin_extras`), before Hydra saves its config (``.hydra/``), the
+    sweep's parent run is made, a sweeper opens a study or any job starts: one line and
+    exit status 1, even with ``HYDRA_FULL_ERROR=1`` (Hydra turns a callback's exception
+    into a warning and goes on)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config)
+        try:
+            check_plugin_extras(config)
+        except UserError as exc:
+            exit_with_error("chordrec.train", exc)
 
     @staticmethod
     def _check(config: DictConfig) -> None:

@@ -11,7 +11,8 @@ study's pruner may stop it early (:class:`chordrec.errors.TrialPruned`).
 The pruner is part of the study, kept in the storage as the study's user attribute
 ``pruner`` (its ``_target_`` and arguments), so that a run on another machine prunes
 with the same rule as the sweeper that created the study. This module is the only one
-that imports Optuna.
+that imports Optuna, and only when a search or a trial uses it (:func:`optuna_module`):
+a plain run imports this module without Optuna installed (the ``[tune]`` extra).
 """
 
 from __future__ import annotations
@@ -20,18 +21,31 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
-
-import optuna
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal
 
 from chordrec.errors import ConfigError, TrialPruned
+from chordrec.extras import require_extra
 from chordrec.targets import allowed_class
 from chordrec.tracking import redact
+
+if TYPE_CHECKING:
+    import optuna
 
 log = logging.getLogger(__name__)
 
 PRUNER_ATTR = "pruner"
 RUN_ID_ATTR = "mlflow_run_id"
+
+
+def optuna_module() -> ModuleType:
+    """The ``optuna`` module, imported now; :class:`~chordrec.extras.MissingExtra`
+    naming the ``[tune]`` extra when it is not installed."""
+    require_extra("tune", "an Optuna search (hparams_search=optuna)")
+    import optuna
+
+    return optuna
+
 
 # How a trial ended, as the sweeper tells the study.
 COMPLETE, PRUNED, FAIL = "complete", "pruned", "fail"
@@ -53,6 +67,7 @@ class Dimension:
 
     def distribution(self) -> optuna.distributions.BaseDistribution:
         """The Optuna distribution of this dimension."""
+        optuna = optuna_module()
         if self.choices is not None:
             return optuna.distributions.CategoricalDistribution(self.choices)
         if self.low is None or self.high is None or self.low > self.high:
@@ -104,6 +119,7 @@ def open_study(
     """Create study ``name`` in RDB ``storage`` (an SQLAlchemy URL), or load it when
     another sweep made it already (``load_if_exists``). ``sampler`` and ``pruner`` are
     ``_target_`` specs; the pruner spec is stored with a new study (see the module)."""
+    optuna = optuna_module()
     made_sampler = instantiate("sampler", sampler, "hydra.sweeper.sampler")
     made_pruner = instantiate("pruner", pruner, "hydra.sweeper.pruner")
     try:
@@ -140,6 +156,7 @@ def ask(study: optuna.Study, dimensions: Sequence[Dimension]) -> Asked:
 def tell(study: optuna.Study, asked: Asked, outcome: str, value: float | None = None) -> None:
     """Record how trial ``asked`` ended: COMPLETE with its objective ``value`` (a
     non-finite value fails the trial), PRUNED, or FAIL."""
+    optuna = optuna_module()
     if outcome == COMPLETE and value is not None and math.isfinite(value):
         study.tell(asked.trial, value)
     elif outcome == PRUNED:
@@ -163,6 +180,7 @@ class StudySummary:
 def summarize(study: optuna.Study) -> StudySummary:
     """The trial counts (``complete``, ``pruned``, ``fail``, ``running``...) and the
     best complete trial of ``study``, as the storage has them now."""
+    optuna = optuna_module()
     trials = study.get_trials(deepcopy=False)
     counts: dict[str, int] = {}
     for trial in trials:
@@ -187,6 +205,7 @@ class TrialReporter:
     :class:`~chordrec.errors.TrialPruned` when the study's pruner says to stop."""
 
     def __init__(self, storage: str, study_name: str, number: int, metric: str) -> None:
+        optuna = optuna_module()
         try:
             study = optuna.load_study(study_name=study_name, storage=storage)
         except Exception as exc:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import os
+import platform
 import socket
 from pathlib import Path
 
@@ -128,6 +130,16 @@ def test_a_run_logs_everything(train_config, tmp_path):
     # tags
     for tag in ("git_commit", "git_dirty", "dataset_sha256", "chordrec_version", "host", "device"):
         assert r.data.tags.get(tag), tag
+    # the versions it ran on
+    assert r.data.tags["python_version"] == platform.python_version()
+    for tag, distribution in (
+        ("torch_version", "torch"),
+        ("mlflow_version", "mlflow"),
+        ("librosa_version", "librosa"),
+        ("numpy_version", "numpy"),
+        ("hydra_version", "hydra-core"),
+    ):
+        assert r.data.tags[tag] == importlib.metadata.version(distribution), tag
     assert len(r.data.tags["dataset_sha256"]) == 64
     assert r.data.tags["device"] == str(resolve_device(cfg.trainer.device))
     # the plateau schedule cannot take lr 1e-3 below min_lr 1e-5 in 2 epochs

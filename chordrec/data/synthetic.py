@@ -66,15 +66,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import mido
 import numpy as np
 
 from chordrec.constants import OOD_DIR, SAMPLE_RATE
 from chordrec.data.chords import PITCH_CLASSES
 from chordrec.data.fetch import sha256_file
 from chordrec.errors import UserError
+from chordrec.extras import require_extra
 from chordrec.file_locks import exclusive_lock
 from chordrec.io.atomic_write import (
     check_replaceable,
@@ -84,6 +85,9 @@ from chordrec.io.atomic_write import (
     write_atomic,
 )
 from chordrec.io.chord_files import format_lab
+
+if TYPE_CHECKING:
+    import mido
 
 log = logging.getLogger(__name__)
 
@@ -771,6 +775,15 @@ def song_rng(seed: int, part: str, index: int) -> np.random.Generator:
 # --------------------------------------------------------------------------- files
 
 
+def mido_module() -> ModuleType:
+    """The ``mido`` module, imported now; :class:`~chordrec.extras.MissingExtra` naming
+    the ``[synth]`` extra when it is not installed (a core install never writes MIDI)."""
+    require_extra("synth", "synthesizing the out-of-domain songs (chordrec data synth)")
+    import mido
+
+    return mido
+
+
 def song_midi(song: Song) -> bytes:
     """The song as a type-1 Standard MIDI File: a conductor track (4/4, tempi), then
     one track per part named after it (``chords``, ``bass``, ``melody``, ``drums``).
@@ -778,6 +791,7 @@ def song_midi(song: Song) -> bytes:
     Each part's track sets its program, volume, pan and (melodic parts) pitch-bend
     range and tuning bend at tick 0, and ends with All Sound Off on its channel at the
     end of the track, which every track shares (tick ``song.eot``)."""
+    mido = mido_module()
     conductor = [
         (0, 1, mido.MetaMessage("time_signature", numerator=4, denominator=4, time=0)),
         *((tick, 1, mido.MetaMessage("set_tempo", tempo=tempo)) for tick, tempo in song.tempo_map),
@@ -795,6 +809,7 @@ def song_midi(song: Song) -> bytes:
 def _part_events(song: Song, part: str, notes: Sequence[Note]) -> list[tuple[int, int, Any]]:
     """``(tick, order, message)`` of one part: setup at tick 0, notes, All Sound Off at
     the end. At one tick, note-offs (order 0) precede other messages (1) and note-ons (2)."""
+    mido = mido_module()
     ch = CHANNELS[part]
     volume, pan = song.volumes[part]
 
@@ -822,6 +837,7 @@ def _part_events(song: Song, part: str, notes: Sequence[Note]) -> list[tuple[int
 def _track(name: str, events: Sequence[tuple[int, int, Any]], eot: int) -> mido.MidiTrack:
     """A track of ``events`` (``(tick, order, message)``, sorted here, stably), ending
     at tick ``eot``."""
+    mido = mido_module()
     track = mido.MidiTrack([mido.MetaMessage("track_name", name=name, time=0)])
     now = 0
     for tick, _, message in sorted(events, key=lambda e: (e[0], e[1])):
@@ -1132,6 +1148,7 @@ def build_ood_set(
     ValueError
         A setting out of range.
     """
+    mido_module()  # before anything is drawn or rendered
     settings = _settings(seed, songs_per_part, parts, soundfonts, song_seconds)
     dest = Path(dest).expanduser().absolute()
     check_replaceable(dest, holds_ood_set, OOD_SET_DIRECTORY)

@@ -17,9 +17,13 @@ concern and imports only those beneath it (``store`` ← ``runs`` ← ``registry
 - :mod:`~chordrec.tracking.auth`: MLflow's basic-auth app for a server others reach:
   :func:`prepare_auth` (its settings and generated admin password, as :class:`AuthSetup`).
 - :mod:`~chordrec.tracking.runs`: one training run: :class:`RunTracker` (start or resume,
-  log, end with the right status), its tags (:func:`base_tags`, :func:`git_state`,
-  :func:`process_tags`), :func:`flatten` for params, reading a run back
-  (:func:`get_run`, :func:`run_metrics`, :func:`metric_history`) and :func:`check_resumable`.
+  log, end with the right status), its tags (:func:`base_tags` with the versions of
+  Python and the main libraries, :func:`git_state`, :func:`process_tags`), :func:`flatten`
+  for params, reading a run back (:func:`get_run`, :func:`run_metrics`,
+  :func:`metric_history`) and :func:`check_resumable`.
+- :mod:`~chordrec.tracking.mlflow_private`: the only uses of MLflow's private state (letting
+  go of a run without ending it when the server is gone), one function each, tested
+  against the installed MLflow (``tests/test_mlflow_private.py``).
 - :mod:`~chordrec.tracking.legacy`: runs logged before metrics were named by section
   (``train_loss`` → ``train/loss``), mapped by everything that reads runs back
   (:func:`current_metrics`).

@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ import chordrec
 from chordrec.constants import EXPERIMENT, STORE_DIR
 from chordrec.errors import TrialPruned
 from chordrec.tracking.legacy import current_metric_names, current_metrics
+from chordrec.tracking.mlflow_private import forget_active_run, stop_system_metrics
 from chordrec.tracking.store import (
     ServerUnavailable,
     TrackingError,
@@ -93,11 +94,37 @@ def git_state(cwd: str | Path = ".") -> dict[str, str]:
         return {"git_commit": "unknown", "git_dirty": "unknown"}
 
 
+RECORDED_VERSIONS = {
+    "torch_version": "torch",
+    "mlflow_version": "mlflow",
+    "librosa_version": "librosa",
+    "numpy_version": "numpy",
+    "hydra_version": "hydra-core",
+}
+"""Tag → distribution whose installed version every run records (``python_version``
+too). Read from the installed metadata, so this package never imports torch; torch's
+carries its build (``2.13.0+cpu``, ``2.13.0+cu128``), which the lock file leaves open."""
+
+
+def library_versions() -> dict[str, str]:
+    """Tags ``python_version`` and :data:`RECORDED_VERSIONS`: the versions a run ran on
+    (``not installed`` for a missing distribution)."""
+    tags = {"python_version": platform.python_version()}
+    for tag, distribution in RECORDED_VERSIONS.items():
+        try:
+            tags[tag] = version(distribution)
+        except PackageNotFoundError:
+            tags[tag] = "not installed"
+    return tags
+
+
 def base_tags(device: str) -> dict[str, str]:
-    """Tags every run carries: chordrec version, host, device, git state (of the
-    checkout that holds the ``chordrec`` package)."""
+    """Tags every run carries: chordrec version, the versions of Python and the main
+    libraries (:func:`library_versions`), host, device, git state (of the checkout that
+    holds the ``chordrec`` package)."""
     return {
         "chordrec_version": chordrec.__version__,
+        **library_versions(),
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "device": device,
@@ -269,14 +296,10 @@ class RunTracker:
 
     def _leave_unended(self) -> None:
         """Forget the active run without telling the server (which does not answer), and
-        stop its system-metrics monitor."""
-        stack = mlflow.tracking.fluent._active_run_stack.get()
-        if stack and stack[-1].info.run_id == self.run_id:
-            stack.pop()
-        os.environ.pop("MLFLOW_RUN_ID", None)
-        monitor = mlflow.tracking.fluent.run_id_to_system_metrics_monitor.pop(self.run_id, None)
-        if monitor is not None:
-            monitor.finish()
+        stop its system-metrics monitor (MLflow's private state:
+        :mod:`~chordrec.tracking.mlflow_private`)."""
+        forget_active_run(self.run_id)
+        stop_system_metrics(self.run_id)
 
     @property
     def artifact_uri(self) -> str:

@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from chordrec.constants import STORE_DIR
 from chordrec.errors import ConfigError, UserError
+from chordrec.extras import require_extra
 from chordrec.file_locks import exclusive_lock
 from chordrec.tracking.auth import AUTH_APP, AuthSetup, check_access
 
@@ -117,6 +118,8 @@ def check_database(uri: str) -> None:
     """Raise :class:`TrackingError` naming the store (password hidden) and the
     database's own one-line reason unless the SQL store at ``uri`` answers a query
     (wrong password, wrong port, no such database...)."""
+    if uri.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+        require_extra("server", f"the PostgreSQL store {redact(uri)}", ("psycopg",))
     connect_args = {"connect_timeout": 10} if uri.startswith("postgresql") else {}
     try:  # SQLAlchemy directly: MLflow would retry a refused connection for minutes
         engine = sqlalchemy.create_engine(uri, connect_args=connect_args)

@@ -61,6 +61,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from chordrec.errors import ConfigError
+from chordrec.extras import require_extra
 from chordrec.tracking import redact
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,7 @@ def connect(address: str | None, local_cpus: int | None) -> ModuleType:
     (``address`` None) a local Ray on 127.0.0.1 with ``local_cpus`` CPUs (None: all)
     in a new temporary directory, shut down and removed when the process exits. Returns
     the ``ray`` module."""
+    require_extra("cluster", "hydra/launcher=ray")
     if is_loopback(address):
         os.environ.update(LOOPBACK_ENV)  # before Ray is imported: it reads it then
     import ray
