@@ -221,8 +221,9 @@ def _fake_venv(clone: Path) -> None:
         script = bin_dir / name
         script.write_text(f'#!/bin/sh\nexec "{sys.executable}" {args}"$@"\n')
         script.chmod(0o755)
-    (clone / "pyproject.toml").write_text("")
-    os.utime(clone / "pyproject.toml", (0, 0))  # older than .installed: install is done
+    for prerequisite in ("pyproject.toml", "requirements.lock"):  # of .venv/.installed
+        (clone / prerequisite).write_text("")
+        os.utime(clone / prerequisite, (0, 0))  # older than .installed: install is done
     (clone / ".venv" / ".installed").touch()
 
 
