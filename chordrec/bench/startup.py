@@ -91,7 +91,7 @@ def registered_champion(store: Path, checkpoint: Path) -> None:
 
 def rows(work: Path, audio: Path, seconds: float, registry: bool) -> list[Row]:
     """The commands to time, their files made in ``work``."""
-    champion = champion_checkpoint(work / "best_templates.pt")
+    champion = champion_checkpoint(work / "best.pt")  # the name a run uploads
     song = f"{seconds:g}-s song"
 
     def transcribe(model: list[str]) -> list[str]:
