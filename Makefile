@@ -13,7 +13,7 @@ OOD_DIR := data/ood-synth
 DATA_SOURCE ?= $(or $(CHORDREC_DATA_SOURCE),$(if $(wildcard $(SHARED_DATA)/SHA256SUMS),$(SHARED_DATA),github))
 ARGS ?=
 
-.PHONY: help install lock data train study table ui server test test-fast lint bench bench-transcription bench-tracking bench-launchers gpu-check clean-venv
+.PHONY: help install lock data train study table ui server test test-fast lint bench bench-transcription bench-startup bench-tracking bench-launchers gpu-check clean-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -96,6 +96,9 @@ bench: install data  ## window mode against the course's loop (ratio, one run), 
 
 bench-transcription: install  ## transcription speed: `chordrec transcribe` end to end (one file, a folder of 50), then per stage
 	$(PY) -m chordrec.bench.transcription $(ARGS)
+
+bench-startup: install  ## start-up: the two --help commands and `chordrec transcribe` of a 1-minute song, median of 5 (ARGS="--registry")
+	$(PY) -m chordrec.bench.startup $(ARGS)
 
 bench-tracking: install data  ## tracking stores under load: SQLite, server+SQLite, server+PostgreSQL (ARGS="--runs 4")
 	$(PY) -m chordrec.bench.tracking $(ARGS)

@@ -8,6 +8,7 @@ is one small function: parse, call the module that does the work, print.
 from __future__ import annotations
 
 import argparse
+import gc
 import ipaddress
 import logging
 import os
@@ -224,14 +225,24 @@ def _transcribe(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
 
     from chordrec.audio.analysis import FeatureWorkers
+    from chordrec.transcribe import model_kind
 
     limits = _audio_limits(args.max_duration, args.max_samples)
     fmt = args.format or _format_from_suffix(args.output)
     several = len(args.inputs) > 1 or any(Path(i).is_dir() for i in args.inputs)
-    # the workers start (and warm up) while this process imports torch and loads the model
-    workers = FeatureWorkers(args.jobs) if several and args.jobs > 1 else nullcontext(1)
+    try:
+        network = model_kind(args.model) != "templates"
+    except ValueError:  # load_model says why, once the inputs are checked
+        network = False
+    # The workers start (and warm up) while this process imports torch and loads the
+    # model: for a folder, and for one file a network reads (its chroma computed while
+    # torch is imported). The templates need no torch: one file is theirs in this process.
+    if args.jobs > 1 and (several or network):
+        workers = FeatureWorkers(args.jobs if several else 1)
+    else:
+        workers = nullcontext(1)
     with workers as pool:
-        from chordrec.transcribe import load_model, model_kind, plan_jobs, transcribe_files
+        from chordrec.transcribe import load_model, plan_jobs, transcribe_files
 
         keep_freed_memory()  # the model's large tensors reused song after song, not re-faulted
 
@@ -717,7 +728,8 @@ def _add_transcribe_parser(commands: argparse._SubParsersAction) -> None:
         default=len(os.sched_getaffinity(0)),
         help=(
             "worker processes that decode audio and compute chroma while the model runs, "
-            "for two files or more (default: the CPUs available, %(default)s)"
+            "for two files or more, and one for a single file a network reads while torch "
+            "loads; 1: none (default: the CPUs available, %(default)s)"
         ),
     )
     _add_tracking_options(transcribe)
@@ -886,7 +898,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run the command ``argv`` (default: this process's arguments, as the ``chordrec``
+    program and ``python -m chordrec`` do: the process then ends, so its objects are
+    frozen out of the garbage collector's last pass, which would take 0.3 s after torch)."""
+    if argv is None:
+        try:
+            return main(sys.argv[1:])
+        finally:
+            gc.freeze()
+    argv = list(argv)
     if argv[:1] and argv[0] in FORWARDED:
         return _forward(argv[0], argv[1:])
     args = build_parser().parse_args(argv)

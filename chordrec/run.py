@@ -69,6 +69,7 @@ from chordrec.metrics import (
     per_class_recall,
 )
 from chordrec.models import build_model, describe_model
+from chordrec.passwords import check_no_passwords
 from chordrec.report import figures
 from chordrec.targets import check_run_config
 from chordrec.transcribe import predictor_model
@@ -321,39 +322,6 @@ reports on the test part. So is the Optuna trial it reports to (``optuna``; none
 plain command line): a trial's run that is re-evaluated or resumed never reports to the
 study, which recorded how the trial ended when the sweep told it."""
 
-UNCHECKED_HYDRA_KEYS = ("hydra.help", "hydra.hydra_help", "hydra.overrides", "hydra.job.override")
-"""Parts of Hydra's own config that :func:`check_no_passwords` skips: help texts, and
-the command line's overrides as Hydra records them (the settings they set are checked)."""
-
-
-def check_no_passwords(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` naming each setting of ``cfg`` whose value, as written
-    or resolved (``${oc.env:...}``), holds a password (:func:`chordrec.tracking.redact`):
-    settings reach Hydra's saved config, trials' overrides, run tags, checkpoints and
-    command lines, so passwords come from the environment instead
-    (:data:`chordrec.tracking.store.PASSWORD_PLACES`)."""
-    written = OmegaConf.to_container(cfg, resolve=False)
-    assert isinstance(written, dict)
-    found: dict[str, str] = {}
-    for key, value in tracking.flatten(written).items():
-        if key.startswith(UNCHECKED_HYDRA_KEYS):
-            continue
-        resolved = value
-        if "${" in value:
-            try:
-                node = OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
-            except Exception:  # a resolver Hydra sets up later: the value as written
-                node = None
-            if OmegaConf.is_config(node):
-                resolved = str(OmegaConf.to_container(node, resolve=True))
-            elif node is not None:
-                resolved = str(node)
-        if tracking.holds_password(value) or tracking.holds_password(resolved):
-            found[key] = value
-    if found:
-        first = next(iter(found.values()))
-        tracking.refuse_password(", ".join(found), first)
-
 
 def resumed_config(saved: Mapping[str, Any], command_line: DictConfig) -> DictConfig:
     """The config a resumed run continues with: its own ``saved`` config, with
@@ -483,7 +451,7 @@ def train(cfg: DictConfig, extra_tags: Mapping[str, str] | None = None) -> dict[
     (Ctrl-C, SIGTERM). ``extra_tags`` (e.g. the Hydra sweep) are added to a new run; one
     with a ``sweep_id`` tag nests under that sweep's parent run
     (:mod:`chordrec.sweeps`), unless ``tracking.parent_run_id`` names another. A
-    password in any setting is refused (:func:`check_no_passwords`)."""
+    password in any setting is refused (:func:`~chordrec.passwords.check_no_passwords`)."""
     check_no_passwords(cfg)
     tracking.configure(cfg.tracking.store_dir, cfg.tracking.uri, cfg.tracking.server_wait_s)
     resume = None
@@ -596,7 +564,7 @@ def evaluate(run_id: str, command_line: DictConfig, overrides: Sequence[str]) ->
     ``evaluated_run``), under the run's own config changed by ``overrides``
     (``key=value``, e.g. ``trainer.eval_overlap=false`` or ``decode=argmax``);
     :data:`MACHINE_SETTINGS` come from ``command_line``, which may hold no password
-    (:func:`check_no_passwords`). Returns the final metrics."""
+    (:func:`~chordrec.passwords.check_no_passwords`). Returns the final metrics."""
     check_no_passwords(command_line)
     tracking.configure(command_line.tracking.store_dir, command_line.tracking.uri)
     with tempfile.TemporaryDirectory(prefix="chordrec-evaluate-") as tmp:

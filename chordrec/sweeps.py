@@ -27,9 +27,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from chordrec import tracking
-from chordrec.report.tables import IncompleteTableError, build_run_table, render
-from chordrec.study import RUN_TABLE_ARTIFACT
+from chordrec.passwords import redact
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +39,7 @@ def sweep_key(hydra: DictConfig) -> str:
     sweeper = hydra.sweeper
     storage = sweeper.get("storage") if "study_name" in sweeper else None
     if storage:
-        return f"optuna study {sweeper.study_name} in {tracking.redact(str(storage))}"
+        return f"optuna study {sweeper.study_name} in {redact(str(storage))}"
     return str(Path(str(hydra.sweep.dir)).resolve())
 
 
@@ -63,8 +61,10 @@ class SweepParentRun(Callback):
         """Create or reopen the sweep's parent run (not for a study's multirun)."""
         if config.tracking.parent_run_id:
             return
+        from chordrec import tracking  # MLflow: imported when a multirun starts
+
         directory = Path(str(config.hydra.sweep.dir)).resolve()
-        overrides = tracking.redact(" ".join(config.hydra.overrides.task))
+        overrides = redact(" ".join(config.hydra.overrides.task))
         key = sweep_key(config.hydra)
         tags = {
             "kind": "sweep",
@@ -109,6 +109,10 @@ class SweepParentRun(Callback):
         parent, self.parent_run_id = self.parent_run_id, None
         if parent is None:
             return
+        from chordrec import tracking
+        from chordrec.report.tables import IncompleteTableError, build_run_table, render
+        from chordrec.study import RUN_TABLE_ARTIFACT
+
         children = tracking.find_runs(self.experiment, parent_run_id=parent)
         # A pruned trial ended KILLED on purpose; a RUNNING child belongs to another
         # worker of the same Optuna study (or was killed outright) and is left out.

@@ -8,7 +8,9 @@
 ``--help`` lists the config groups and every setting. The run itself is
 :func:`chordrec.run.train`; this module owns Hydra: composing the config, the sweep
 tags of a multirun, turning a user's mistake into one line, and refusing a password in
-any setting before Hydra saves the config (:class:`PasswordCheck`).
+any setting before Hydra saves the config (:class:`PasswordCheck`). It imports torch
+and MLflow (through :mod:`chordrec.run`) only when a job runs, so that ``--help``,
+``--cfg`` and a refused setting answer at once.
 """
 
 from __future__ import annotations
@@ -26,10 +28,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from chordrec import run as lifecycle
-from chordrec import tracking
 from chordrec.errors import UserError
 from chordrec.extras import require_extra
+from chordrec.passwords import check_no_passwords, redact
 from chordrec.sweeps import sweep_id
 
 CONF = Path(__file__).resolve().parent / "conf"
@@ -39,6 +40,8 @@ CONF = Path(__file__).resolve().parent / "conf"
 def run(cfg: DictConfig) -> float:
     """Train, score and log one run; returns its best validation frame accuracy (what
     a sweep optimises)."""
+    from chordrec import run as lifecycle  # torch and MLflow: only when a job runs
+
     return lifecycle.train(cfg, sweep_tags())["val/frame_acc"]
 
 
@@ -72,7 +75,7 @@ def sweep_tags() -> dict[str, str]:
         tags["sweep_dir"] = str(Path(hc.sweep.dir).resolve())
         tags["sweep_id"] = sweep_id(hc)
         tags["sweep_job"] = str(hc.job.num)
-        tags["sweep_overrides"] = tracking.redact(" ".join(hc.overrides.task))
+        tags["sweep_overrides"] = redact(" ".join(hc.overrides.task))
     return tags
 
 
@@ -110,7 +113,7 @@ def check_plugin_extras(config: DictConfig) -> None:
 
 class PasswordCheck(Callback):
     """The Hydra callback (``chordrec/conf/train.yaml``, before any other) that stops a run or a
-    multirun whose config holds a password (:func:`chordrec.run.check_no_passwords`),
+    multirun whose config holds a password (:func:`chordrec.passwords.check_no_passwords`),
     or a multirun whose sweeper or launcher needs an extra that is not installed
     (:func:`check_plugin_extras`), before Hydra saves its config (``.hydra/``), the
     sweep's parent run is made, a sweeper opens a study or any job starts: one line and
@@ -130,7 +133,7 @@ class PasswordCheck(Callback):
     @staticmethod
     def _check(config: DictConfig) -> None:
         try:
-            lifecycle.check_no_passwords(config)
+            check_no_passwords(config)
         except UserError as exc:
             exit_with_error("chordrec.train", exc)
 

@@ -13,6 +13,10 @@ namespace) or CSV, one segment per run of equal frames; optionally a PNG of the
 chromagram and the chords. Files are written atomically (a temporary file, then a
 link or rename), a song's output and plot both or neither, and never replace an
 existing file unless ``force`` is set.
+
+torch is imported only to load a network (:func:`network_model`): the template matcher
+runs on NumPy alone, through the same chain (:func:`transcribe_features`: its frame
+scores, then :func:`~chordrec.decoding.decode`).
 """
 
 from __future__ import annotations
@@ -25,10 +29,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from chordrec.audio.analysis import (
@@ -42,13 +45,15 @@ from chordrec.constants import FRAME_RATE, SAMPLE_RATE
 from chordrec.data.songs import Song
 from chordrec.decoding import decode
 from chordrec.errors import ConfigError
-from chordrec.fit import resolve_device
-from chordrec.inference import InferenceRecipe, Predictor
 from chordrec.io.atomic_write import write_all_atomic
-from chordrec.io.checkpoints import load_checkpoint
 from chordrec.io.chord_files import format_csv, format_jams, format_lab
 from chordrec.metrics import frames_to_segments
-from chordrec.models import build_model, templates
+from chordrec.models import templates
+
+if TYPE_CHECKING:  # torch, imported when a network is loaded
+    import torch
+
+    from chordrec.inference import Predictor
 
 DEFAULT_MODEL = "models:/chordrec@champion"
 TEMPLATES = "templates"
@@ -102,6 +107,11 @@ def network_model(
     with ``self_transition`` (the run's tuned value, where known) or
     :data:`VITERBI_SELF_TRANSITION` for Viterbi. Raises ValueError naming ``source``
     when the checkpoint lacks what transcription needs."""
+    import torch
+
+    from chordrec.inference import InferenceRecipe, Predictor
+    from chordrec.models import build_model
+
     try:
         config, state = checkpoint["config"], checkpoint["model"]
         spec = config["model"]
@@ -161,6 +171,8 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
     if device.type != "cpu":
         yield
         return
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -201,6 +213,9 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "auto") -> ChordModel:
     kind = model_kind(spec)
     if kind == "templates":
         return template_model()
+    from chordrec.fit import resolve_device  # torch: only for networks
+    from chordrec.io.checkpoints import load_checkpoint
+
     target = resolve_device(device)
     if kind == "file":
         if not Path(spec).is_file():

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from chordrec.errors import ConfigError, TrialPruned
 from chordrec.extras import require_extra
+from chordrec.passwords import redact
 from chordrec.targets import allowed_class
-from chordrec.tracking import redact
 
 if TYPE_CHECKING:
     import optuna

@@ -269,8 +269,8 @@ def test_feature_workers_start_warm_with_one_blas_thread_each(tmp_path) -> None:
         paths.append(tmp_path / f"song{i}.wav")
         write_song(paths[-1], SONG[i : i + 3], pulse=0.5)
     missing = tmp_path / "missing.wav"
-    with pytest.raises(ValueError, match="2 or more"):
-        FeatureWorkers(1)
+    with pytest.raises(ValueError, match="1 or more"):
+        FeatureWorkers(0)
     with FeatureWorkers(2) as workers:
         threads = workers._pool.submit(_worker_blas_threads).result()
         results = list(files_features([*paths, missing], with_beats=True, workers=workers))

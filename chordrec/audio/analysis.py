@@ -16,6 +16,7 @@ torch or MLflow, so they start in about a second.
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 from collections import deque
@@ -103,8 +104,8 @@ class FeatureWorkers:
     """
 
     def __init__(self, workers: int):
-        if workers < 2:
-            raise ValueError(f"worker processes are for 2 or more at a time, got {workers}")
+        if workers < 1:
+            raise ValueError(f"worker processes are for 1 or more at a time, got {workers}")
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = self._start_pool()
         for _ in range(workers):
@@ -247,9 +248,12 @@ def _start_worker() -> None:
 
 
 def _warm_up() -> None:
-    """Import and compile what :func:`audio_features` runs, on a second of a quiet tone."""
+    """Import and compile what :func:`audio_features` runs, on a second of a quiet tone;
+    then freeze what that made (the libraries' objects, kept for the process's life) out
+    of the garbage collector's passes, the worker's exit included."""
     t = np.arange(SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
     audio_features(0.1 * np.sin(2 * np.pi * 440 * t, dtype=np.float32))
+    gc.freeze()
 
 
 def _guarded(path: Path, with_beats: bool, limits: AudioLimits) -> FileResult:

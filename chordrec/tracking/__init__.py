@@ -12,15 +12,17 @@ concern and imports only those beneath it (``store`` ← ``runs`` ← ``registry
   within ``tracking.server_wait_s``, a create never repeated after a lost reply),
   :func:`ensure_experiment`,
   :func:`ui_command` and :func:`tracking_server_command` (the commands that serve a store),
-  :func:`redact` (every password form, for everything chordrec writes) and
-  :func:`refuse_password` (a setting or argument holding one), and :class:`TrackingError`.
+  and :class:`TrackingError`. :func:`redact` (every password form, for everything
+  chordrec writes), :func:`holds_password`, :func:`refuse_password` (a setting or
+  argument holding one) and :func:`flatten` are :mod:`chordrec.passwords`' (no MLflow
+  there), re-exported here.
 - :mod:`~chordrec.tracking.auth`: MLflow's basic-auth app for a server others reach:
   :func:`prepare_auth` (its settings and generated admin password, as :class:`AuthSetup`).
 - :mod:`~chordrec.tracking.runs`: one training run: :class:`RunTracker` (start or resume,
   log, end with the right status), its tags (:func:`base_tags` with the versions of
-  Python and the main libraries, :func:`git_state`, :func:`process_tags`), :func:`flatten`
-  for params, reading a run back (:func:`get_run`, :func:`run_metrics`,
-  :func:`metric_history`) and :func:`check_resumable`.
+  Python and the main libraries, :func:`git_state`, :func:`process_tags`), reading a
+  run back (:func:`get_run`, :func:`run_metrics`, :func:`metric_history`) and
+  :func:`check_resumable`.
 - :mod:`~chordrec.tracking.mlflow_private`: the only uses of MLflow's private state (letting
   go of a run without ending it when the server is gone), one function each, tested
   against the installed MLflow (``tests/test_mlflow_private.py``).
@@ -47,6 +49,7 @@ The defaults (store directory, experiment, registered model) are those of
 
 from __future__ import annotations
 
+from chordrec.passwords import flatten, holds_password, redact, refuse_password
 from chordrec.tracking.auth import AuthSetup, prepare_auth
 from chordrec.tracking.legacy import current_metrics
 from chordrec.tracking.registry import register_run_model, registered_run_id, run_checkpoint
@@ -55,7 +58,6 @@ from chordrec.tracking.runs import (
     RunTracker,
     base_tags,
     check_resumable,
-    flatten,
     get_run,
     git_state,
     metric_history,
@@ -87,10 +89,7 @@ from chordrec.tracking.store import (
     configure,
     current_uri,
     ensure_experiment,
-    holds_password,
     mlflow_client,
-    redact,
-    refuse_password,
     retry_locked,
     store_uri,
     tracking_server_command,

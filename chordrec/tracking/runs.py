@@ -33,6 +33,7 @@ from mlflow.types import ColSpec, Schema
 import chordrec
 from chordrec.constants import EXPERIMENT, STORE_DIR
 from chordrec.errors import TrialPruned
+from chordrec.passwords import flatten, holds_password, redact
 from chordrec.tracking.legacy import current_metric_names, current_metrics
 from chordrec.tracking.mlflow_private import forget_active_run, stop_system_metrics
 from chordrec.tracking.store import (
@@ -40,8 +41,6 @@ from chordrec.tracking.store import (
     TrackingError,
     created_run,
     ensure_experiment,
-    holds_password,
-    redact,
     request_filter,
     request_tag,
     retry_locked,
@@ -130,18 +129,6 @@ def base_tags(device: str) -> dict[str, str]:
         "device": device,
         **git_state(Path(chordrec.__file__).resolve().parents[1]),
     }
-
-
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested mapping → ``{'a.b.c': 'value'}`` with values as strings (MLflow params)."""
-    flat: dict[str, str] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
-    return flat
 
 
 DIGEST_LENGTH = 16

@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import math
 import os
-import re
 import sys
 import time
 import urllib.error
@@ -31,6 +30,7 @@ from chordrec.constants import STORE_DIR
 from chordrec.errors import ConfigError, UserError
 from chordrec.extras import require_extra
 from chordrec.file_locks import exclusive_lock
+from chordrec.passwords import redact
 from chordrec.tracking.auth import AUTH_APP, AuthSetup, check_access
 
 T = TypeVar("T")
@@ -389,64 +389,3 @@ def tracking_server_command(
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": jobs,
         **(auth.server_env() if auth is not None else {}),
     }
-
-
-HIDDEN = "***"
-"""What :func:`redact` writes in place of a password."""
-
-_SCHEME_USER = r"(?P<keep>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:'\"]*:)"
-_PASSWORDS = (
-    # a URL's user:password@, the password up to the host's "@" (urlsplit, libpq)...
-    re.compile(_SCHEME_USER + r"(?P<secret>[^\s/?#'\"]*)@"),
-    # ...or up to the first "@", "/" and "?" included (SQLAlchemy's URLs)
-    re.compile(_SCHEME_USER + r"(?P<secret>[^\s@'\"]*)@"),
-    # ?password=, &password=, a libpq "password=" and PGPASSWORD=-style assignments
-    re.compile(
-        r"(?P<keep>\b[\w.-]*(?:password|passwd|token|secret)\s*=\s*)"
-        r"(?P<secret>'[^']*'|\"[^\"]*\"|[^\s&;,#'\"]+)",
-        re.IGNORECASE,
-    ),
-)
-
-
-def _hide(match: re.Match[str]) -> str:
-    if match.group("secret").strip("'\"") == HIDDEN:  # hidden already
-        return match.group(0)
-    return match.group("keep") + HIDDEN + match.group(0)[match.end("secret") - match.start() :]
-
-
-def redact(text: str) -> str:
-    """``text`` (a URL, a command line, a log line, a config value) with every password
-    replaced by ``***``: a URL's ``user:password@``, a ``password=`` query or
-    connection-string parameter, and assignments such as ``PGPASSWORD=...`` or
-    ``MLFLOW_TRACKING_PASSWORD=...`` (names ending in password, passwd, token or
-    secret). Everything chordrec writes that may hold a URL goes through it."""
-    for pattern in _PASSWORDS:
-        text = pattern.sub(_hide, text)
-    return text
-
-
-def holds_password(text: str) -> bool:
-    """Whether ``text`` holds a password that :func:`redact` would hide."""
-    return redact(text) != text
-
-
-PASSWORD_PLACES = (
-    "PGPASSWORD or a ~/.pgpass file (PostgreSQL: the URL without the password, "
-    "postgresql://USER@HOST/DB), MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
-    "(an MLflow server), or the whole URL in MLFLOW_TRACKING_URI"
-)
-"""Where a password goes instead of a setting or an argument: the environment, or a
-0600 file that libpq reads."""
-
-
-def refuse_password(where: str, value: str) -> None:
-    """Raise :class:`ConfigError` when ``value``, given as ``where`` (a setting or a
-    command-line option), holds a password: settings and arguments end up on command
-    lines (``ps``), in Hydra's saved config and in run tags."""
-    if holds_password(value):
-        raise ConfigError(
-            f"a password in {where} ({redact(value)}): settings and arguments show in ps, "
-            f"Hydra's saved config and run tags; give it in the environment instead: "
-            f"{PASSWORD_PLACES}"
-        )

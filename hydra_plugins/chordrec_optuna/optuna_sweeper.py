@@ -38,8 +38,9 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from chordrec import tracking, tuning
+from chordrec import tuning
 from chordrec.errors import ConfigError, TrialPruned
+from chordrec.passwords import redact, refuse_password
 from chordrec.sweeps import sweep_id
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ class OptunaSweeper(Sweeper):
                 f"hydra.sweeper.n_trials and n_jobs must be >= 1, got {n_trials} and {n_jobs}"
             )
         if storage:  # every trial gets it as an override: it must hold no password
-            tracking.refuse_password("hydra.sweeper.storage", storage)
+            refuse_password("hydra.sweeper.storage", storage)
         self.study_name = study_name
         self.storage = storage
         self.direction = direction
@@ -162,7 +163,7 @@ class OptunaSweeper(Sweeper):
         log.info(
             "Optuna study %r in %s: %d trials, %d at a time, over %s",
             self.study_name,
-            tracking.redact(storage),
+            redact(storage),
             self.n_trials,
             self.n_jobs,
             ", ".join(d.name for d in dimensions) or "(nothing)",
@@ -237,7 +238,7 @@ class OptunaSweeper(Sweeper):
         assert self.config is not None
         results = {
             "name": summary.name,
-            "storage": tracking.redact(storage),
+            "storage": redact(storage),
             "trials": summary.counts,
             "best_trial": summary.best_number,
             "best_value": summary.best_value,
@@ -247,6 +248,8 @@ class OptunaSweeper(Sweeper):
         OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS_FILE)
         log.info("Optuna study %r: %s", summary.name, results)
         cfg = self.config
+        from chordrec import tracking  # MLflow: not imported when Hydra scans its plugins
+
         tracking.configure(cfg.tracking.store_dir, cfg.tracking.uri)
         parent = tracking.find_sweep_parent(str(cfg.tracking.experiment), sweep_id(cfg.hydra))
         if parent is not None:

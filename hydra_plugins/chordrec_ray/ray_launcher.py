@@ -29,7 +29,7 @@ Passwords (``PGPASSWORD``, ``MLFLOW_TRACKING_PASSWORD``...) reach the jobs throu
 environment, never in a job's config: a local Ray's workers inherit this process's;
 each node of a cluster needs them in the environment ``ray start`` ran in (or a
 ``~/.pgpass``). The job lines this launcher logs go through
-:func:`chordrec.tracking.redact`.
+:func:`chordrec.passwords.redact`.
 
 Ray stays on the loopback interface unless the user asks otherwise: wherever this
 launcher starts or joins Ray on 127.0.0.1 it sets ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``
@@ -62,7 +62,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from chordrec.errors import ConfigError
 from chordrec.extras import require_extra
-from chordrec.tracking import redact
+from chordrec.passwords import redact
 
 log = logging.getLogger(__name__)
 
