@@ -249,11 +249,6 @@ def out_of_domain(cfg: Any) -> tuple[list[tuple[Path, Path]], str | None, str | 
         ) from None
 
 
-def out_of_domain_songs(cfg: Any) -> list[tuple[Path, Path]]:
-    """The ``(audio, lab)`` files a run is scored on out of domain (:func:`out_of_domain`)."""
-    return out_of_domain(cfg)[0]
-
-
 def dataset_summary(context: RunContext) -> dict[tuple[str, str], int]:
     """Sizes of each part, keyed ``(part, what)``: songs, frames, beats, steps at the
     run's level, the run's examples (windows or chunks) and the report's 32-step chunks."""

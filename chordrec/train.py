@@ -121,19 +121,17 @@ class PasswordCheck(Callback):
     into a warning and goes on)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config)
+        self._check(config, multirun=False)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config)
-        try:
-            check_plugin_extras(config)
-        except UserError as exc:
-            exit_with_error("chordrec.train", exc)
+        self._check(config, multirun=True)
 
     @staticmethod
-    def _check(config: DictConfig) -> None:
+    def _check(config: DictConfig, multirun: bool) -> None:
         try:
             check_no_passwords(config)
+            if multirun:
+                check_plugin_extras(config)
         except UserError as exc:
             exit_with_error("chordrec.train", exc)
 

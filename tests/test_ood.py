@@ -26,7 +26,7 @@ from chordrec.data import synthetic
 from chordrec.data.synthetic import ood_songs
 from chordrec.errors import ConfigError
 from chordrec.io.chord_files import read_lab
-from chordrec.run import OOD_SKIPPED_TAG, evaluate, out_of_domain, out_of_domain_songs, train
+from chordrec.run import OOD_SKIPPED_TAG, evaluate, out_of_domain, train
 from tests.conftest import OOD, QUICK, REPO, compose_train, run_chordrec, subprocess_env
 
 TINY = ["model=rnn_baseline", "seq_len=32", "split.max_songs=1", "decode=viterbi"]
@@ -115,7 +115,7 @@ def test_the_default_run_scores_all_16_validation_songs(monkeypatch):
     test_a_run_logs_what_transcribing_its_songs_scores shows) are, by default, every
     song of data/ood-synth/validation."""
     monkeypatch.chdir(REPO)  # where the default, relative data paths lead
-    scored = out_of_domain_songs(compose_train([]))
+    scored = out_of_domain(compose_train([]))[0]
     on_disk = sorted((OOD / "validation").glob("*.flac"))
     assert len(on_disk) == 16
     assert [audio.absolute() for audio, _ in scored] == on_disk
