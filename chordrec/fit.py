@@ -25,7 +25,7 @@ from chordrec.data.sequences import (
     BatchedExamples,
     SongSteps,
 )
-from chordrec.inference import Predictor, uses_mixed_precision
+from chordrec.inference.predictor import Predictor, uses_mixed_precision
 from chordrec.io.checkpoints import load_checkpoint, save_checkpoint
 from chordrec.targets import allowed_class
 

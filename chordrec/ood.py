@@ -22,8 +22,8 @@ import numpy as np
 
 from chordrec.audio.features import load_audio
 from chordrec.data.synthetic import MANIFEST_FILE, SynthesisError, missing_tools, ood_songs
+from chordrec.inference.metrics import aggregate_chord_scores, chord_scores, reference_frame_classes
 from chordrec.io.chord_files import read_lab
-from chordrec.metrics import aggregate_chord_scores, chord_scores, reference_frame_classes
 from chordrec.transcribe import ChordModel, transcribe_audio
 
 PREFIXES = {"validation": "ood_val", "test": "ood_test"}
@@ -57,7 +57,7 @@ def score_song(model: ChordModel, audio: Path, lab: Path) -> SongScores:
     """Transcribe ``audio`` with ``model`` and score it against the annotation ``lab``.
 
     Frame accuracy compares each chroma frame's decoded class with the annotated class
-    at the frame's centre (:func:`~chordrec.metrics.reference_frame_classes`), over the
+    at the frame's centre (:func:`~chordrec.inference.metrics.reference_frame_classes`), over the
     frames whose label lies in the vocabulary. Raises AudioError or ValueError naming
     the file."""
     intervals, labels = read_lab(lab)

@@ -5,7 +5,7 @@ MLflow run (or reopens it to resume), loads and validates the songs, builds the 
 and its examples, fits it (:mod:`chordrec.fit`), scores the best weights on validation
 and test (:func:`score_run`, pure) and logs the scores, figures, checkpoints and model
 (:func:`log_scores`). :func:`evaluate` re-scores a finished run's best weights as a new
-run. Every model is run through one :class:`~chordrec.inference.Predictor`.
+run. Every model is run through one :class:`~chordrec.inference.predictor.Predictor`.
 """
 
 from __future__ import annotations
@@ -58,16 +58,16 @@ from chordrec.fit import (
     resolve_device,
     seed_everything,
 )
-from chordrec.inference import InferenceRecipe, Predictor, build_predictor
-from chordrec.io.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from chordrec.io.chord_files import read_lab
-from chordrec.metrics import (
+from chordrec.inference.metrics import (
     aggregate_chord_scores,
     chord_scores,
     confusion_matrix,
     frame_accuracy,
     per_class_recall,
 )
+from chordrec.inference.predictor import InferenceRecipe, Predictor, build_predictor
+from chordrec.io.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from chordrec.io.chord_files import read_lab
 from chordrec.models import build_model, describe_model
 from chordrec.passwords import check_no_passwords
 from chordrec.report import figures

@@ -45,15 +45,15 @@ from chordrec.constants import FRAME_RATE, SAMPLE_RATE
 from chordrec.data.songs import Song
 from chordrec.decoding import decode
 from chordrec.errors import ConfigError
+from chordrec.inference.metrics import frames_to_segments
 from chordrec.io.atomic_write import write_all_atomic
 from chordrec.io.chord_files import format_csv, format_jams, format_lab
-from chordrec.metrics import frames_to_segments
 from chordrec.models import templates
 
 if TYPE_CHECKING:  # torch, imported when a network is loaded
     import torch
 
-    from chordrec.inference import Predictor
+    from chordrec.inference.predictor import Predictor
 
 DEFAULT_MODEL = "models:/chordrec@champion"
 TEMPLATES = "templates"
@@ -101,7 +101,7 @@ def network_model(
 ) -> ChordModel:
     """Rebuild a trained network from a checkpoint dict (keys ``model``: state dict,
     ``config``: the run's resolved config, ``inference``: the run's
-    :class:`~chordrec.inference.InferenceRecipe`) and run it as the run was scored.
+    :class:`~chordrec.inference.predictor.InferenceRecipe`) and run it as the run was scored.
 
     A checkpoint written before runs recorded their recipe gets it from its config,
     with ``self_transition`` (the run's tuned value, where known) or
@@ -109,7 +109,7 @@ def network_model(
     when the checkpoint lacks what transcription needs."""
     import torch
 
-    from chordrec.inference import InferenceRecipe, Predictor
+    from chordrec.inference.predictor import InferenceRecipe, Predictor
     from chordrec.models import build_model
 
     try:

@@ -94,7 +94,9 @@ def test_train_help_shows_config_groups_and_examples() -> None:
 
 def test_chordrec_train_forwards_everything(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[list[str]] = []
-    monkeypatch.setattr(cli.subprocess, "call", lambda command, **_: calls.append(command) or 3)
+    monkeypatch.setattr(
+        cli.program.subprocess, "call", lambda command, **_: calls.append(command) or 3
+    )
     assert cli.main(["train", "--help"]) == 3
     assert cli.main(["train", "model=crnn2", "-m", "seed=0,1"]) == 3
     assert calls == [

@@ -12,7 +12,7 @@ import torch
 
 from chordrec.data.sequences import song_steps
 from chordrec.data.songs import Song
-from chordrec.inference import evaluate, uses_mixed_precision
+from chordrec.inference.predictor import evaluate, uses_mixed_precision
 from chordrec.io.checkpoints import load_checkpoint, save_checkpoint
 from chordrec.models import build_model
 

@@ -1,4 +1,4 @@
-"""Tests of chordrec.metrics: hand-computed cases and one real song."""
+"""Tests of chordrec.inference.metrics: hand-computed cases and one real song."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from chordrec.constants import FRAME_RATE
-from chordrec.io.chord_files import read_lab
-from chordrec.metrics import (
+from chordrec.inference.metrics import (
     SCORE_KEYS,
     aggregate_chord_scores,
     chord_scores,
@@ -20,6 +19,7 @@ from chordrec.metrics import (
     per_class_recall,
     reference_frame_classes,
 )
+from chordrec.io.chord_files import read_lab
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_CANDIDATES = (REPO / "data" / "rwc-pop", REPO.parent / "shared" / "datasets" / "rwc-pop")

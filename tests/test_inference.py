@@ -12,7 +12,7 @@ import torch
 from chordrec.data.sequences import BatchedExamples, song_steps
 from chordrec.data.songs import Song
 from chordrec.fit import TrainerSettings, fit, seed_everything
-from chordrec.inference import InferenceRecipe, build_predictor, with_templates
+from chordrec.inference.predictor import InferenceRecipe, build_predictor, with_templates
 from chordrec.io.checkpoints import load_checkpoint
 from chordrec.models import build_model
 from chordrec.models.templates import template_scores

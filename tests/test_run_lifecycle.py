@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from chordrec import tracking
 from chordrec.data.songs import load_songs, song_names, split_songs
 from chordrec.decoding import decode
-from chordrec.inference import InferenceRecipe
+from chordrec.inference.predictor import InferenceRecipe
 from chordrec.io.checkpoints import load_checkpoint
 from chordrec.run import resumed_config
 from chordrec.train import run

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from chordrec import tracking
-from chordrec.postgres import LocalPostgres, PostgresError, postgres_bin_dir
+from chordrec.server.postgres import LocalPostgres, PostgresError, postgres_bin_dir
 from tests.conftest import QUICK, free_port, subprocess_env
 
 SECRET = "S3cret-h2-pw"

@@ -18,7 +18,7 @@ from chordrec.data.sequences import (
     song_windows,
 )
 from chordrec.data.songs import Song
-from chordrec.inference import evaluate, predict_log_probs
+from chordrec.inference.predictor import evaluate, predict_log_probs
 from chordrec.models import CRNN
 
 

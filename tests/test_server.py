@@ -34,7 +34,7 @@ from mlflow.tracking import MlflowClient
 
 from chordrec import tracking
 from chordrec.io.chord_files import read_lab
-from chordrec.postgres import LocalPostgres, PostgresError, postgres_bin_dir
+from chordrec.server.postgres import LocalPostgres, PostgresError, postgres_bin_dir
 from tests.conftest import OOD, free_port, run_chordrec, signal_after_an_epoch, subprocess_env
 from tests.test_features import write_song
 
@@ -793,7 +793,7 @@ def test_a_cluster_left_running_by_a_killed_server_is_refused_and_left_running()
         [
             sys.executable, "-c",
             "import sys, time\n"
-            "from chordrec.postgres import LocalPostgres\n"
+            "from chordrec.server.postgres import LocalPostgres\n"
             f"LocalPostgres({str(directory)!r}, {port}).open()\n"
             "print('open', flush=True)\n"
             "time.sleep(600)\n",

@@ -27,7 +27,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from chordrec import tracking
-from chordrec.postgres import LocalPostgres
+from chordrec.server.postgres import LocalPostgres
 from tests.conftest import OOD, free_port, subprocess_env
 
 pytestmark = pytest.mark.integration

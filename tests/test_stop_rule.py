@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from chordrec.data.sequences import BatchedExamples, song_steps
 from chordrec.fit import TrainerSettings, build_scheduler, fit, seed_everything
-from chordrec.inference import build_predictor
+from chordrec.inference.predictor import build_predictor
 from chordrec.io.checkpoints import load_checkpoint
 from chordrec.models import build_model
 from chordrec.train import run

@@ -24,7 +24,7 @@ from chordrec.data.sequences import BatchedExamples, song_steps
 from chordrec.data.songs import load_songs, song_names, split_songs
 from chordrec.decoding import DEFAULT_SELF_TRANSITIONS, decode
 from chordrec.fit import resolve_device
-from chordrec.inference import evaluate
+from chordrec.inference.predictor import evaluate
 from chordrec.io.checkpoints import load_checkpoint
 from chordrec.models import build_model
 from chordrec.train import run

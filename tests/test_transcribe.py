@@ -36,7 +36,7 @@ from chordrec.data.sequences import BatchedExamples, song_steps
 from chordrec.data.songs import load_songs, song_names
 from chordrec.errors import ConfigError
 from chordrec.fit import TrainerSettings, fit, seed_everything
-from chordrec.inference import InferenceRecipe, build_predictor
+from chordrec.inference.predictor import InferenceRecipe, build_predictor
 from chordrec.io.atomic_write import write_atomic
 from chordrec.io.chord_files import read_lab
 from chordrec.models import build_model, templates
@@ -430,7 +430,7 @@ def test_a_network_transcribes_with_the_runs_evaluation_chunking() -> None:
     """A checkpoint scored on overlapped chunks (trainer.eval_*) transcribes the same way."""
     from chordrec.data.sequences import song_steps
     from chordrec.data.songs import Song
-    from chordrec.inference import predict_log_probs
+    from chordrec.inference.predictor import predict_log_probs
     from chordrec.transcribe import network_model
 
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ temporary directory under ``/var/tmp``:
 - ``server-sqlite``: ``mlflow server --serve-artifacts`` over a SQLite database, as
   :func:`chordrec.tracking.tracking_server_command` builds it (two web workers);
 - ``server-postgres``: the same server over a local PostgreSQL
-  (:class:`chordrec.postgres.LocalPostgres`).
+  (:class:`chordrec.server.postgres.LocalPostgres`).
 
 the benchmark launches ``--runs`` concurrent short training runs (``python -m
 chordrec.train`` on two songs at beat level, ``--epochs`` epochs, one torch thread,
@@ -70,7 +70,7 @@ from typing import Any
 
 from chordrec import tracking
 from chordrec.constants import DATA_DIR
-from chordrec.postgres import LocalPostgres
+from chordrec.server.postgres import LocalPostgres
 
 STORES = ("sqlite", "server-sqlite", "server-postgres")
 """The stores benchmarked, in order."""

@@ -42,7 +42,7 @@ from chordrec.bench.training import preset_spec
 from chordrec.constants import SAMPLE_RATE, STORE_DIR
 from chordrec.data.songs import Song
 from chordrec.decoding import decode
-from chordrec.inference import InferenceRecipe
+from chordrec.inference.predictor import InferenceRecipe
 from chordrec.io.checkpoints import save_checkpoint
 from chordrec.models import build_model
 from chordrec.tracking import configure
