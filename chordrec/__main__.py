@@ -1,3 +1,5 @@
+"""``python -m chordrec``: the ``chordrec`` command."""
+
 import sys
 
 from chordrec.cli import main

@@ -23,6 +23,7 @@ from chordrec.train import compose_config, report_user_error
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Re-score a run's best weights as a new run (``chordrec evaluate``); returns the exit status."""
     parser = argparse.ArgumentParser(prog="chordrec evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_id", help="the MLflow run whose best weights are scored")
     parser.add_argument("overrides", nargs="*", help="key=value changes to that run's config")

@@ -77,13 +77,14 @@ class EpochObserver(Protocol):
     ``train/lr``, ``val/loss``, ``val/acc``, ``time/epoch_s``) and the checkpoint files
     written for it (``last`` always, ``best`` when validation accuracy improved)."""
 
-    def __call__(
-        self, epoch: int, metrics: dict[str, float], checkpoints: dict[str, Path]
-    ) -> None: ...
+    def __call__(self, epoch: int, metrics: dict[str, float], checkpoints: dict[str, Path]) -> None:
+        """Take one finished epoch's metrics and the checkpoints written for it."""
 
 
 @dataclass
 class TrainerSettings:
+    """What the training loop needs to know: epochs, learning-rate floor, early stopping."""
+
     max_epochs: int = 200
     min_lr: float = 1e-5
     early_stopping_patience: int | None = None
@@ -97,6 +98,8 @@ class TrainerSettings:
 
 @dataclass
 class FitResult:
+    """What :func:`fit` returns: per-epoch history, best epoch and epochs run."""
+
     history: dict[str, list[float]]
     best_epoch: int
     epochs_run: int

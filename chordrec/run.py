@@ -110,10 +110,12 @@ class RunContext:
 
     @property
     def validation(self) -> list[SongSteps]:
+        """The validation part's songs."""
         return self.parts["validation"]
 
     @property
     def test(self) -> list[SongSteps]:
+        """The test part's songs."""
         return self.parts["test"]
 
 

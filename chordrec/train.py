@@ -121,9 +121,11 @@ class PasswordCheck(Callback):
     into a warning and goes on)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Refuse a password in a single run's settings."""
         self._check(config, multirun=False)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Refuse a password in any of a multirun's settings."""
         self._check(config, multirun=True)
 
     @staticmethod

@@ -325,7 +325,7 @@ def _stft_blocks(
 
 
 def _parabolic_shift(left: np.ndarray, mid: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """librosa's parabolic peak interpolation at ``mid``: the vertex's offset in bins
+    """Librosa's parabolic peak interpolation at ``mid``: the vertex's offset in bins
     from the middle of three neighbouring magnitudes, 0 where it lies a bin or more
     away. float32 inputs of one shape; float32 out, computed in float64 as librosa's
     compiled stencil does (``a = x[1] + x[-1] - 2 * x[0]``, ``b = (x[1] - x[-1]) / 2``)."""
@@ -400,7 +400,7 @@ def estimate_tuning(y: np.ndarray, sr: int = SAMPLE_RATE) -> float:
 
 
 def _relative_bandwidth(freqs: np.ndarray) -> np.ndarray:
-    """librosa's relative filter bandwidths (alpha) for ascending ``freqs`` in Hz, shape
+    """Librosa's relative filter bandwidths (alpha) for ascending ``freqs`` in Hz, shape
     (bins,): from the local octave resolution, one-sided at the ends (a copy of
     librosa.filters._relative_bandwidth, which is private)."""
     bpo = np.empty_like(freqs)

@@ -67,6 +67,7 @@ def _wait_for_epoch(process: subprocess.Popen, log: Path, timeout: float) -> str
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the GPU check with ``argv`` (default: the process's); returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", type=Path, help="tracking store (default: a temporary one)")
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds for epoch 1")

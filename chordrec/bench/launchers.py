@@ -123,6 +123,7 @@ def table(joblib: SweepResult, ray: SweepResult) -> str:
 
 
 def main() -> None:
+    """Run this benchmark with the command line's options (``--help`` lists them)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

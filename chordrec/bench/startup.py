@@ -130,6 +130,7 @@ def rows(work: Path, audio: Path, seconds: float, registry: bool) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Time each command's start-up from the command line and print the medians."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per command (median)")
     parser.add_argument("--seconds", type=float, default=60.0, help="song length (default 60)")

@@ -197,9 +197,11 @@ class LoopClient:
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def start(self) -> None:
+        """Start sampling in the background."""
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop sampling and wait for the sampler to end."""
         self._stop.set()
         self._thread.join()
 
@@ -395,6 +397,7 @@ def table(results: list[StoreResult]) -> str:
 
 
 def main() -> None:
+    """Run this benchmark with the command line's options (``--help`` lists them)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

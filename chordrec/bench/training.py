@@ -151,6 +151,7 @@ def against_course(
 
 
 def main() -> None:
+    """Run this benchmark with the command line's options (``--help`` lists them)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

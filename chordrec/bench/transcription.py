@@ -190,6 +190,7 @@ def end_to_end(minutes: float, files: int, models: list[str], store: Path) -> No
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Time each stage of a transcription from the command line and print them."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=4.0, help="song length (default 4)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per stage (best)")

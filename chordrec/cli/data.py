@@ -51,6 +51,7 @@ def _data_synth(args: argparse.Namespace) -> int:
 
 
 def add_data_parser(commands: argparse._SubParsersAction) -> None:
+    """Add ``chordrec data`` (``fetch``, ``verify``, ``synth``) to ``commands``."""
     data = commands.add_parser(
         "data", help="fetch or verify the RWC-Pop data set; synthesize the out-of-domain songs"
     )

@@ -25,7 +25,7 @@ def positive_int(text: str) -> int:
 
 
 def study_id_arg(text: str) -> str:
-    """argparse type of a study id (:func:`chordrec.tracking.check_study_id`)."""
+    """The argparse type of a study id (:func:`chordrec.tracking.check_study_id`)."""
     from chordrec import tracking
 
     try:
@@ -35,7 +35,7 @@ def study_id_arg(text: str) -> str:
 
 
 def tracking_uri_arg(text: str) -> str:
-    """argparse type of ``--tracking-uri``: any URI without a password
+    """The argparse type of ``--tracking-uri``: any URI without a password
     (:func:`chordrec.tracking.refuse_password`)."""
     from chordrec import tracking
     from chordrec.errors import ConfigError

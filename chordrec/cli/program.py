@@ -45,6 +45,7 @@ def _add_forwarded_parsers(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``chordrec`` program's parser, every subcommand on it."""
     parser = argparse.ArgumentParser(
         prog="chordrec",
         description=(

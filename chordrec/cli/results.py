@@ -79,6 +79,7 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def add_table_parser(commands: argparse._SubParsersAction) -> None:
+    """Add ``chordrec table`` to ``commands``."""
     table = commands.add_parser(
         "table",
         help="rebuild the report's Table 5 from MLflow (no N/A: exits 1 if a cell is missing)",
@@ -103,6 +104,7 @@ def add_table_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def add_compare_parser(commands: argparse._SubParsersAction) -> None:
+    """Add ``chordrec compare`` to ``commands``."""
     compare = commands.add_parser(
         "compare",
         help="print runs side by side and the MLflow UI's compare view of them",
@@ -131,6 +133,7 @@ def add_compare_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def add_study_parser(commands: argparse._SubParsersAction) -> None:
+    """Add ``chordrec study`` to ``commands``."""
     study = commands.add_parser(
         "study",
         help="run the report's experiments a-f as one study, then print Table 5",
@@ -163,6 +166,7 @@ def add_study_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def add_register_parser(commands: argparse._SubParsersAction) -> None:
+    """Add ``chordrec register`` to ``commands``."""
     register = commands.add_parser(
         "register",
         help="put a run's model in the MLflow model registry",

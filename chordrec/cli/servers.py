@@ -32,6 +32,7 @@ def _server(args: argparse.Namespace) -> int:
 
 
 def add_ui_parser(commands: argparse._SubParsersAction) -> None:
+    """Add ``chordrec ui`` to ``commands``."""
     ui = commands.add_parser("ui", help="open the MLflow UI over the tracking store")
     add_tracking_options(ui, tracking_uri=False, experiment=True)
     ui.add_argument(
@@ -44,6 +45,7 @@ def add_ui_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def add_server_parser(commands: argparse._SubParsersAction) -> None:
+    """Add ``chordrec server`` to ``commands``."""
     server = commands.add_parser(
         "server",
         help="run a shared MLflow tracking server (PostgreSQL, artifacts served by it)",

@@ -135,6 +135,7 @@ def _format_from_suffix(output: Path | None) -> str:
 
 
 def add_transcribe_parser(commands: argparse._SubParsersAction) -> None:
+    """Add ``chordrec transcribe`` to ``commands``."""
     transcribe = commands.add_parser(
         "transcribe",
         help="turn audio files into chord labels with a trained model",
@@ -215,6 +216,7 @@ def add_transcribe_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def add_ood_parser(commands: argparse._SubParsersAction) -> None:
+    """Add ``chordrec ood`` to ``commands``."""
     scorer = commands.add_parser(
         "ood",
         help="score a model on the synthesized out-of-domain songs (make data builds them)",

@@ -41,6 +41,7 @@ class SongSteps:
 
     @property
     def n_steps(self) -> int:
+        """The number of steps (frames or beats)."""
         return len(self.labels)
 
     def to_frames(self, step_values: np.ndarray) -> np.ndarray:
@@ -116,6 +117,7 @@ class ChromaAugment:
 
     @property
     def active(self) -> bool:
+        """Whether any augmentation is on."""
         return bool(self.bin_gain_db or self.noise or self.mix)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

@@ -34,6 +34,7 @@ class Song:
 
     @property
     def n_frames(self) -> int:
+        """The number of chroma frames."""
         return len(self.labels)
 
 

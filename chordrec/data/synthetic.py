@@ -456,6 +456,7 @@ class Song:
 
     @property
     def key_name(self) -> str:
+        """The key's pitch-class name, e.g. ``C#``."""
         return PITCH_CLASSES[self.key]
 
 

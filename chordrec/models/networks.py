@@ -82,6 +82,7 @@ class ConvBlock(nn.Module):
         return sizes[0], sizes[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of ``x``."""
         return self.layers(x)
 
 
@@ -285,10 +286,12 @@ class ChannelsLastGradient(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, h: torch.Tensor) -> torch.Tensor:
+        """Pass ``h`` through unchanged."""
         return h.view_as(h)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        """The gradient, made channels-last."""
         return torch.empty_like(grad, memory_format=torch.channels_last).copy_(grad)
 
 
@@ -338,6 +341,7 @@ class ChromaTemplates(nn.Module):
         return logits.reshape(x.shape[0], x.shape[1], -1).to(x.device)
 
     def step_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of every step of ``x``."""
         return self.forward(x)
 
     def last_step_logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -104,6 +104,8 @@ class IncompleteTableError(ValueError):
 
 @dataclass(frozen=True)
 class Column:
+    """One column of Table 5: a preset and the run that fills it."""
+
     preset: str
     run: RunRecord
 

@@ -80,18 +80,22 @@ class LocalPostgres:
 
     @property
     def data(self) -> Path:
+        """The cluster's data directory."""
         return self.directory / "data"
 
     @property
     def password_file(self) -> Path:
+        """The file holding the database user's generated password (mode 0600)."""
         return self.directory / "password"
 
     @property
     def log_file(self) -> Path:
+        """PostgreSQL's log file."""
         return self.directory / "postgres.log"
 
     @property
     def lock_file(self) -> Path:
+        """The lock held by the process that runs the cluster."""
         return self.directory / "server.lock"
 
     def url(self, password: str | None = None) -> str:

@@ -57,14 +57,17 @@ class AuthSetup:
 
     @property
     def config(self) -> Path:
+        """The basic-auth app's configuration file."""
         return self.directory / "auth.ini"
 
     @property
     def password_file(self) -> Path:
+        """The admin's generated password (mode 0600)."""
         return self.directory / "admin-password"
 
     @property
     def users_db(self) -> Path:
+        """The basic-auth app's database of users."""
         return self.directory / "users.db"
 
     def server_env(self) -> dict[str, str]:

@@ -290,6 +290,7 @@ class RunTracker:
 
     @property
     def artifact_uri(self) -> str:
+        """Where the active run's artifacts go."""
         return mlflow.get_artifact_uri()
 
     def log_config(self, config: Mapping[str, Any], yaml_text: str) -> None:
@@ -307,6 +308,7 @@ class RunTracker:
         retry_locked(lambda: mlflow.log_text(yaml_text, "config.yaml"))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log ``params`` to the run, each value as a string."""
         values = {k: str(v) for k, v in params.items()}
         retry_locked(lambda: mlflow.log_params(values))
 
@@ -331,6 +333,7 @@ class RunTracker:
                 time.sleep(0.2 * (attempt + 1))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set ``tags`` on the run, each value as a string."""
         retry_locked(lambda: mlflow.set_tags({k: str(v) for k, v in tags.items()}))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -367,9 +370,11 @@ class RunTracker:
         return added
 
     def log_figure(self, figure: Any, name: str) -> None:
+        """Log a matplotlib ``figure`` as ``figures/<name>``."""
         retry_locked(lambda: mlflow.log_figure(figure, f"figures/{name}"))
 
     def log_dict(self, data: Mapping[str, Any], name: str) -> None:
+        """Log ``data`` as the JSON or YAML artifact ``name``."""
         retry_locked(lambda: mlflow.log_dict(dict(data), name))
 
     def log_arrays(self, arrays: Mapping[str, np.ndarray], name: str) -> None:

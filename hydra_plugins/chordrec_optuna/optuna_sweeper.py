@@ -1,7 +1,7 @@
-"""A Hydra sweeper over Optuna's ask/tell API: ``hydra/sweeper=optuna``.
+r"""A Hydra sweeper over Optuna's ask/tell API: ``hydra/sweeper=optuna``.
 
     python -m chordrec.train -m hparams_search=optuna hydra.sweeper.n_trials=20
-    python -m chordrec.train -m hparams_search=optuna \\
+    python -m chordrec.train -m hparams_search=optuna \
         hydra.sweeper.storage=postgresql://user@db-host/optuna hydra.sweeper.study_name=lr-search
 
 The search space is ``hydra.sweeper.params`` plus any sweep on the command line, in

@@ -1,7 +1,7 @@
-"""A Hydra launcher that runs every job of a multirun as a Ray task: ``hydra/launcher=ray``.
+r"""A Hydra launcher that runs every job of a multirun as a Ray task: ``hydra/launcher=ray``.
 
     python -m chordrec.train -m hydra/launcher=ray seed=0,1,2,3     # a local Ray for the sweep
-    python -m chordrec.train -m hydra/launcher=ray hydra.launcher.address=127.0.0.1:6379 \\
+    python -m chordrec.train -m hydra/launcher=ray hydra.launcher.address=127.0.0.1:6379 \
         tracking.uri=http://127.0.0.1:5000 seed=0,1,2,3             # a running Ray cluster
 
 With ``address`` null the launcher starts a local Ray on 127.0.0.1 in a temporary
@@ -270,6 +270,7 @@ class RayLauncher(Launcher):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
+        """Keep what Hydra hands the launcher for its jobs."""
         self.config = config
         self.task_function = task_function
         self.hydra_context = hydra_context
