@@ -26,7 +26,15 @@ DATA_ENV_VAR = "CHORDREC_DATA"
 STORE_ENV_VAR = "CHORDREC_STORE"
 """The environment variable that moves the local tracking store (``paths.store_dir``)."""
 
-DATA_HOME = Path(os.environ.get(DATA_ENV_VAR) or "data")
+
+def env_or(name: str, default: str) -> str:
+    """The environment variable ``name``, else ``default`` when it is unset or empty (an
+    empty ``CHORDREC_DATA`` means the default folder, not the file system's root). The
+    configs read the same through the ``chordrec.env`` resolver (:mod:`chordrec.train`)."""
+    return os.environ.get(name) or default
+
+
+DATA_HOME = Path(env_or(DATA_ENV_VAR, "data"))
 """The data folder: ``$CHORDREC_DATA``, else ``data`` in the working directory."""
 
 DATA_DIR = DATA_HOME / "rwc-pop"
@@ -35,7 +43,7 @@ DATA_DIR = DATA_HOME / "rwc-pop"
 OOD_DIR = DATA_HOME / "ood-synth"
 """Where ``chordrec data synth`` puts the synthesized out-of-domain songs."""
 
-STORE_DIR = Path(os.environ.get(STORE_ENV_VAR) or "mlruns")
+STORE_DIR = Path(env_or(STORE_ENV_VAR, "mlruns"))
 """The default tracking store (SQLite database and artifacts): ``$CHORDREC_STORE``, else
 ``mlruns`` in the working directory."""
 

@@ -28,6 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from chordrec.constants import env_or
 from chordrec.errors import UserError
 from chordrec.extras import require_extra
 from chordrec.passwords import check_no_passwords, redact
@@ -35,6 +36,8 @@ from chordrec.sweeps import sweep_id
 
 CONF = Path(__file__).resolve().parent / "conf"
 """The Hydra configs, inside the package (``chordrec/conf``; presets in ``conf/experiment``)."""
+
+OmegaConf.register_new_resolver("chordrec.env", env_or, replace=True)  # paths/default.yaml
 
 
 def run(cfg: DictConfig) -> float:

@@ -21,9 +21,14 @@ def test_configs_are_found_inside_the_package() -> None:
     assert not (REPO / "conf").exists() and not (REPO / "experiments").exists()
 
 
-def test_data_and_store_default_to_the_working_directory(monkeypatch) -> None:
-    monkeypatch.delenv("CHORDREC_DATA", raising=False)
-    monkeypatch.delenv("CHORDREC_STORE", raising=False)
+@pytest.mark.parametrize("unset", [True, False], ids=["unset", "empty"])
+def test_data_and_store_default_to_the_working_directory(monkeypatch, unset) -> None:
+    """An empty variable means the default as an unset one does (not ``/rwc-pop``)."""
+    for name in ("CHORDREC_DATA", "CHORDREC_STORE"):
+        if unset:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, "")
     cfg = compose_train(["experiment=best"])
     assert cfg.data.root == "data/rwc-pop"
     assert cfg.ood.root == "data/ood-synth"
@@ -42,7 +47,14 @@ def test_environment_variables_move_data_and_store(monkeypatch, tmp_path) -> Non
     assert (cfg.data.root, cfg.tracking.store_dir) == ("/srv/x/rwc-pop", "/srv/y")
 
 
-@pytest.mark.parametrize("env", [{}, {"CHORDREC_DATA": "/d", "CHORDREC_STORE": "/s"}])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"CHORDREC_DATA": "", "CHORDREC_STORE": ""},
+        {"CHORDREC_DATA": "/d", "CHORDREC_STORE": "/s"},
+    ],
+)
 def test_command_line_tools_default_to_the_same_paths(env) -> None:
     shown = subprocess.run(
         [
@@ -58,5 +70,5 @@ def test_command_line_tools_default_to_the_same_paths(env) -> None:
             **env,
         },
     ).stdout.split()
-    data, store = env.get("CHORDREC_DATA", "data"), env.get("CHORDREC_STORE", "mlruns")
+    data, store = env.get("CHORDREC_DATA") or "data", env.get("CHORDREC_STORE") or "mlruns"
     assert shown == [f"{data}/rwc-pop", f"{data}/ood-synth", store]
