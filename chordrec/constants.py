@@ -43,6 +43,9 @@ DATA_DIR = DATA_HOME / "rwc-pop"
 OOD_DIR = DATA_HOME / "ood-synth"
 """Where ``chordrec data synth`` puts the synthesized out-of-domain songs."""
 
+SYNTH_TRAIN_DIR = DATA_HOME / "synth-train"
+"""Where ``chordrec data synth`` puts the synthetic training songs (``data.synth_root``)."""
+
 STORE_DIR = Path(env_or(STORE_ENV_VAR, "mlruns"))
 """The default tracking store (SQLite database and artifacts): ``$CHORDREC_STORE``, else
 ``mlruns`` in the working directory."""

@@ -48,6 +48,12 @@ part key derived from the part's name: the parts never share a song, and a song 
 not depend on how many songs or which other parts are built. The same seed gives
 byte-identical MIDI and ``.lab`` files (and, with the same ``fluidsynth`` and
 soundfonts, identical FLAC).
+
+The synthetic training songs (:mod:`chordrec.synth_train`) are drawn the same way, as
+part ``train``, with one difference that keeps the out-of-domain parts unseen: their
+chord instrument comes from :data:`TRAIN_CHORD_PROGRAMS`, none of which the
+out-of-domain songs use (:data:`CHORD_PROGRAMS`). :func:`build_set` and
+:func:`ensure_set` build and keep a set of either kind (:class:`SetKind`).
 """
 
 from __future__ import annotations
@@ -103,8 +109,6 @@ SONG_SECONDS = (30.0, 60.0)
 """Range of the songs' lengths in seconds (each song draws its target uniformly in it)."""
 
 MANIFEST_FILE = "manifest.json"
-OOD_SET_DIRECTORY = f"an out-of-domain set it built (recognised by its {MANIFEST_FILE})"
-"""The directories a build replaces besides empty ones, as error messages name them."""
 FLUIDSYNTH = "fluidsynth"
 FLUIDSYNTH_PACKAGE = "fluidsynth"
 """The program that renders the songs, and the Debian package that holds it."""
@@ -179,6 +183,19 @@ CHORD_PROGRAMS = {
     "pad": (88, 89, 90, 91, 92),
     "brass": (61, 62, 63),
 }
+TRAIN_CHORD_PROGRAMS = {
+    "piano": (3, 6, 7),
+    "organ": (20, 21, 23),
+    "guitar": (28, 29, 30),
+    "strings": (44, 51, 52, 53),
+    "pad": (93, 94, 95),
+    "brass": (57, 60),
+    "mallets": (8, 10, 12),
+}
+"""The chord instrument's programs of the synthetic training songs
+(:mod:`chordrec.synth_train`): none of them is one of :data:`CHORD_PROGRAMS`, which
+the out-of-domain parts draw from, so every out-of-domain song's chord instrument is
+one that no training song plays (the held-out factor)."""
 BASS_PROGRAMS = tuple(range(32, 40))
 MELODY_PROGRAMS = (73, 72, 74, 75, 80, 81, 64, 65, 66, 71, 68, 56, 40, 11)
 """General MIDI programs (0-based): the chord instrument's families, basses, leads."""
@@ -695,10 +712,12 @@ def drum_part(rng: np.random.Generator, first_bar: int, bars: int, velocity: int
 # --------------------------------------------------------------------------- a song
 
 
-def _draw_programs(rng: np.random.Generator) -> tuple[str, dict[str, int]]:
-    family = list(CHORD_PROGRAMS)[int(rng.integers(len(CHORD_PROGRAMS)))]
+def _draw_programs(
+    rng: np.random.Generator, chord_programs: Mapping[str, Sequence[int]]
+) -> tuple[str, dict[str, int]]:
+    family = list(chord_programs)[int(rng.integers(len(chord_programs)))]
     programs = {
-        "chords": int(rng.choice(CHORD_PROGRAMS[family])),
+        "chords": int(rng.choice(chord_programs[family])),
         "bass": int(rng.choice(BASS_PROGRAMS)),
         "melody": int(rng.choice(MELODY_PROGRAMS)),
         "drums": 0,
@@ -711,11 +730,13 @@ def draw_song(
     name: str,
     soundfonts: Sequence[Path],
     song_seconds: tuple[float, float] = SONG_SECONDS,
+    chord_programs: Mapping[str, Sequence[int]] = CHORD_PROGRAMS,
 ) -> Song:
     """Draw one song from ``rng`` (see the module's description); ``soundfonts``: the
-    files to draw its soundfont from; ``song_seconds``: the range of its length.
+    files to draw its soundfont from; ``song_seconds``: the range of its length;
+    ``chord_programs``: the chord instrument's families and their General MIDI programs.
 
-    Pure: the same generator state, soundfonts and range give the same song."""
+    Pure: the same generator state and arguments give the same song."""
     key = int(rng.integers(12))
     mode = "major" if rng.random() < 0.5 else "minor"
     drums = bool(rng.random() < P_DRUMS)
@@ -726,7 +747,7 @@ def draw_song(
     end_gap = _ticks(END_GAP_S, form.tempo_map[-1][1])
     cents = float(rng.uniform(-TUNING_CENTS, TUNING_CENTS))
     bend = int(np.clip(round(cents / BEND_RANGE_CENTS * 8192), -8192, 8191))
-    family, programs = _draw_programs(rng)
+    family, programs = _draw_programs(rng, chord_programs)
     styles = {
         "chords": str(rng.choice(COMPING)),
         "chord_family": family,
@@ -1034,7 +1055,62 @@ def flac_seconds(path: Path) -> float:
 
 
 @dataclass(frozen=True)
-class _Settings:
+class SetKind:
+    """A kind of synthesized set that :func:`build_set` and :func:`ensure_set` build
+    and keep.
+
+    ``noun`` and its ``article`` as messages say it (``an out-of-domain set``);
+    ``generator``: the module that builds it, which its manifest names (a directory
+    whose manifest names another is never replaced); ``command``: how to build it into
+    ``{dest}``; ``files``: the kinds of file every song of its manifest lists; ``error``:
+    what is raised when the set is missing, damaged or does not match."""
+
+    noun: str
+    article: str
+    generator: str
+    command: str
+    files: tuple[str, ...]
+    error: type[UserError]
+
+    @property
+    def directory(self) -> str:
+        """The directories a build replaces besides empty ones, as error messages name them."""
+        return f"{self.article} {self.noun} it built (recognised by its {MANIFEST_FILE})"
+
+    def holds(self, root: Path) -> bool:
+        """Whether ``root`` holds a set of this kind, whole, damaged or stale: its
+        :data:`MANIFEST_FILE` is a JSON object naming :attr:`generator`."""
+        try:
+            manifest = json.loads((root / MANIFEST_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(manifest, dict) and manifest.get("generator") == self.generator
+
+    def hint(self, root: Path) -> str:
+        """How to build the set in ``root``, and what this machine lacks to do so."""
+        hint = f"build it with `make data` (or `{self.command.format(dest=root)}`)"
+        try:
+            missing = missing_tools()
+        except SynthesisError as exc:
+            missing = str(exc)
+        if missing is None:
+            return hint
+        return f"{hint}, which needs what this machine lacks: {missing}"
+
+
+OOD_SET = SetKind(
+    noun="out-of-domain set",
+    article="an",
+    generator=__name__,
+    command="chordrec data synth --dest {dest}",
+    files=("audio", "lab", "midi"),
+    error=OODSetError,
+)
+"""The out-of-domain set (:func:`build_ood_set`): each song's FLAC, ``.lab`` and MIDI."""
+
+
+@dataclass(frozen=True)
+class SetSettings:
     """What a set is built from; a manifest that records other settings is stale."""
 
     seed: int
@@ -1044,6 +1120,7 @@ class _Settings:
     song_seconds: tuple[float, float]
 
     def recorded(self) -> dict[str, Any]:
+        """The settings as the manifest records them (the parts apart)."""
         return {
             "generator_version": GENERATOR_VERSION,
             "seed": self.seed,
@@ -1053,14 +1130,14 @@ class _Settings:
         }
 
 
-def _settings(
+def set_settings(
     seed: int,
     songs_per_part: int,
     parts: Sequence[str],
     soundfonts: Sequence[str | os.PathLike[str]] | None,
     song_seconds: tuple[float, float],
-) -> _Settings:
-    """Validate the build's settings (ValueError naming the setting)."""
+) -> SetSettings:
+    """Validate a build's settings (ValueError naming the setting)."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if (
@@ -1080,21 +1157,79 @@ def _settings(
         raise ValueError(
             f"song_seconds must be (low, high) with 0 < low <= high, got {song_seconds}"
         )
-    return _Settings(seed, songs_per_part, parts, tuple(soundfont_paths(soundfonts)), (low, high))
+    return SetSettings(seed, songs_per_part, parts, tuple(soundfont_paths(soundfonts)), (low, high))
 
 
-def _draw_songs(settings: _Settings) -> dict[str, list[Song]]:
-    """Every song of a set, by part, in order (pure)."""
+def draw_set_songs(
+    settings: SetSettings, chord_programs: Mapping[str, Sequence[int]] = CHORD_PROGRAMS
+) -> dict[str, list[Song]]:
+    """Every song of a set, by part, in order, the chord instrument drawn from
+    ``chord_programs`` (pure)."""
     fonts = list(settings.soundfonts)
     return {
         part: [
             draw_song(
-                song_rng(settings.seed, part, i), f"{part}-{i:03d}", fonts, settings.song_seconds
+                song_rng(settings.seed, part, i),
+                f"{part}-{i:03d}",
+                fonts,
+                settings.song_seconds,
+                chord_programs,
             )
             for i in range(settings.songs_per_part)
         ]
         for part in settings.parts
     }
+
+
+def build_set(
+    dest: str | os.PathLike[str],
+    kind: SetKind,
+    settings: SetSettings,
+    fill: Callable[[Path, str], Mapping[str, Any]],
+) -> Path:
+    """Build a set of ``kind`` into ``dest``, replacing an earlier one there.
+
+    ``dest`` must be missing, empty, or a set of ``kind`` (:meth:`SetKind.holds`); any
+    other directory is refused before anything is rendered. ``fill(tmp, program)``
+    writes the songs into ``tmp``, a temporary directory beside ``dest``
+    (``.<name>.partial-XXXX``), with the ``fluidsynth`` program ``program``, and returns
+    what the manifest records beyond the generator, the settings, the ``fluidsynth``
+    version and the sample rate (``parts`` among it). The manifest is written last and
+    ``tmp`` renamed into place (an earlier set moved aside, then deleted), so ``dest`` is
+    never half-written; a failure removes ``tmp``. Returns ``dest`` (absolute).
+
+    Raises
+    ------
+    SynthesisUnavailable
+        ``fluidsynth`` or a default soundfont not installed (:func:`missing_tools`).
+    ForeignDirectoryError
+        ``dest`` is neither missing, empty nor a set of ``kind``; it is left as it was.
+    """
+    dest = Path(dest).expanduser().absolute()
+    check_replaceable(dest, kind.holds, kind.directory)
+    missing = missing_tools(settings.soundfonts)
+    if missing is not None:
+        raise SynthesisUnavailable(f"cannot build the {kind.noun} in {dest}: {missing}")
+    program = fluidsynth_program()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        recorded = fill(tmp, program)
+        manifest = {
+            "generator": kind.generator,
+            **settings.recorded(),
+            "fluidsynth": fluidsynth_version(program),
+            "sample_rate": SAMPLE_RATE,
+            **recorded,
+        }
+        text = json.dumps(manifest, indent=2) + "\n"
+        write_atomic(tmp / MANIFEST_FILE, lambda path: path.write_text(text, encoding="utf-8"))
+        os.chmod(tmp, default_dir_mode())
+        install_directory(tmp, dest, kind.holds, kind.directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
 
 
 def build_ood_set(
@@ -1107,17 +1242,14 @@ def build_ood_set(
     song_seconds: tuple[float, float] = SONG_SECONDS,
     workers: int = RENDER_WORKERS,
 ) -> Path:
-    """Synthesize the out-of-domain set into ``dest``, replacing an earlier set there.
+    """Synthesize the out-of-domain set into ``dest``, replacing an earlier set there
+    (:func:`build_set`: never half-written, never over a directory it did not build).
 
     Parameters
     ----------
     dest : path
         The set's directory: missing, empty, or a set built here before (its
-        :data:`MANIFEST_FILE` written by this module, :func:`holds_ood_set`); any other
-        directory is refused before anything is rendered. Everything is written into a
-        temporary directory beside it (``.<name>.partial-XXXX``), renamed into place at
-        the end (an earlier set moved aside, then deleted), so ``dest`` is never
-        half-written.
+        :data:`MANIFEST_FILE` written by this module).
     seed : int
         The set's seed: the same seed and settings give the same songs.
     songs_per_part : int
@@ -1150,50 +1282,37 @@ def build_ood_set(
         A setting out of range.
     """
     mido_module()  # before anything is drawn or rendered
-    settings = _settings(seed, songs_per_part, parts, soundfonts, song_seconds)
-    dest = Path(dest).expanduser().absolute()
-    check_replaceable(dest, holds_ood_set, OOD_SET_DIRECTORY)
-    missing = missing_tools(settings.soundfonts)
-    if missing is not None:
-        raise SynthesisUnavailable(f"cannot build the out-of-domain set in {dest}: {missing}")
-    program = fluidsynth_program()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
-    try:
-        songs = _draw_songs(settings)
-        count = sum(len(s) for s in songs.values())
+    settings = set_settings(seed, songs_per_part, parts, soundfonts, song_seconds)
+
+    def fill(tmp: Path, program: str) -> dict[str, Any]:
+        songs = draw_set_songs(settings)
         log.info(
             "synthesizing %d songs (%s) into %s, %d at a time",
-            count,
+            sum(len(s) for s in songs.values()),
             ", ".join(settings.parts),
             dest,
             workers,
         )
-        jobs = [_write_song(tmp, part, song) for part in songs for song in songs[part]]
-        _run_all([lambda job=job: render(program, *job) for job in jobs], workers)
-        manifest = {
-            "generator": __name__,
-            **settings.recorded(),
-            "fluidsynth": fluidsynth_version(program),
-            "sample_rate": SAMPLE_RATE,
+        jobs = [write_song(tmp, part, song) for part in songs for song in songs[part]]
+        run_all([lambda job=job: render(program, *job) for job in jobs], workers)
+        log_minutes(dest, [song for part in songs.values() for song in part])
+        return {
             "parts": {
-                part: [_song_entry(tmp, part, song) for song in part_songs]
+                part: [song_entry(tmp, song, _ood_files(part, song)) for song in part_songs]
                 for part, part_songs in songs.items()
-            },
+            }
         }
-        text = json.dumps(manifest, indent=2) + "\n"
-        write_atomic(tmp / MANIFEST_FILE, lambda path: path.write_text(text, encoding="utf-8"))
-        os.chmod(tmp, default_dir_mode())
-        install_directory(tmp, dest, holds_ood_set, OOD_SET_DIRECTORY)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    minutes = sum(s.duration for part in songs.values() for s in part) / 60
-    log.info("%s: %d songs, %.1f minutes of audio", dest, count, minutes)
-    return dest
+
+    return build_set(dest, OOD_SET, settings, fill)
 
 
-def _write_song(root: Path, part: str, song: Song) -> tuple[Song, Path, Path]:
+def log_minutes(dest: str | os.PathLike[str], songs: Sequence[Song]) -> None:
+    """Log how many songs and minutes of audio a set in ``dest`` holds."""
+    minutes = sum(song.duration for song in songs) / 60
+    log.info("%s: %d songs, %.1f minutes of audio", dest, len(songs), minutes)
+
+
+def write_song(root: Path, part: str, song: Song) -> tuple[Song, Path, Path]:
     """Write a song's ``.mid`` and ``.lab`` under ``root/part``; return what
     :func:`render` needs: the song, its MIDI file and its audio file to be."""
     folder = root / part
@@ -1205,7 +1324,7 @@ def _write_song(root: Path, part: str, song: Song) -> tuple[Song, Path, Path]:
     return song, midi, folder / f"{song.name}.flac"
 
 
-def _run_all(tasks: Sequence[Callable[[], None]], workers: int) -> None:
+def run_all(tasks: Sequence[Callable[[], None]], workers: int) -> None:
     """Run ``tasks`` ``workers`` at a time; the first failure cancels the rest and is raised."""
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
@@ -1220,11 +1339,17 @@ def _run_all(tasks: Sequence[Callable[[], None]], workers: int) -> None:
             raise
 
 
-def _song_entry(root: Path, part: str, song: Song) -> dict[str, Any]:
-    files = {
+def _ood_files(part: str, song: Song) -> dict[str, str]:
+    """The files of an out-of-domain song by kind, relative to the set."""
+    return {
         kind: f"{part}/{song.name}.{suffix}"
         for kind, suffix in (("audio", "flac"), ("lab", "lab"), ("midi", "mid"))
     }
+
+
+def song_entry(root: Path, song: Song, files: Mapping[str, str]) -> dict[str, Any]:
+    """A song's manifest entry: its metadata (:func:`song_metadata`) and its ``files``
+    (kind: path relative to ``root``) with their sha256."""
     return {
         **song_metadata(song),
         "files": {
@@ -1244,71 +1369,88 @@ def ensure_ood_set(
     workers: int = RENDER_WORKERS,
     force: bool = False,
 ) -> Path:
-    """Keep the set in ``dest`` if its manifest matches these settings (generator
-    version, seed, songs per part, parts, soundfont names, song lengths) and every file
-    it lists is there with its sha256; otherwise build it (:func:`build_ood_set`),
-    logging why, where ``dest`` is missing or empty. A set built here before that does
-    not match is rebuilt only with ``force`` (else :class:`OODSetError` saying why it
-    does not match); a directory that holds anything else is never replaced
-    (:class:`~chordrec.io.atomic_write.ForeignDirectoryError`, ``force`` or not).
-    Keeping a set needs neither ``fluidsynth`` nor the soundfonts (only their names are
-    compared). Holds an exclusive lock on ``.<dest name>.lock`` beside ``dest`` so that
-    processes starting together build once. Returns ``dest`` (absolute); raises as
-    :func:`build_ood_set`."""
-    settings = _settings(seed, songs_per_part, parts, soundfonts, song_seconds)
-    dest = Path(dest).expanduser().absolute()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # mode less the umask: whoever may build dest may take its lock
-    with exclusive_lock(dest.parent / f".{dest.name}.lock", mode=0o666):
-        reason = _stale_reason(dest, settings)
-        if reason is None:
-            log.info("%s: out-of-domain set present and matches its manifest", dest)
-            return dest
-        check_replaceable(dest, holds_ood_set, OOD_SET_DIRECTORY)
-        if not force and dest.exists() and not is_empty_directory(dest):
-            raise OODSetError(
-                f"{dest}: holds an out-of-domain set that does not match ({reason}); "
-                "--force rebuilds it"
-            )
-        missing = missing_tools(settings.soundfonts)
-        if missing is not None:
-            raise SynthesisUnavailable(f"cannot build the out-of-domain set in {dest}: {missing}")
-        log.info("%s: building the out-of-domain set (%s)", dest, reason)
-        return build_ood_set(
-            dest,
+    """Keep the out-of-domain set in ``dest`` if its manifest matches these settings
+    (generator version, seed, songs per part, parts, soundfont names, song lengths) and
+    every file it lists is there with its sha256; otherwise build it
+    (:func:`build_ood_set`) as :func:`ensure_set` says. Returns ``dest`` (absolute);
+    raises as :func:`ensure_set` and :func:`build_ood_set`."""
+    settings = set_settings(seed, songs_per_part, parts, soundfonts, song_seconds)
+    return ensure_set(
+        dest,
+        OOD_SET,
+        settings,
+        {},
+        lambda path: build_ood_set(
+            path,
             settings.seed,
             settings.songs_per_part,
             settings.parts,
             settings.soundfonts,
             song_seconds=settings.song_seconds,
             workers=workers,
-        )
+        ),
+        force=force,
+    )
 
 
-def holds_ood_set(root: Path) -> bool:
-    """Whether ``root`` holds a set built here, whole, damaged or stale: its
-    :data:`MANIFEST_FILE` is a JSON object naming this module as its generator."""
-    try:
-        manifest = json.loads((root / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and manifest.get("generator") == __name__
+def ensure_set(
+    dest: str | os.PathLike[str],
+    kind: SetKind,
+    settings: SetSettings,
+    extra: Mapping[str, Any],
+    build: Callable[[Path], Path],
+    *,
+    force: bool = False,
+) -> Path:
+    """Keep the set of ``kind`` in ``dest`` if its manifest records ``settings`` (and the
+    ``extra`` entries) and every file it lists is there with its sha256; otherwise
+    ``build(dest)`` it, logging why, where ``dest`` is missing or empty.
+
+    A set of ``kind`` that does not match is rebuilt only with ``force`` (else
+    ``kind.error`` saying why it does not match); a directory that holds anything else
+    is never replaced (:class:`~chordrec.io.atomic_write.ForeignDirectoryError`,
+    ``force`` or not). Keeping a set needs neither ``fluidsynth`` nor the soundfonts
+    (only their names are compared). Holds an exclusive lock on ``.<dest name>.lock``
+    beside ``dest`` so that processes starting together build once. Returns ``dest``
+    (absolute); raises :class:`SynthesisUnavailable` when the set is to be built and
+    this machine cannot."""
+    dest = Path(dest).expanduser().absolute()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    recorded = {**settings.recorded(), **extra, "parts": list(settings.parts)}
+    # mode less the umask: whoever may build dest may take its lock
+    with exclusive_lock(dest.parent / f".{dest.name}.lock", mode=0o666):
+        reason = stale_reason(dest, kind, recorded)
+        if reason is None:
+            log.info("%s: %s present and matches its manifest", dest, kind.noun)
+            return dest
+        check_replaceable(dest, kind.holds, kind.directory)
+        if not force and dest.exists() and not is_empty_directory(dest):
+            raise kind.error(
+                f"{dest}: holds {kind.article} {kind.noun} that does not match ({reason}); "
+                "--force rebuilds it"
+            )
+        missing = missing_tools(settings.soundfonts)
+        if missing is not None:
+            raise SynthesisUnavailable(f"cannot build the {kind.noun} in {dest}: {missing}")
+        log.info("%s: building the %s (%s)", dest, kind.noun, reason)
+        return build(dest)
 
 
-def _stale_reason(dest: Path, settings: _Settings) -> str | None:
-    """Why the set in ``dest`` is not the one ``settings`` build (``None``: it is)."""
+def stale_reason(dest: Path, kind: SetKind, recorded: Mapping[str, Any]) -> str | None:
+    """Why the set in ``dest`` is not the set of ``kind`` whose manifest records
+    ``recorded`` (``parts``: the list of part names; the rest: manifest entries), every
+    file it lists there with its sha256 (``None``: it is)."""
     if not (dest / MANIFEST_FILE).is_file():
         return f"no {MANIFEST_FILE}" if dest.exists() else "not built yet"
     try:
-        manifest = read_manifest(dest)
-    except OODSetError as exc:
+        manifest = read_manifest(dest, kind)
+    except UserError as exc:
         return str(exc)
-    recorded = {**settings.recorded(), "parts": list(settings.parts)}
     for key, wanted in recorded.items():
         found = list(manifest["parts"]) if key == "parts" else manifest.get(key)
         if found != wanted:
             return f"its {key} is {found!r}, not {wanted!r}"
-    for part in settings.parts:
+    for part in recorded["parts"]:
         for song in manifest["parts"][part]:
             for entry in song["files"].values():
                 path = dest / entry["path"]
@@ -1319,35 +1461,27 @@ def _stale_reason(dest: Path, settings: _Settings) -> str | None:
     return None
 
 
-def _set_hint(root: Path) -> str:
-    hint = f"build it with `make data` (or `chordrec data synth --dest {root}`)"
-    try:
-        missing = missing_tools()
-    except SynthesisError as exc:
-        missing = str(exc)
-    return hint if missing is None else f"{hint}, which needs what this machine lacks: {missing}"
-
-
-def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
-    """The set's manifest, checked for the fields :func:`ood_songs` and
-    :func:`ensure_ood_set` read (``parts``: per part a list of songs, each with ``name``
-    and ``files`` of ``{"path", "sha256"}``, paths relative and inside the set).
-    OODSetError naming the file when it is missing or corrupt."""
+def read_manifest(root: str | os.PathLike[str], kind: SetKind = OOD_SET) -> dict[str, Any]:
+    """The manifest of the set of ``kind`` in ``root``, checked for the fields
+    :func:`ood_songs` and :func:`ensure_set` read (``parts``: per part a list of songs,
+    each with ``name`` and ``files`` holding every kind of ``kind.files`` as ``{"path",
+    "sha256"}``, paths relative and inside the set). ``kind.error`` naming the file when
+    it is missing or corrupt."""
     root = Path(root)
     path = root / MANIFEST_FILE
     if not path.is_file():
-        where = "no out-of-domain set" if not root.exists() else f"no {MANIFEST_FILE}"
-        raise OODSetError(f"{path}: {where} there; {_set_hint(root)}")
+        where = f"no {kind.noun}" if not root.exists() else f"no {MANIFEST_FILE}"
+        raise kind.error(f"{path}: {where} there; {kind.hint(root)}")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-        _check_manifest(manifest)
+        _check_manifest(manifest, kind.files)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise OODSetError(f"{path}: corrupt manifest ({exc}); {_set_hint(root)}") from None
+        raise kind.error(f"{path}: corrupt manifest ({exc}); {kind.hint(root)}") from None
     return manifest
 
 
-def _check_manifest(manifest: Any) -> None:
-    """Raise ValueError when ``manifest`` lacks what is read from it."""
+def _check_manifest(manifest: Any, kinds: Sequence[str]) -> None:
+    """Raise ValueError (or KeyError) when ``manifest`` lacks what is read from it."""
     if not isinstance(manifest, dict) or not isinstance(manifest.get("parts"), dict):
         raise ValueError("no 'parts' mapping")
     for part, songs in manifest["parts"].items():
@@ -1356,7 +1490,7 @@ def _check_manifest(manifest: Any) -> None:
         for song in songs:
             if not isinstance(song.get("name"), str):
                 raise ValueError(f"a song of part {part!r} has no name")
-            for kind in ("audio", "lab", "midi"):
+            for kind in kinds:
                 entry = song["files"][kind]
                 rel = entry["path"]
                 if not isinstance(rel, str) or not isinstance(entry["sha256"], str):
@@ -1380,13 +1514,15 @@ def ood_songs(root: str | os.PathLike[str], part: str) -> list[tuple[Path, Path]
     if part not in manifest["parts"]:
         raise OODSetError(
             f"{root / MANIFEST_FILE}: no part {part!r} (the set has "
-            f"{', '.join(manifest['parts']) or 'none'}); {_set_hint(root)}"
+            f"{', '.join(manifest['parts']) or 'none'}); {OOD_SET.hint(root)}"
         )
     pairs = []
     for song in manifest["parts"][part]:
         audio, lab = root / song["files"]["audio"]["path"], root / song["files"]["lab"]["path"]
         for path in (audio, lab):
             if not path.is_file():
-                raise OODSetError(f"{path}: missing from the out-of-domain set; {_set_hint(root)}")
+                raise OODSetError(
+                    f"{path}: missing from the out-of-domain set; {OOD_SET.hint(root)}"
+                )
         pairs.append((audio, lab))
     return pairs
