@@ -9,6 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 SHARED_DATA := ../shared/datasets/rwc-pop
 DATA_DIR := data/rwc-pop
 OOD_DIR := data/ood-synth
+SYNTH_TRAIN_DIR := data/synth-train
 # Data source: $CHORDREC_DATA_SOURCE, else the shared copy beside the checkout, else GitHub.
 DATA_SOURCE ?= $(or $(CHORDREC_DATA_SOURCE),$(if $(wildcard $(SHARED_DATA)/SHA256SUMS),$(SHARED_DATA),github))
 ARGS ?=
@@ -52,15 +53,16 @@ lock:  ## regenerate requirements.lock from a fresh venv (newest allowed release
 $(DATA_DIR)/SHA256SUMS: | $(VENV)/.installed
 	$(VENV)/bin/chordrec data fetch --source "$(DATA_SOURCE)" --dest $(DATA_DIR)
 
-# The synthesized out-of-domain songs (fluidsynth and three Debian soundfonts; a few minutes).
+# The synthesized songs, one command for both sets (fluidsynth and three Debian soundfonts;
+# a few minutes): the out-of-domain songs and the training songs (data=rwc_pop+synth).
 # Without fluidsynth or the soundfonts it says so in one line and goes on: runs then skip
 # out-of-domain scoring (ood.part=auto). SOUNDFONTS="a.sf2 b.sf2" names other soundfonts
 # (default: $CHORDREC_SOUNDFONTS, else Debian's).
 SOUNDFONTS ?=
-$(OOD_DIR)/manifest.json: | $(VENV)/.installed
-	$(VENV)/bin/chordrec data synth --dest $(OOD_DIR) --optional $(foreach f,$(SOUNDFONTS),--soundfont $(f))
+$(OOD_DIR)/manifest.json $(SYNTH_TRAIN_DIR)/manifest.json &: | $(VENV)/.installed
+	$(VENV)/bin/chordrec data synth --dest $(OOD_DIR) --train-dest $(SYNTH_TRAIN_DIR) --optional $(foreach f,$(SOUNDFONTS),--soundfont $(f))
 
-data: $(DATA_DIR)/SHA256SUMS $(OOD_DIR)/manifest.json  ## RWC-Pop into data/rwc-pop (verified), synthesized out-of-domain songs into data/ood-synth (needs fluidsynth; skipped without)
+data: $(DATA_DIR)/SHA256SUMS $(OOD_DIR)/manifest.json $(SYNTH_TRAIN_DIR)/manifest.json  ## RWC-Pop into data/rwc-pop (verified), synthesized out-of-domain songs into data/ood-synth and training songs into data/synth-train (need fluidsynth; skipped without)
 
 train: install data  ## train the default experiment (ARGS="key=value ..." to override), log to mlruns/
 	$(PY) -m chordrec.train $(ARGS)

@@ -244,7 +244,6 @@ def fit(
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if best["epoch"] and (checkpoint_dir / "best.pt").exists():
         best_state = load_checkpoint(checkpoint_dir / "best.pt", device)["model"]
-    n_per_epoch = max(1, len(train) // max(1, settings.window_stride))
     stop_reason, converged, epochs_run = "max_epochs", False, start_epoch - 1
     plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     if plateau and _lr(optimizer) < settings.min_lr:  # resumed after the stop rule had fired
@@ -253,7 +252,7 @@ def fit(
         if converged:
             break
         started = time.perf_counter()
-        order = torch.randperm(len(train))[:n_per_epoch].tolist()
+        order = train.epoch_order(settings.window_stride)
         train_loss, train_acc = train_epoch(
             model, train, order, optimizer, scaler, settings, device, desc=f"epoch {epoch}"
         )

@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from chordrec import ood, tracking
+from chordrec import ood, synth_train, tracking
 from chordrec.allocator import freed_memory_kept
 from chordrec.data.chords import class_names
 from chordrec.data.fetch import (
@@ -45,7 +45,7 @@ from chordrec.data.sequences import (
     song_chunks,
     song_steps,
 )
-from chordrec.data.songs import load_songs, song_names, split_songs
+from chordrec.data.songs import Song, load_songs, song_names, split_songs
 from chordrec.decoding import DECODE_METHODS, decode, tune_self_transition
 from chordrec.errors import ConfigError, UserError
 from chordrec.fit import (
@@ -78,8 +78,17 @@ from chordrec.tuning import TrialReporter
 log = logging.getLogger(__name__)
 
 PARTS = ("train", "validation", "test")
-DATASET_CONTEXTS = {"train": "training", "validation": "validation", "test": "test"}
+SYNTH_PART = "synth"
+"""The part of a run's synthetic training songs (``data.synth_fraction`` > 0)."""
+DATASET_CONTEXTS = {
+    "train": "training",
+    SYNTH_PART: "training",
+    "validation": "validation",
+    "test": "test",
+}
 """Each part's context as an MLflow dataset input."""
+SYNTH_DATASET_NAME = "chordrec-synth/train"
+"""The name of the synthetic training songs as an MLflow dataset."""
 DATASET_PROFILE = ("songs", "frames", "beats")
 """What a part's MLflow dataset profile holds: only what the songs fix. MLflow keeps one
 dataset per experiment for a name and digest, the first run's, so counts that depend on
@@ -95,10 +104,12 @@ is missing, what to install, ``make data``)."""
 
 @dataclass
 class RunContext:
-    """Everything a run trains and evaluates on: the split's songs, the training
-    examples, the model and the out-of-domain songs it is scored on at the end
-    (``(audio, lab)`` files of part ``ood_part``, :func:`out_of_domain`; none when that
-    is ``None``, ``ood_skipped`` then saying why when ``ood.part=auto`` found no set)."""
+    """Everything a run trains and evaluates on: the split's songs (and, with
+    ``data.synth_fraction`` > 0, the synthetic training songs as part ``synth``, read
+    from ``synth_set``), the training examples, the model and the out-of-domain songs it
+    is scored on at the end (``(audio, lab)`` files of part ``ood_part``,
+    :func:`out_of_domain`; none when that is ``None``, ``ood_skipped`` then saying why
+    when ``ood.part=auto`` found no set)."""
 
     config: Any
     parts: dict[str, list[SongSteps]]
@@ -107,6 +118,7 @@ class RunContext:
     ood_songs: list[tuple[Path, Path]]
     ood_part: str | None = None
     ood_skipped: str | None = None
+    synth_set: synth_train.TrainSet | None = None
 
     @property
     def validation(self) -> list[SongSteps]:
@@ -141,6 +153,8 @@ def describe_run(cfg: Any) -> str:
         augment,
         "Viterbi" if cfg.decode == "viterbi" else str(cfg.decode),
     ]
+    if synth_fraction(cfg):
+        parts.append(f"{synth_fraction(cfg):.0%} synthetic training examples")
     line = ", ".join(parts)
     trains = cfg.model.get("_target_") != "chordrec.models.ChromaTemplates"
     if trains and cfg.trainer.max_epochs:
@@ -172,6 +186,33 @@ def check_settings(cfg: Any) -> None:
         raise ConfigError(f"trainer.max_epochs must be >= 0, got {cfg.trainer.max_epochs!r}")
     if not isinstance(cfg.data.batch_size, int) or cfg.data.batch_size < 1:
         raise ConfigError(f"data.batch_size must be >= 1, got {cfg.data.batch_size!r}")
+    fraction = synth_fraction(cfg)
+    if not 0.0 <= fraction <= 1.0:
+        raise ConfigError(f"data.synth_fraction must lie in [0, 1], got {fraction}")
+
+
+def synth_fraction(cfg: Any) -> float:
+    """The fraction of each epoch's training examples drawn from the synthetic training
+    songs (``data.synth_fraction``; 0 in configs older than the setting)."""
+    value = cfg.data.get("synth_fraction") or 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"data.synth_fraction must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def synthetic_songs(cfg: Any) -> tuple[synth_train.TrainSet, list[Song]]:
+    """The synthetic training set of ``data.synth_root`` and its songs (the first
+    ``split.max_songs`` only, when set). Raises ConfigError in one line naming the
+    setting, the directory and the command that builds it when the set is missing."""
+    try:
+        train_set = synth_train.read_train_set(cfg.data.synth_root)
+    except synth_train.SynthTrainError as exc:
+        raise ConfigError(
+            f"data.synth_fraction={synth_fraction(cfg):g} trains on synthetic songs, but "
+            f"data.synth_root: {exc}"
+        ) from None
+    names = train_set.names[: cfg.split.max_songs or None]
+    return train_set, load_songs(train_set.root, names)
 
 
 def build_context(cfg: Any) -> RunContext:
@@ -179,6 +220,10 @@ def build_context(cfg: Any) -> RunContext:
     With ``data.fetch_source`` set, first make sure ``data.root`` holds the verified data
     set, fetching it from that source if it is missing (a machine of a cluster)."""
     check_settings(cfg)
+    fraction = synth_fraction(cfg)
+    synth_set = None
+    if fraction:  # first: a missing set fails before the songs load
+        synth_set, synthetic = synthetic_songs(cfg)
     root = Path(cfg.data.root)
     if cfg.data.get("fetch_source"):
         ensure_dataset(str(cfg.data.fetch_source), root)
@@ -186,10 +231,14 @@ def build_context(cfg: Any) -> RunContext:
     split = split_songs(
         names, cfg.split.train, cfg.split.test, cfg.split.validation, cfg.split.max_songs
     )
+    if fraction == 1.0:  # data=synth: RWC-Pop's training songs are not in the mix
+        split["train"] = []
     parts = {
         part: [song_steps(s, cfg.data.level) for s in load_songs(root, split[part])]
         for part in PARTS
     }
+    if synth_set is not None:
+        parts[SYNTH_PART] = [song_steps(s, cfg.data.level) for s in synthetic]
     model = build_model(cfg.model)
     min_len = getattr(model, "min_input_length", 1)
     if cfg.seq_len < min_len:
@@ -205,15 +254,20 @@ def build_context(cfg: Any) -> RunContext:
             f"model expects {model.in_features} input features but chroma has 12 "
             "(crnn_tagging is the report's Table 1 reference, not a chroma model)"
         )
+    songs, pool = parts["train"], parts.get(SYNTH_PART, [])
+    if fraction == 1.0:
+        songs, pool = pool, []
     examples = BatchedExamples(
-        parts["train"],
+        songs,
         cfg.seq_len,
         cfg.seq_mode,
         cfg.data.augment,
         cfg.data.random_offset,
         chroma_augment(cfg),
+        pool=pool,
+        pool_fraction=fraction if pool else 0.0,
     )
-    return RunContext(cfg, parts, examples, model, *out_of_domain(cfg))
+    return RunContext(cfg, parts, examples, model, *out_of_domain(cfg), synth_set=synth_set)
 
 
 def chroma_augment(cfg: Any) -> ChromaAugment | None:
@@ -253,7 +307,8 @@ def out_of_domain(cfg: Any) -> tuple[list[tuple[Path, Path]], str | None, str | 
 
 def dataset_summary(context: RunContext) -> dict[tuple[str, str], int]:
     """Sizes of each part, keyed ``(part, what)``: songs, frames, beats, steps at the
-    run's level, the run's examples (windows or chunks) and the report's 32-step chunks."""
+    run's level, the run's examples (windows or chunks) and the report's 32-step chunks;
+    for the synthetic songs also the examples each epoch draws from them (``per_epoch``)."""
     cfg = context.config
     sizes: dict[tuple[str, str], int] = {}
     for part, songs in context.parts.items():
@@ -268,35 +323,51 @@ def dataset_summary(context: RunContext) -> dict[tuple[str, str], int]:
             else sum(len(song_chunks(s.features, s.labels, cfg.seq_len)[1]) for s in songs)
         )
         sizes[part, "chunks32"] = count_chunks(steps, 32)
+    if SYNTH_PART in context.parts:  # how many of its examples an epoch trains on
+        examples = context.train_examples
+        sizes[SYNTH_PART, "per_epoch"] = examples.pool_per_epoch or len(examples)
     return sizes
 
 
 def record_dataset(tracker: tracking.RunTracker, context: RunContext) -> None:
-    """Log the data set: its identity (tags ``dataset_sha256``, ``dataset_root``), one
-    MLflow dataset input per part (contexts ``training``, ``validation``, ``test``, with
-    :data:`DATASET_PROFILE` as its profile) and every size as params
-    ``sizes.<part>.<what>``."""
+    """Log the data: its identity (tags ``dataset_sha256``, ``dataset_root``; with
+    synthetic songs also ``synth_sha256``, ``synth_root``), one MLflow dataset input per
+    part that holds songs (contexts ``training``, ``validation``, ``test``, with
+    :data:`DATASET_PROFILE` as its profile): RWC-Pop's parts and, in the mix, the
+    synthetic training songs (:data:`SYNTH_DATASET_NAME`, also ``training``), and every
+    size as params ``sizes.<part>.<what>``."""
     root = Path(context.config.data.root)
     try:
         digest = dataset_digest(root)
     except (DataFetchError, OSError) as exc:
         digest = f"unverified ({exc})"[:250]
     tracker.set_tags({"dataset_sha256": digest, "dataset_root": str(root.resolve())})
+    rwc_pop = {"version": DATASET_VERSION, "digest": digest, "source": GCT634_BASE_URL}
+    # mirrors hold the same files, same checksums: the source is upstream's
+    identities = {part: {"name": f"{DATASET_NAME}/{part}", **rwc_pop} for part in PARTS}
+    # one MLflow dataset per part: MLflow keeps one input per dataset (name, digest) in a
+    # run, so the parts need names
+    synth = context.synth_set
+    if synth is not None:
+        tracker.set_tags({"synth_sha256": synth.digest, "synth_root": str(synth.root.resolve())})
+        identities[SYNTH_PART] = {
+            "name": SYNTH_DATASET_NAME,
+            "version": synth.version,
+            "digest": synth.digest,
+            "source": synth.root.resolve().as_uri(),
+        }
     sizes = dataset_summary(context)
     tracker.log_params({f"sizes.{part}.{what}": n for (part, what), n in sizes.items()})
-    for part, dataset_context in DATASET_CONTEXTS.items():
-        profile = {what: sizes[part, what] for what in DATASET_PROFILE}
+    for part, identity in identities.items():
+        if not sizes[part, "songs"]:  # RWC-Pop's training songs under data=synth
+            continue
         tracker.log_dataset(
             tracking.DatasetRecord(
-                name=f"{DATASET_NAME}/{part}",  # one MLflow dataset per part: MLflow keeps
-                # one input per dataset (name, digest) in a run, so the parts need names
-                version=DATASET_VERSION,
-                digest=digest,
-                source=GCT634_BASE_URL,  # mirrors hold the same files, same checksums
-                profile=profile,
+                **identity,
+                profile={what: sizes[part, what] for what in DATASET_PROFILE},
                 columns=EXAMPLE_COLUMNS,
             ),
-            dataset_context,
+            DATASET_CONTEXTS[part],
         )
 
 
@@ -305,6 +376,7 @@ MACHINE_SETTINGS = (
     "trainer.num_threads",
     "trainer.progress",
     "data.root",
+    "data.synth_root",
     "data.num_workers",
     "ood",
     "paths",

@@ -383,9 +383,12 @@ def test_cli_data_synth_writes_the_set(
     monkeypatch.setenv("CHORDREC_SOUNDFONTS", "/nowhere/else.sf2")  # --soundfont wins
     dest = tmp_path / "ood"
     fonts = [arg for font in FAST_FONTS for arg in ("--soundfont", str(font))]
+    train = tmp_path / "train"
     argv = ["data", "synth", "--dest", str(dest), "--songs-per-part", "1", *fonts]
-    assert cli.main(argv) == 0
-    assert str(dest) in capsys.readouterr().out
+    assert cli.main([*argv, "--train-dest", str(train), "--train-songs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"out-of-domain set ready in {dest}" in out
+    assert f"synthetic training set ready in {train} (songs: 1)" in out
     manifest = json.loads((dest / MANIFEST_FILE).read_text())
     assert manifest["soundfonts"] == [font.name for font in FAST_FONTS]
     assert list(manifest["parts"]) == ["validation", "test"]
@@ -394,7 +397,14 @@ def test_cli_data_synth_writes_the_set(
         ((audio, lab),) = ood_songs(dest, part)
         assert audio.is_file() and lab.is_file() and audio.with_suffix(".mid").is_file()
         assert 30.0 <= read_lab(lab)[0][-1, 1] <= 60.0
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".ood.lock", "ood"]
+    (song,) = json.loads((train / MANIFEST_FILE).read_text())["parts"]["train"]
+    assert 30.0 <= song["duration"] <= 90.0 and (train / "chroma" / "train-000.npy").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".ood.lock",
+        ".train.lock",
+        "ood",
+        "train",
+    ]
 
 
 # --------------------------------------------------------------------------- errors
@@ -525,7 +535,7 @@ def test_data_synth_without_fluidsynth_fails_or_with_optional_skips_in_one_line(
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1
     assert err.startswith(f"chordrec: skipped: cannot build the out-of-domain set in {dest}: ")
-    assert "then make data (until then, runs skip out-of-domain scoring)" in err
+    assert "then make data (until then, runs skip out-of-domain scoring; data=rwc_pop+synth" in err
     # a soundfont named on purpose that is not there is an error, --optional or not
     assert cli.main([*argv, "--optional", "--soundfont", str(tmp_path / "mine.sf2")]) == 1
     assert (

@@ -1,5 +1,5 @@
 """``chordrec data``: fetch and verify the RWC-Pop data set; synthesize the
-out-of-domain songs."""
+out-of-domain songs and the synthetic training songs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from chordrec.constants import DATA_DIR, OOD_DIR
+from chordrec.constants import DATA_DIR, OOD_DIR, SYNTH_TRAIN_DIR
 
 
 def _data_fetch(args: argparse.Namespace) -> int:
@@ -29,6 +29,7 @@ def _data_verify(args: argparse.Namespace) -> int:
 
 def _data_synth(args: argparse.Namespace) -> int:
     from chordrec.data.synthetic import SynthesisUnavailable, ensure_ood_set
+    from chordrec.synth_train import ensure_train_set
 
     try:
         dest = ensure_ood_set(
@@ -38,15 +39,27 @@ def _data_synth(args: argparse.Namespace) -> int:
             soundfonts=args.soundfont,
             force=args.force,
         )
+        train = None
+        if args.train_songs:
+            train = ensure_train_set(
+                args.train_dest,
+                seed=args.seed,
+                songs=args.train_songs,
+                soundfonts=args.soundfont,
+                force=args.force,
+            )
     except SynthesisUnavailable as exc:
         if not args.optional:
             raise
         print(
-            f"chordrec: skipped: {exc} (until then, runs skip out-of-domain scoring)",
+            f"chordrec: skipped: {exc} (until then, runs skip out-of-domain scoring; "
+            "data=rwc_pop+synth and data=synth need the training songs)",
             file=sys.stderr,
         )
         return 0
     print(f"out-of-domain set ready in {dest} (songs per part: {args.songs_per_part})")
+    if train is not None:
+        print(f"synthetic training set ready in {train} (songs: {args.train_songs})")
     return 0
 
 
@@ -91,15 +104,22 @@ def add_data_parser(commands: argparse._SubParsersAction) -> None:
     verify.set_defaults(func=_data_verify)
     synth = actions.add_parser(
         "synth",
-        help="synthesize the out-of-domain evaluation songs with exact chord labels (fluidsynth)",
+        help=(
+            "synthesize the out-of-domain evaluation songs and the synthetic training songs "
+            "with exact chord labels (fluidsynth)"
+        ),
         description=(
             "Draw songs from the seed, write their MIDI and .lab files and render them with "
-            "fluidsynth into DEST/validation and DEST/test, with DEST/manifest.json. A set "
-            "already there whose manifest matches the settings and every file's sha256 is "
-            "kept; one that does not match is rebuilt with --force (in a temporary "
-            "directory, moved into place at the end). DEST may be missing, empty or such a "
-            "set; any other folder is left alone. Needs the fluidsynth program and, unless "
-            "--soundfont or $CHORDREC_SOUNDFONTS names others, the Debian packages "
+            "fluidsynth into DEST/validation and DEST/test, with DEST/manifest.json; then "
+            "the training songs into TRAIN_DEST: drawn apart from those, their chord "
+            "instruments from programs the out-of-domain songs never use, stored as "
+            "RWC-Pop's chroma/, chord/ and beat/ (computed from the rendered audio as "
+            "chordrec transcribe computes them; the audio is not kept). A set already "
+            "there whose manifest matches the settings and every file's sha256 is kept; "
+            "one that does not match is rebuilt with --force (in a temporary directory, "
+            "moved into place at the end). DEST and TRAIN_DEST may be missing, empty or "
+            "such a set; any other folder is left alone. Needs the fluidsynth program and, "
+            "unless --soundfont or $CHORDREC_SOUNDFONTS names others, the Debian packages "
             "fluid-soundfont-gm, timgm6mb-soundfont and musescore-general-soundfont-small."
         ),
     )
@@ -114,9 +134,24 @@ def add_data_parser(commands: argparse._SubParsersAction) -> None:
         help="songs in each part, validation and test (default: %(default)s)",
     )
     synth.add_argument(
+        "--train-dest",
+        type=Path,
+        default=SYNTH_TRAIN_DIR,
+        help="the training songs' directory (default: %(default)s)",
+    )
+    synth.add_argument(
+        "--train-songs",
+        type=int,
+        default=240,
+        help="synthetic training songs, 30-90 s each; 0 builds none (default: %(default)s)",
+    )
+    synth.add_argument(
         "--force",
         action="store_true",
-        help="rebuild a set in DEST that does not match these settings (never another folder)",
+        help=(
+            "rebuild a set in DEST or TRAIN_DEST that does not match these settings "
+            "(never another folder)"
+        ),
     )
     synth.add_argument(
         "--soundfont",

@@ -157,6 +157,11 @@ class BatchedExamples(torch.utils.data.Dataset):
 
     ``chroma_augment`` (:class:`ChromaAugment`) changes each batch's chroma after the
     transposition.
+
+    ``pool`` (songs of another source, e.g. synthetic ones) with ``pool_fraction`` in
+    (0, 1): their examples are indexed after those of ``songs``, and each epoch
+    (:meth:`epoch_order`) trains on every example of ``songs`` and on as many examples
+    drawn afresh from the pool as make ``pool_fraction`` of the epoch's examples.
     """
 
     def __init__(
@@ -167,9 +172,13 @@ class BatchedExamples(torch.utils.data.Dataset):
         augment: str = "none",
         random_offset: bool = False,
         chroma_augment: ChromaAugment | None = None,
+        pool: Sequence[SongSteps] = (),
+        pool_fraction: float = 0.0,
     ):
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        if pool and not 0.0 < pool_fraction < 1.0:
+            raise ValueError(f"pool_fraction must lie in (0, 1) with a pool, got {pool_fraction}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if augment not in ("none", "transpose"):
@@ -179,6 +188,9 @@ class BatchedExamples(torch.utils.data.Dataset):
         self.seq_len, self.mode, self.augment = seq_len, mode, augment
         self.random_offset = random_offset
         self.chroma_augment = chroma_augment if chroma_augment and chroma_augment.active else None
+        self.base = self._count(songs)
+        self.pool_fraction = pool_fraction if pool else 0.0
+        songs = [*songs, *pool]
         if mode == "window":
             # One padded stream: each song preceded by seq_len - 1 zero rows.
             parts, targets, labels, offset = [], [], [], 0
@@ -210,8 +222,34 @@ class BatchedExamples(torch.utils.data.Dataset):
             self.max_offsets = np.concatenate(max_offsets)
             self._window = np.arange(seq_len)
 
+    def _count(self, songs: Sequence[SongSteps]) -> int:
+        """The number of examples of ``songs``: one per step (window mode) or chunk."""
+        if self.mode == "window":
+            return sum(s.n_steps for s in songs)
+        return sum(-(-s.n_steps // self.seq_len) for s in songs)
+
     def __len__(self) -> int:
         return len(self.targets)
+
+    @property
+    def pool_per_epoch(self) -> int:
+        """The examples an epoch draws from the pool: ``pool_fraction`` of the epoch's."""
+        if not self.pool_fraction:
+            return 0
+        return round(self.base * self.pool_fraction / (1.0 - self.pool_fraction))
+
+    def epoch_order(self, stride: int = 1) -> list[int]:
+        """One epoch's examples in a random order (torch's RNG), a random ``1/stride`` of
+        them: every example of ``songs`` and :attr:`pool_per_epoch` of the pool's, drawn
+        without repeats until the pool is used up (then from a fresh pass over it)."""
+        chosen = torch.arange(self.base)
+        if self.pool_fraction:
+            pool = len(self) - self.base
+            passes = -(-self.pool_per_epoch // pool)
+            drawn = torch.cat([torch.randperm(pool) for _ in range(passes)])
+            chosen = torch.cat([chosen, self.base + drawn[: self.pool_per_epoch]])
+        count = max(1, len(chosen) // max(1, stride))
+        return chosen[torch.randperm(len(chosen))[:count]].tolist()
 
     def __getitem__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         indices = np.asarray(indices)
