@@ -23,11 +23,13 @@ again. On disk::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
 import os
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ from chordrec.data.synthetic import (
     RENDER_WORKERS,
     TRAIN_CHORD_PROGRAMS,
     SetKind,
+    SetSettings,
     Song,
     SynthesisError,
     build_set,
@@ -51,7 +54,6 @@ from chordrec.data.synthetic import (
     mido_module,
     read_manifest,
     render,
-    run_all,
     set_settings,
     song_entry,
     write_song,
@@ -153,26 +155,39 @@ def build_train_set(
 
     ``songs`` songs are drawn from ``seed`` with lengths in ``song_seconds`` and
     soundfonts drawn from ``soundfonts`` (default: those of the out-of-domain set). They
-    are rendered ``workers`` at a time, a batch at once, and each batch's features are
-    computed in ``workers`` worker processes before its audio is removed. Returns
+    are rendered in batches, ``workers`` at a time, and each batch's features are
+    computed in ``workers`` worker processes while the next batch renders; a song's
+    audio is removed once its features are stored. Returns
     ``dest`` (absolute); raises as :func:`~chordrec.data.synthetic.build_ood_set`, and
     SynthesisError naming a song whose features fail."""
-    mido_module()  # before anything is drawn or rendered
     settings = set_settings(seed, songs, (PART,), soundfonts, song_seconds)
+    return _build_train_set(dest, settings, workers)
+
+
+def _build_train_set(dest: str | os.PathLike[str], settings: SetSettings, workers: int) -> Path:
+    """:func:`build_train_set` with settings already checked."""
+    mido_module()  # before anything is drawn or rendered
 
     def fill(tmp: Path, program: str) -> dict[str, Any]:
         drawn = draw_set_songs(settings, TRAIN_CHORD_PROGRAMS)[PART]
         log.info("synthesizing %d training songs into %s, %d at a time", len(drawn), dest, workers)
+        size = 4 * workers
+        batches = [drawn[start : start + size] for start in range(0, len(drawn), size)]
         entries = []
-        batch = 4 * workers
-        with FeatureWorkers(workers) as pool:
-            for start in range(0, len(drawn), batch):
-                jobs = [write_song(tmp, PART, song) for song in drawn[start : start + batch]]
-                run_all([lambda job=job: render(program, *job) for job in jobs], workers)
-                audio = [job[2] for job in jobs]
-                for (song, _, flac), result in zip(
-                    jobs, files_features(audio, with_beats=True, workers=pool), strict=True
-                ):
+        with FeatureWorkers(workers) as features, ThreadPoolExecutor(workers) as renderers:
+
+            def start(songs: Sequence[Song]) -> list[tuple[Future, Song, Path]]:
+                jobs = [write_song(tmp, PART, song) for song in songs]
+                return [(renderers.submit(render, program, *job), job[0], job[2]) for job in jobs]
+
+            rendering = start(batches[0])
+            for following in [*batches[1:], None]:
+                for future, _, _ in rendering:
+                    future.result()
+                rendered, rendering = rendering, start(following) if following else []
+                audio = [flac for _, _, flac in rendered]
+                results = files_features(audio, with_beats=True, workers=features)
+                for (_, song, flac), result in zip(rendered, results, strict=True):
                     if isinstance(result, Exception):
                         raise SynthesisError(f"song {song.name}: no features ({result})")
                     _store_song(tmp, song, result)
@@ -200,21 +215,8 @@ def ensure_train_set(
     :func:`~chordrec.data.synthetic.ensure_set` says (a set that does not match only
     with ``force``). Returns ``dest`` (absolute)."""
     settings = set_settings(seed, songs, (PART,), soundfonts, song_seconds)
-    return ensure_set(
-        dest,
-        TRAIN_SET,
-        settings,
-        _recorded_extra(),
-        lambda path: build_train_set(
-            path,
-            settings.seed,
-            settings.songs_per_part,
-            settings.soundfonts,
-            song_seconds=settings.song_seconds,
-            workers=workers,
-        ),
-        force=force,
-    )
+    build = functools.partial(_build_train_set, settings=settings, workers=workers)
+    return ensure_set(dest, TRAIN_SET, settings, _recorded_extra(), build, force=force)
 
 
 @dataclass(frozen=True)

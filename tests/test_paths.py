@@ -32,6 +32,7 @@ def test_data_and_store_default_to_the_working_directory(monkeypatch, unset) -> 
     cfg = compose_train(["experiment=best"])
     assert cfg.data.root == "data/rwc-pop"
     assert cfg.ood.root == "data/ood-synth"
+    assert cfg.data.synth_root == "data/synth-train"
     assert cfg.tracking.store_dir == "mlruns"
 
 
@@ -41,6 +42,7 @@ def test_environment_variables_move_data_and_store(monkeypatch, tmp_path) -> Non
     cfg = compose_train([])
     assert cfg.data.root == f"{tmp_path}/d/rwc-pop"
     assert cfg.ood.root == f"{tmp_path}/d/ood-synth"
+    assert cfg.data.synth_root == f"{tmp_path}/d/synth-train"
     assert cfg.tracking.store_dir == f"{tmp_path}/s"
     # a setting wins over the environment
     cfg = compose_train(["paths.data=/srv/x", "tracking.store_dir=/srv/y"])
@@ -60,7 +62,8 @@ def test_command_line_tools_default_to_the_same_paths(env) -> None:
         [
             sys.executable,
             "-c",
-            "from chordrec import constants as c; print(c.DATA_DIR, c.OOD_DIR, c.STORE_DIR)",
+            "from chordrec import constants as c; "
+            "print(c.DATA_DIR, c.OOD_DIR, c.SYNTH_TRAIN_DIR, c.STORE_DIR)",
         ],
         capture_output=True,
         text=True,
@@ -71,4 +74,4 @@ def test_command_line_tools_default_to_the_same_paths(env) -> None:
         },
     ).stdout.split()
     data, store = env.get("CHORDREC_DATA") or "data", env.get("CHORDREC_STORE") or "mlruns"
-    assert shown == [f"{data}/rwc-pop", f"{data}/ood-synth", store]
+    assert shown == [f"{data}/rwc-pop", f"{data}/ood-synth", f"{data}/synth-train", store]

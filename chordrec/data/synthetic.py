@@ -58,6 +58,7 @@ out-of-domain songs use (:data:`CHORD_PROGRAMS`). :func:`build_set` and
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -1281,8 +1282,13 @@ def build_ood_set(
     ValueError
         A setting out of range.
     """
-    mido_module()  # before anything is drawn or rendered
     settings = set_settings(seed, songs_per_part, parts, soundfonts, song_seconds)
+    return _build_ood_set(dest, settings, workers)
+
+
+def _build_ood_set(dest: str | os.PathLike[str], settings: SetSettings, workers: int) -> Path:
+    """:func:`build_ood_set` with settings already checked."""
+    mido_module()  # before anything is drawn or rendered
 
     def fill(tmp: Path, program: str) -> dict[str, Any]:
         songs = draw_set_songs(settings)
@@ -1375,22 +1381,8 @@ def ensure_ood_set(
     (:func:`build_ood_set`) as :func:`ensure_set` says. Returns ``dest`` (absolute);
     raises as :func:`ensure_set` and :func:`build_ood_set`."""
     settings = set_settings(seed, songs_per_part, parts, soundfonts, song_seconds)
-    return ensure_set(
-        dest,
-        OOD_SET,
-        settings,
-        {},
-        lambda path: build_ood_set(
-            path,
-            settings.seed,
-            settings.songs_per_part,
-            settings.parts,
-            settings.soundfonts,
-            song_seconds=settings.song_seconds,
-            workers=workers,
-        ),
-        force=force,
-    )
+    build = functools.partial(_build_ood_set, settings=settings, workers=workers)
+    return ensure_set(dest, OOD_SET, settings, {}, build, force=force)
 
 
 def ensure_set(
