@@ -216,12 +216,14 @@ def synthetic_songs(cfg: Any) -> tuple[synth_train.TrainSet, list[Song]]:
 
 
 def build_context(cfg: Any) -> RunContext:
-    """Load the split's songs at the configured level, the training examples, the model.
-    With ``data.fetch_source`` set, first make sure ``data.root`` holds the verified data
-    set, fetching it from that source if it is missing (a machine of a cluster)."""
+    """Load the split's songs at the configured level (with ``data.synth_fraction`` > 0
+    the synthetic training songs too: :func:`synthetic_songs`), the training examples
+    (that fraction of each epoch's drawn from the synthetic songs), the model. With
+    ``data.fetch_source`` set, first make sure ``data.root`` holds the verified data set,
+    fetching it from that source if it is missing (a machine of a cluster)."""
     check_settings(cfg)
     fraction = synth_fraction(cfg)
-    synth_set = None
+    synth_set, synthetic = None, []
     if fraction:  # first: a missing set fails before the songs load
         synth_set, synthetic = synthetic_songs(cfg)
     root = Path(cfg.data.root)
