@@ -30,6 +30,7 @@ import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,8 @@ def build_train_set(
     ``songs`` songs are drawn from ``seed`` with lengths in ``song_seconds`` and
     soundfonts drawn from ``soundfonts`` (default: those of the out-of-domain set). They
     are rendered in batches, ``workers`` at a time, and each batch's features are
-    computed in ``workers`` worker processes while the next batch renders; a song's
+    computed in ``workers`` worker processes (in this process when ``workers`` is 1)
+    while the next batch renders; a song's
     audio is removed once its features are stored. Returns
     ``dest`` (absolute); raises as :func:`~chordrec.data.synthetic.build_ood_set`, and
     SynthesisError naming a song whose features fail."""
@@ -174,7 +176,10 @@ def _build_train_set(dest: str | os.PathLike[str], settings: SetSettings, worker
         size = 4 * workers
         batches = [drawn[start : start + size] for start in range(0, len(drawn), size)]
         entries = []
-        with FeatureWorkers(workers) as features, ThreadPoolExecutor(workers) as renderers:
+        with ExitStack() as stack:
+            # one worker: features in this process (no process to start and compile in)
+            features = stack.enter_context(FeatureWorkers(workers)) if workers > 1 else 1
+            renderers = stack.enter_context(ThreadPoolExecutor(workers))
 
             def start(songs: Sequence[Song]) -> list[tuple[Future, Song, Path]]:
                 jobs = [write_song(tmp, PART, song) for song in songs]

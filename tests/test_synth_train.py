@@ -46,10 +46,11 @@ TINY = ["model=rnn_baseline", "seq_len=32"]
 
 @pytest.fixture(scope="module")
 def train_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three short training songs rendered with the fast-loading soundfonts."""
+    """Three short training songs rendered with the fast-loading soundfonts, their
+    features computed in this process (compiled once for the tests that follow)."""
     _skip_without_fluidsynth()
     dest = tmp_path_factory.mktemp("synth") / "synth-train"
-    return ensure_train_set(dest, 0, 3, FAST_FONTS, song_seconds=SHORT)
+    return ensure_train_set(dest, 0, 3, FAST_FONTS, song_seconds=SHORT, workers=1)
 
 
 # --------------------------------------------------------------------------- config
