@@ -157,8 +157,8 @@ def build_train_set(
     ``songs`` songs are drawn from ``seed`` with lengths in ``song_seconds`` and
     soundfonts drawn from ``soundfonts`` (default: those of the out-of-domain set). They
     are rendered in batches, ``workers`` at a time, and each batch's features are
-    computed in ``workers`` worker processes (in this process when ``workers`` is 1)
-    while the next batch renders; a song's
+    computed in ``workers`` worker processes (in this process for one worker or one
+    song) while the next batch renders; a song's
     audio is removed once its features are stored. Returns
     ``dest`` (absolute); raises as :func:`~chordrec.data.synthetic.build_ood_set`, and
     SynthesisError naming a song whose features fail."""
@@ -177,8 +177,9 @@ def _build_train_set(dest: str | os.PathLike[str], settings: SetSettings, worker
         batches = [drawn[start : start + size] for start in range(0, len(drawn), size)]
         entries = []
         with ExitStack() as stack:
-            # one worker: features in this process (no process to start and compile in)
-            features = stack.enter_context(FeatureWorkers(workers)) if workers > 1 else 1
+            # one worker or one song: features in this process (no process to start)
+            processes = min(workers, len(drawn))
+            features = stack.enter_context(FeatureWorkers(processes)) if processes > 1 else 1
             renderers = stack.enter_context(ThreadPoolExecutor(workers))
 
             def start(songs: Sequence[Song]) -> list[tuple[Future, Song, Path]]:
