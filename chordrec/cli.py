@@ -30,6 +30,7 @@ from chordrec.constants import (
     REGISTERED_MODEL,
     STORE_DIR,
 )
+from chordrec.sweep_command import add_sweep_parser
 
 if TYPE_CHECKING:
     from chordrec.audio.features import AudioLimits
@@ -894,6 +895,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare_parser(commands)
     _add_study_parser(commands)
     _add_register_parser(commands)
+    add_sweep_parser(commands, _add_tracking_options)
     return parser
 
 
