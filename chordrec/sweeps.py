@@ -106,7 +106,9 @@ class SweepParentRun(Callback):
             raise tracking.TrackingError(f"sweep {key}: its parent run vanished")
         self.parent_run_id = found
         tracking.reopen_parent_run(found, tags)
-        log.info("sweep %s: parent MLflow run %s", key, self.parent_run_id)
+        log.info(
+            "sweep %s (id %s): parent MLflow run %s", key, tags["sweep_id"], self.parent_run_id
+        )
 
         atexit.register(self.end_parent, ended_early=True)
 

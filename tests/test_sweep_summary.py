@@ -48,9 +48,7 @@ def _grid(
     """model × seq_len × seed: model b better by ``model_effect``, seq_len by 0.02 per
     level, each seed off by ``seed_noise`` times (seed - mean seed)."""
     runs = []
-    for n, (model, length, seed) in enumerate(
-        itertools.product(("a", "b"), lengths, range(seeds))
-    ):
+    for n, (model, length, seed) in enumerate(itertools.product(("a", "b"), lengths, range(seeds))):
         value = 0.5 + model_effect * (model == "b") + 0.02 * lengths.index(length)
         value += seed_noise * (seed - (seeds - 1) / 2)
         factors = {"model": model, "seq_len": length}
@@ -94,6 +92,11 @@ def test_a_lead_within_the_seed_spread_is_called_possible_noise():
     summary = summarize_sweep(_grid(model_effect=0.001, seeds=3, seed_noise=0.05))
     assert "within the seed-to-seed spread" in summary.verdict
     assert "may be noise" in summary.verdict
+
+
+def test_a_tie_is_called_a_tie():
+    runs = [_run(0, {"model": "a"}, 0.5), _run(1, {"model": "b"}, 0.5)]
+    assert "tie (model=a and model=b, 50.00 %)" in summarize_sweep(runs).verdict
 
 
 def test_without_seeds_the_spread_is_unknown_and_said_so():

@@ -245,6 +245,11 @@ def _verdict(
         )
     runner_up = configurations[1]
     lead = winner.mean - runner_up.mean
+    if lead == 0:
+        return (
+            f"The best configurations tie ({winner.label} and {runner_up.label}, "
+            f"{_percent(winner.mean)}): the sweep does not separate them."
+        )
     said = (
         f"The winner ({winner.label}, {_percent(winner.mean)}) leads the runner-up "
         f"({runner_up.label}, {_percent(runner_up.mean)}) by {_points(lead)}"
