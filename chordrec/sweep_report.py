@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from chordrec import tracking, tuning
 from chordrec.errors import UserError
-from chordrec.report import sweep_figures
+from chordrec.report import sweep_figures, tables
 from chordrec.report.sweep_summary import (
     CURVE_METRIC,
     FAILED,
@@ -46,7 +46,6 @@ from chordrec.report.sweep_summary import (
     render_markdown,
     summarize_sweep,
 )
-from chordrec.report.tables import run_factors
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +56,10 @@ HISTORY = "figures/optimization_history.png"
 IMPORTANCE = "figures/param_importances.png"
 BEST_RUN_TAG = "sweep.best_run_id"
 
-NOT_A_FACTOR = ("optuna.",)
-"""Overrides that differ between runs without being a factor: an Optuna trial's number,
-study and storage."""
+NOT_A_FACTOR = (*tables.NOT_A_FACTOR, "optuna.")
+"""Overrides that differ between runs without being a factor: bookkeeping such as a run's
+name (:data:`chordrec.report.tables.NOT_A_FACTOR`) and an Optuna trial's number, study
+and storage."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class SweepReport:
 def sweep_runs(parent_run_id: str) -> list[SweepRun]:
     """The runs nested under ``parent_run_id``, oldest first, as plain records."""
     children = sorted(tracking.find_runs(parent_run_id=parent_run_id), key=lambda r: r.start_time)
-    factors = run_factors(children) if children else {}
+    factors = tables.run_factors(children) if children else {}
     return [
         SweepRun(
             run_id=r.run_id,

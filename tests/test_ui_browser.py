@@ -113,7 +113,12 @@ X_SYSTEM_CHART = "//h4[starts-with(@title, 'system/')]"
 X_TAB = "//button[@role='tab'][normalize-space(.)='{}']"
 X_ARTIFACT = "//*[normalize-space(text())='{}']"
 """An artifact (file or folder) in a run's artifact tree, by its name."""
-X_ARTIFACT_IMAGE = "//img[contains(@src, 'factors.png')]"
+IMAGE_SHOWN = """
+return document.body.innerText.includes(arguments[0])
+    && [...document.images].some(image => image.complete && image.naturalWidth >= 400);
+"""
+"""Whether the page names an artifact and shows an image of figure size (the artifact
+view loads it as a blob: its address does not name it)."""
 
 # ------------------------------------------------------------------------ the store
 
@@ -604,7 +609,10 @@ def test_f_the_sweeps_parent_run_holds_its_summary_figures(browser: Browser, swe
         browser.click(X_ARTIFACT.format("figures"))
         browser.visible(X_ARTIFACT.format("learning_curves.png"))
         browser.click(X_ARTIFACT.format("factors.png"))
-        browser.visible(X_ARTIFACT_IMAGE)
+        browser.until(
+            lambda: browser.driver.execute_script(IMAGE_SHOWN, "factors.png"),
+            "the factors figure is not shown",
+        )
         browser.shot("f_sweep_figures")
 
 

@@ -111,7 +111,7 @@ def learning_curves_figure(summary: SweepSummary) -> Figure:
             0.5, 0.5, "no run logged an epoch", ha="center", va="center", transform=ax.transAxes
         )
     if handles:
-        ax.legend(handles=handles, fontsize="small", loc="lower right")
+        ax.legend(handles=handles, fontsize="small", loc="best")
     title = "Validation accuracy per epoch"
     ax.set_title(f"{title}, coloured by {factor.name}" if factor else title)
     ax.set_xlabel("epoch")
@@ -238,7 +238,7 @@ def _factor_panel(ax: Axes, summary: SweepSummary, name: str | None) -> None:
             ax.plot(x, y, "x", color=_UNFINISHED_COLOR, markersize=8)
     if not runs:
         ax.text(0.5, 0.5, "no run has a value", ha="center", va="center", transform=ax.transAxes)
-    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=1))
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
     ax.grid(True, alpha=0.3)
     legend = [
         Line2D(
@@ -263,7 +263,7 @@ def _factor_panel(ax: Axes, summary: SweepSummary, name: str | None) -> None:
                 label="did not finish",
             )
         )
-    ax.legend(handles=legend, fontsize="x-small", loc="lower right")
+    ax.legend(handles=legend, fontsize="x-small", loc="best")
 
 
 def _level_means(ax: Axes, runs: Sequence[SweepRun], key: str, where: Mapping[str, float]) -> None:
@@ -333,10 +333,10 @@ def history_figure(trials: Sequence[TrialPoint], study: str) -> Figure:
     ax.set_xlabel("trial")
     ax.set_ylabel(OBJECTIVE)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=1))
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
     ax.grid(True, alpha=0.3)
     if trials:
-        ax.legend(fontsize="small", loc="lower right")
+        ax.legend(fontsize="small", loc="best")
     return fig
 
 
