@@ -117,7 +117,7 @@ def learning_curves_figure(summary: SweepSummary) -> Figure:
     ax.set_xlabel("epoch")
     ax.set_ylabel(CURVE_METRIC)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
     ax.grid(True, alpha=0.3)
     return fig
 
@@ -186,7 +186,8 @@ def _is_number(text: str) -> bool:
 def factor_figure(summary: SweepSummary) -> Figure:
     """The objective against each factor, one panel per factor in ranked order: a point
     per run (a cross at the best ``val/acc`` reached for a run that did not finish), and
-    each level's mean ± standard deviation where it has two or more runs (the seeds).
+    beside each level the mean ± standard deviation across seeds of each configuration
+    that ran with two or more.
     Without a factor, one panel of the runs by seed (or in the order they ran)."""
     panels: list[str | None] = [f.name for f in summary.factors] or [None]
     columns = min(len(panels), _PANELS_PER_ROW)
@@ -208,15 +209,16 @@ def factor_figure(summary: SweepSummary) -> Figure:
 def _factor_panel(ax: Axes, summary: SweepSummary, name: str | None) -> None:
     runs = [r for r in summary.runs if r.best_epoch_value is not None]
     key = name or (SEED if any(SEED in r.factors for r in runs) else None)
+    numeric_axis, where = False, {}
     if key is None:
+        x_of = {r.run_id: float(i) for i, r in enumerate(runs)}
         labels = [r.name or r.run_id[:8] for r in runs]
-        positions = {label: float(i) for i, label in enumerate(labels)}
-        x_of = {r.run_id: positions[label] for r, label in zip(runs, labels, strict=True)}
-        ax.set_xticks(list(positions.values()), labels, rotation=30, ha="right", fontsize=7)
+        ax.set_xticks(list(x_of.values()), labels, rotation=30, ha="right", fontsize=7)
     else:
         levels = _levels(runs, key) if runs else []
-        numeric = bool(levels) and all(_is_number(v) for v in levels) and len(levels) > 1
-        if numeric and len(levels) > MAX_LEVELS:
+        numeric = bool(levels) and all(_is_number(v) for v in levels)
+        numeric_axis = numeric and len(levels) > MAX_LEVELS
+        if numeric_axis:
             values = [float(v) for v in levels]
             if min(values) > 0 and max(values) / min(values) >= 100:
                 ax.set_xscale("log")
@@ -225,8 +227,10 @@ def _factor_panel(ax: Axes, summary: SweepSummary, name: str | None) -> None:
             where = {level: float(i) for i, level in enumerate(levels)}
             x_of = {r.run_id: where[r.factors.get(key, "-")] for r in runs}
             ax.set_xticks(list(where.values()), levels, fontsize=8)
-            _level_means(ax, runs, key, where)
         ax.set_xlabel(key)
+    spreads = False
+    if key is not None and not numeric_axis:
+        spreads = _seed_spreads(ax, runs, key, where, [f.name for f in summary.factors])
     best = summary.best.run_id if summary.best else None
     for run in runs:
         x, y = x_of[run.run_id], run.best_epoch_value
@@ -252,6 +256,18 @@ def _factor_panel(ax: Axes, summary: SweepSummary, name: str | None) -> None:
             label="best run",
         )
     ]
+    if spreads:
+        legend.append(
+            Line2D(
+                [],
+                [],
+                marker="_",
+                color=_MEAN_COLOR,
+                linestyle="none",
+                markersize=10,
+                label="mean ± std across seeds",
+            )
+        )
     if any(not r.scored for r in runs):
         legend.append(
             Line2D(
@@ -266,21 +282,34 @@ def _factor_panel(ax: Axes, summary: SweepSummary, name: str | None) -> None:
     ax.legend(handles=legend, fontsize="x-small", loc="best")
 
 
-def _level_means(ax: Axes, runs: Sequence[SweepRun], key: str, where: Mapping[str, float]) -> None:
-    """Each level's mean ± standard deviation over its finished runs, where it has two."""
-    for level, x in where.items():
-        values = [r.objective for r in runs if r.scored and r.factors.get(key, "-") == level]
-        if len(values) > 1:
-            ax.errorbar(
-                x + 0.15,
-                float(np.mean(values)),
-                yerr=float(np.std(values, ddof=1)),
-                fmt="_",
-                color=_MEAN_COLOR,
-                capsize=4,
-                markersize=14,
-                zorder=3,
-            )
+def _seed_spreads(
+    ax: Axes, runs: Sequence[SweepRun], key: str, where: Mapping[str, float], names: Sequence[str]
+) -> None:
+    """Beside each level of factor ``key``: the mean ± standard deviation across seeds of
+    each configuration (the runs' values of every factor ``names``) with two or more
+    finished runs, side by side; whether there was any."""
+    groups: dict[tuple[str, tuple[str, ...]], list[float]] = {}
+    for run in runs:
+        if run.scored and run.objective is not None:
+            configuration = tuple(run.factors.get(n, "-") for n in names)
+            groups.setdefault((run.factors.get(key, "-"), configuration), []).append(run.objective)
+    placed: dict[str, int] = {}
+    for (level, _), values in sorted(groups.items()):
+        if len(values) < 2:
+            continue
+        offset = 0.15 + 0.1 * placed.get(level, 0)
+        placed[level] = placed.get(level, 0) + 1
+        ax.errorbar(
+            where[level] + offset,
+            float(np.mean(values)),
+            yerr=float(np.std(values, ddof=1)),
+            fmt="_",
+            color=_MEAN_COLOR,
+            capsize=4,
+            markersize=12,
+            zorder=3,
+        )
+    return bool(placed)
 
 
 # ---------------------------------------------------------------- Optuna
