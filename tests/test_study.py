@@ -275,6 +275,14 @@ def test_the_study_runs_every_preset_under_its_parent_run(tiny_study):
     # the study's multirun nests under the study: no sweep parent of its own
     client = tiny_study.client
     assert not client.search_runs([parent.info.experiment_id], "tags.kind = 'sweep'")
+    # the study's parent holds the summary of its members, ranked by preset
+    figures = [a.path for a in client.list_artifacts(parent.info.run_id, "figures")]
+    assert figures == ["figures/factors.png", "figures/learning_curves.png"]
+    assert parent.data.metrics["sweep/runs_finished"] == 6
+    best = max(r.data.metrics["val/frame_acc"] for r in members)
+    assert parent.data.metrics["sweep/best_value"] == best
+    summary = _artifact_text(client, parent.info.run_id, "summary.md", tiny_study.root / "s")
+    assert "| 1 | experiment |" in summary
 
 
 @pytest.mark.integration
@@ -446,6 +454,12 @@ def test_a_sweep_with_a_failed_job_ends_its_parent_failed_with_the_finished_runs
     table = Path(client.download_artifacts(parent.info.run_id, "runs.md", str(tmp_path)))
     finished = next(r for r in runs if r.info.status == "FINISHED")
     assert finished.info.run_id in table.read_text()
+    # its summary, figures included, marks the failed run
+    assert parent.data.metrics["sweep/runs_failed"] == 1
+    assert parent.data.tags["sweep.best_run_id"] == finished.info.run_id
+    assert len(client.list_artifacts(parent.info.run_id, "figures")) == 2
+    summary = _artifact_text(client, parent.info.run_id, "summary.md", tmp_path / "s")
+    assert f"(`{failed.info.run_id[:8]}`) | failed | crnn2 |" in summary
 
     # relaunched into the same directory with a length crnn2 can take: the same parent,
     # but the failed run of the first launch is still its child, so FAILED again, now
