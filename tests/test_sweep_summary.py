@@ -139,6 +139,18 @@ def test_runs_that_did_not_finish_are_counted_marked_and_drawn(tmp_path: Path):
     _png(factor_figure(summary), tmp_path / "factors.png")
 
 
+def test_a_study_whose_trials_were_all_pruned_has_factors_but_nothing_to_compare():
+    runs = [
+        _run(i, {"optimizer.lr": lr}, None, status="KILLED", pruned=True)
+        for i, lr in enumerate(["0.0012520653814999472", "0.0038322168504927897"])
+    ]
+    summary = summarize_sweep(runs)
+    assert summary.best is None and summary.counts["pruned"] == 2
+    text = render_markdown(summary, "t")
+    assert "| 1 | optimizer.lr | no finished run to compare | - |" in text
+    assert "| pruned | 0.001252 |" in text  # sampled floats to 4 significant digits
+
+
 @pytest.mark.parametrize(
     ("runs", "verdict"),
     [
@@ -162,7 +174,7 @@ def test_a_sweep_without_factors_gets_a_summary_and_figures(
 
 
 def test_a_factor_with_many_numeric_values_is_a_range_and_a_colour_scale(tmp_path: Path):
-    rates = [f"{1e-4 * 1.5**i:.6g}" for i in range(15)]
+    rates = [f"{1e-4 * 1.5**i:.4g}" for i in range(15)]
     runs = [_run(i, {"optimizer.lr": lr}, 0.4 + 0.01 * i) for i, lr in enumerate(rates)]
     summary = summarize_sweep(runs, importance={"optimizer.lr": 1.0})
     factor = summary.top_factor

@@ -112,6 +112,8 @@ class FactorEffect:
         """The effect in words, as ranked."""
         if self.importance is not None:
             return f"fANOVA importance {self.importance:.2f}"
+        if not self.levels:
+            return "no finished run to compare"
         return f"level means span {_points(self.spread)}"
 
 
@@ -318,7 +320,7 @@ def render_markdown(summary: SweepSummary, title: str) -> str:
         cells = [
             f"{run.name or '(unnamed)'} (`{run.run_id[:8]}`)",
             run.outcome + (" **best**" if best is not None and run.run_id == best.run_id else ""),
-            *(run.factors.get(n, "-") for n in names),
+            *(_setting(run.factors.get(n, "-")) for n in names),
             _number_cell(run.objective),
             _number_cell(run.test_score),
         ]
@@ -327,12 +329,14 @@ def render_markdown(summary: SweepSummary, title: str) -> str:
 
 
 def _levels(factor: FactorEffect) -> str:
+    if not factor.levels:
+        return "-"
     if len(factor.levels) > MAX_LEVELS:
-        low, high = factor.levels[0].level, factor.levels[-1].level
+        low, high = _setting(factor.levels[0].level), _setting(factor.levels[-1].level)
         span = f"{low} … {high}" if factor.numeric else "see the runs"
         return f"{len(factor.levels)} distinct values ({span})"
     return "; ".join(
-        f"{s.level}: {_percent(s.mean)}"
+        f"{_setting(s.level)}: {_percent(s.mean)}"
         + (f" ± {_points(s.std)}" if s.std is not None else "")
         + f" ({s.runs})"
         for s in factor.levels
@@ -360,6 +364,15 @@ def _std(values: Sequence[float]) -> float | None:
 
 def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
+
+
+def _setting(value: str) -> str:
+    """A factor's value as shown: a number with a fraction to 4 significant digits (an
+    Optuna search samples floats to 17), anything else as it is."""
+    number = _number(value)
+    if number is None or number.is_integer():
+        return value
+    return f"{number:.4g}"
 
 
 def _number(text: str) -> float | None:
