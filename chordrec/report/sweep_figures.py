@@ -187,38 +187,80 @@ def factor_figure(summary: SweepSummary) -> Figure:
     """The objective against each factor, one panel per factor in ranked order: a point
     per run (a cross at the best ``val/acc`` reached for a run that did not finish), and
     beside each level the mean ± standard deviation across seeds of each configuration
-    that ran with two or more.
-    Without a factor, one panel of the runs by seed (or in the order they ran)."""
+    that ran with two or more. A factor of fractional numbers (or of more than
+    :data:`~chordrec.report.sweep_summary.MAX_LEVELS` numbers) is a numeric axis (log
+    scale over two decades or more); other factors are evenly spaced levels. Without a
+    factor, one panel of the runs by seed (or in the order they ran)."""
     panels: list[str | None] = [f.name for f in summary.factors] or [None]
     columns = min(len(panels), _PANELS_PER_ROW)
     rows = math.ceil(len(panels) / columns)
-    fig = Figure(figsize=(4.4 * columns, 3.8 * rows), layout="constrained")
+    fig = Figure(figsize=(4.4 * columns, 3.8 * rows + 0.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, columns, sharey=True, squeeze=False)).ravel()
     effects = {f.name: f for f in summary.factors}
+    drawn: set[str] = set()
     for ax, name in zip(axes, panels, strict=False):
-        _factor_panel(ax, summary, name)
+        drawn |= _factor_panel(ax, summary, name)
         factor = effects.get(name) if name else None
         ax.set_title(f"{name}\n({factor.effect})" if factor else "no factor varies: each run")
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     axes[0].set_ylabel(OBJECTIVE)
     fig.suptitle(f"{OBJECTIVE} by factor ({summary.counts['finished']} finished runs)")
+    legend = [handle for key, handle in _factor_legend().items() if key in drawn]
+    if legend:
+        fig.legend(handles=legend, loc="outside lower center", ncols=len(legend), fontsize="small")
     return fig
 
 
-def _factor_panel(ax: Axes, summary: SweepSummary, name: str | None) -> None:
+def _factor_legend() -> dict[str, Line2D]:
+    """The legend entries of the factors figure, by what they stand for."""
+    return {
+        "best": Line2D(
+            [],
+            [],
+            marker="*",
+            color="gold",
+            markeredgecolor="black",
+            linestyle="none",
+            markersize=11,
+            label="best run",
+        ),
+        "finished": Line2D(
+            [], [], marker="o", color=_CATEGORY_COLORS[0], linestyle="none", label="finished run"
+        ),
+        "spread": Line2D(
+            [],
+            [],
+            marker="_",
+            color=_MEAN_COLOR,
+            linestyle="none",
+            markersize=10,
+            label="mean ± std across seeds",
+        ),
+        "unfinished": Line2D(
+            [],
+            [],
+            marker="x",
+            color=_UNFINISHED_COLOR,
+            linestyle="none",
+            label="did not finish: best val/acc reached",
+        ),
+    }
+
+
+def _factor_panel(ax: Axes, summary: SweepSummary, name: str | None) -> set[str]:
+    """Draw the runs against factor ``name`` (None: each run) on ``ax``; returns the
+    legend entries it used (keys of :func:`_factor_legend`)."""
     runs = [r for r in summary.runs if r.best_epoch_value is not None]
     key = name or (SEED if any(SEED in r.factors for r in runs) else None)
-    numeric_axis, where = False, {}
+    where: dict[str, float] = {}
     if key is None:
         x_of = {r.run_id: float(i) for i, r in enumerate(runs)}
         labels = [r.name or r.run_id[:8] for r in runs]
         ax.set_xticks(list(x_of.values()), labels, rotation=30, ha="right", fontsize=7)
     else:
         levels = _levels(runs, key) if runs else []
-        numeric = bool(levels) and all(_is_number(v) for v in levels)
-        numeric_axis = numeric and len(levels) > MAX_LEVELS
-        if numeric_axis:
+        if _numeric_axis(levels):
             values = [float(v) for v in levels]
             if min(values) > 0 and max(values) / min(values) >= 100:
                 ax.set_xscale("log")
@@ -228,63 +270,40 @@ def _factor_panel(ax: Axes, summary: SweepSummary, name: str | None) -> None:
             x_of = {r.run_id: where[r.factors.get(key, "-")] for r in runs}
             ax.set_xticks(list(where.values()), levels, fontsize=8)
         ax.set_xlabel(key)
-    spreads = False
-    if key is not None and not numeric_axis:
-        spreads = _seed_spreads(ax, runs, key, where, [f.name for f in summary.factors])
+    drawn = set()
+    if where and _seed_spreads(ax, runs, key or SEED, where, [f.name for f in summary.factors]):
+        drawn.add("spread")
     best = summary.best.run_id if summary.best else None
     for run in runs:
         x, y = x_of[run.run_id], run.best_epoch_value
         if run.run_id == best:
             ax.plot(x, y, "*", color="gold", markeredgecolor="black", markersize=14, zorder=4)
+            drawn.add("best")
         elif run.scored:
             ax.plot(x, y, "o", color=_CATEGORY_COLORS[0], alpha=0.75, markersize=6)
+            drawn.add("finished")
         else:
             ax.plot(x, y, "x", color=_UNFINISHED_COLOR, markersize=8)
+            drawn.add("unfinished")
     if not runs:
         ax.text(0.5, 0.5, "no run has a value", ha="center", va="center", transform=ax.transAxes)
     ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
     ax.grid(True, alpha=0.3)
-    legend = [
-        Line2D(
-            [],
-            [],
-            marker="*",
-            color="gold",
-            markeredgecolor="black",
-            linestyle="none",
-            markersize=11,
-            label="best run",
-        )
-    ]
-    if spreads:
-        legend.append(
-            Line2D(
-                [],
-                [],
-                marker="_",
-                color=_MEAN_COLOR,
-                linestyle="none",
-                markersize=10,
-                label="mean ± std across seeds",
-            )
-        )
-    if any(not r.scored for r in runs):
-        legend.append(
-            Line2D(
-                [],
-                [],
-                marker="x",
-                color=_UNFINISHED_COLOR,
-                linestyle="none",
-                label="did not finish",
-            )
-        )
-    ax.legend(handles=legend, fontsize="x-small", loc="best")
+    return drawn
+
+
+def _numeric_axis(levels: Sequence[str]) -> bool:
+    """Whether a factor of these levels is drawn on a numeric axis: numbers with a
+    fraction, or more numbers than :data:`MAX_LEVELS` (integers such as lengths are
+    evenly spaced levels otherwise)."""
+    if len(levels) < 2 or not all(_is_number(v) for v in levels):
+        return False
+    return len(levels) > MAX_LEVELS or not all(float(v).is_integer() for v in levels)
 
 
 def _seed_spreads(
     ax: Axes, runs: Sequence[SweepRun], key: str, where: Mapping[str, float], names: Sequence[str]
-) -> None:
+) -> bool:
     """Beside each level of factor ``key``: the mean ± standard deviation across seeds of
     each configuration (the runs' values of every factor ``names``) with two or more
     finished runs, side by side; whether there was any."""

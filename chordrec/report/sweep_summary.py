@@ -208,7 +208,7 @@ def _replicates(scored: Sequence[SweepRun], names: Sequence[str]) -> dict[str, l
     """The objectives of ``scored`` grouped by configuration (their values of ``names``)."""
     groups: dict[str, list[float]] = {}
     for run in scored:
-        label = ", ".join(f"{n}={run.factors.get(n, '-')}" for n in names)
+        label = ", ".join(f"{n}={_setting(run.factors.get(n, '-'))}" for n in names)
         groups.setdefault(label or "the one configuration", []).append(float(run.objective or 0.0))
     return groups
 
