@@ -31,6 +31,7 @@ from chordrec.report.sweep_summary import (
     SEED,
     SweepRun,
     SweepSummary,
+    setting_text,
 )
 from chordrec.tuning import TrialPoint
 
@@ -103,7 +104,11 @@ def learning_curves_figure(summary: SweepSummary) -> Figure:
         for level in _levels(summary.runs, factor.name):
             handles.append(
                 Line2D(
-                    [], [], color=colour.level(level), linewidth=2, label=f"{factor.name}={level}"
+                    [],
+                    [],
+                    color=colour.level(level),
+                    linewidth=2,
+                    label=f"{factor.name}={setting_text(level)}",
                 )
             )
     if not drawn:
@@ -161,8 +166,11 @@ def _colours(runs: Sequence[SweepRun], name: str | None, fig: Figure, ax: Axes) 
 
 
 def _is_scale(runs: Sequence[SweepRun], name: str) -> bool:
+    """Whether runs are coloured on a scale of factor ``name``: a numeric axis in the
+    factors figure (:func:`_numeric_axis`), or numbers too many for the palette."""
     levels = _levels(runs, name)
-    return len(levels) > len(_CATEGORY_COLORS) and all(_is_number(v) for v in levels)
+    many = len(levels) > len(_CATEGORY_COLORS) and all(_is_number(v) for v in levels)
+    return many or _numeric_axis(levels)
 
 
 def _levels(runs: Sequence[SweepRun], name: str) -> list[str]:

@@ -208,7 +208,7 @@ def _replicates(scored: Sequence[SweepRun], names: Sequence[str]) -> dict[str, l
     """The objectives of ``scored`` grouped by configuration (their values of ``names``)."""
     groups: dict[str, list[float]] = {}
     for run in scored:
-        label = ", ".join(f"{n}={_setting(run.factors.get(n, '-'))}" for n in names)
+        label = ", ".join(f"{n}={setting_text(run.factors.get(n, '-'))}" for n in names)
         groups.setdefault(label or "the one configuration", []).append(float(run.objective or 0.0))
     return groups
 
@@ -320,7 +320,7 @@ def render_markdown(summary: SweepSummary, title: str) -> str:
         cells = [
             f"{run.name or '(unnamed)'} (`{run.run_id[:8]}`)",
             run.outcome + (" **best**" if best is not None and run.run_id == best.run_id else ""),
-            *(_setting(run.factors.get(n, "-")) for n in names),
+            *(setting_text(run.factors.get(n, "-")) for n in names),
             _number_cell(run.objective),
             _number_cell(run.test_score),
         ]
@@ -332,11 +332,11 @@ def _levels(factor: FactorEffect) -> str:
     if not factor.levels:
         return "-"
     if len(factor.levels) > MAX_LEVELS:
-        low, high = _setting(factor.levels[0].level), _setting(factor.levels[-1].level)
+        low, high = setting_text(factor.levels[0].level), setting_text(factor.levels[-1].level)
         span = f"{low} … {high}" if factor.numeric else "see the runs"
         return f"{len(factor.levels)} distinct values ({span})"
     return "; ".join(
-        f"{_setting(s.level)}: {_percent(s.mean)}"
+        f"{setting_text(s.level)}: {_percent(s.mean)}"
         + (f" ± {_points(s.std)}" if s.std is not None else "")
         + f" ({s.runs})"
         for s in factor.levels
@@ -366,7 +366,7 @@ def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def _setting(value: str) -> str:
+def setting_text(value: str) -> str:
     """A factor's value as shown: a number with a fraction to 4 significant digits (an
     Optuna search samples floats to 17), anything else as it is."""
     number = _number(value)
