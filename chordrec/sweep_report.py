@@ -86,10 +86,8 @@ class SweepReport:
         text = render_markdown(self.summary, f"Sweep summary: {self.parent.run_name}")
         if self.optuna is None:
             return text
-        counts: dict[str, int] = {}
-        for trial in self.optuna.trials:
-            counts[trial.state] = counts.get(trial.state, 0) + 1
-        said = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        counts = tuning.state_counts(self.optuna.trials)
+        said = ", ".join(f"{n} {state}" for state, n in counts.items())
         ranked = (
             "factors ranked by its fANOVA importance"
             if self.optuna.importances

@@ -234,6 +234,14 @@ def trial_points(study: optuna.Study) -> list[TrialPoint]:
     return points
 
 
+def state_counts(trials: Sequence[TrialPoint]) -> dict[str, int]:
+    """How many of ``trials`` are in each state, by state name in alphabetical order."""
+    counts: dict[str, int] = {}
+    for trial in sorted(trials, key=lambda t: t.state):
+        counts[trial.state] = counts.get(trial.state, 0) + 1
+    return counts
+
+
 def param_importances(study: optuna.Study) -> dict[str, float] | None:
     """Optuna's fANOVA importance of each searched parameter of ``study`` (fractions that
     sum to 1, seeded: the same trials give the same numbers), over its complete trials;

@@ -33,7 +33,7 @@ from chordrec.report.sweep_summary import (
     SweepSummary,
     setting_text,
 )
-from chordrec.tuning import TrialPoint
+from chordrec.tuning import TrialPoint, state_counts
 
 __all__ = ["factor_figure", "importance_figure", "learning_curves_figure", "history_figure"]
 
@@ -381,10 +381,8 @@ def history_figure(trials: Sequence[TrialPoint], study: str) -> Figure:
             transform=ax.get_xaxis_transform(),
             label="failed or running",
         )
-    counts: dict[str, int] = {}
-    for trial in trials:
-        counts[trial.state] = counts.get(trial.state, 0) + 1
-    said = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no trials"
+    counts = state_counts(trials)
+    said = ", ".join(f"{n} {state}" for state, n in counts.items()) or "no trials"
     ax.set_title(f"Optuna study {study}: optimisation history ({said})")
     ax.set_xlabel("trial")
     ax.set_ylabel(OBJECTIVE)
