@@ -604,6 +604,8 @@ def test_f_the_sweeps_parent_run_holds_its_summary_figures(browser: Browser, swe
             tracking.run_url(ui.base_url, sweep.experiment_id, sweep.parent.run_id),
             X_TAB.format("Artifacts"),
         )
+        # the run loaded (its description shown) before its artifacts are asked for
+        browser.visible(f"//*[normalize-space(.)={_xpath_literal(sweep.parent.description)}]")
         browser.click(X_TAB.format("Artifacts"))
         browser.visible(X_ARTIFACT.format("summary.md"))
         browser.click(X_ARTIFACT.format("figures"))
