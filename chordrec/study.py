@@ -34,6 +34,7 @@ from chordrec.report.tables import (
     render,
     select_runs,
 )
+from chordrec.sweep_report import log_sweep_summary
 
 TABLE_ARTIFACT = "table5"
 """Artifact name (before the format's suffix) of a logged Table 5."""
@@ -160,8 +161,9 @@ def _start_rank(preset: str) -> int:
 
 
 def run_study(study: Study, jobs: int = 2, overrides: Sequence[str] = ()) -> StudyOutcome:
-    """Run the members of ``study`` (:func:`multirun_command`), then build Table 5 from
-    them, log it to the parent run as ``table5.md`` and end the parent run: FINISHED if
+    """Run the members of ``study`` (:func:`multirun_command`), log their summary to the
+    parent run (:func:`~chordrec.sweep_report.log_sweep_summary`), then build Table 5
+    from them, log it to the parent run as ``table5.md`` and end the parent run: FINISHED if
     every member finished and the table is complete, else FAILED. A failed member does
     not stop the others."""
     started = time.monotonic()
@@ -176,6 +178,7 @@ def run_study(study: Study, jobs: int = 2, overrides: Sequence[str] = ()) -> Stu
         if r.tags.get("kind") != "study"
     ]
     failed = [r for r in runs if r.status != "FINISHED"]
+    log_sweep_summary(study.parent_run_id)
     problems = [
         f"study {study.study_id}: run {r.run_id} (preset {r.tags.get('preset')}) ended "
         f"{r.status}: {r.tags.get('error', 'no error recorded')}"

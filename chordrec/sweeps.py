@@ -7,8 +7,9 @@ and ``sweep_overrides`` (the command line's), or reopens the parent that an earl
 launch with the same sweep directory made. Each job's run finds it by ``sweep_id``
 (:func:`chordrec.run.train`) and nests under it, so the MLflow UI shows the sweep as one
 row that expands to its runs. When the sweep ends, the parent logs the run table of its
-children (``runs.md`` and ``runs.csv``, as ``chordrec table --runs``) and ends
-FINISHED, or FAILED when a child did not finish or the table cannot be built. A sweep
+children (``runs.md`` and ``runs.csv``, as ``chordrec table --runs``) and their
+summary (:mod:`chordrec.sweep_report`: ``summary.md``, figures, ``sweep/`` metrics) and
+ends FINISHED, or FAILED when a child did not finish or the table cannot be built. A sweep
 that stops early (a job raised, Ctrl-C) ends its parent FAILED at exit, with the table
 of the runs that finished.
 
@@ -43,6 +44,16 @@ def sweep_key(hydra: DictConfig) -> str:
     return str(Path(str(hydra.sweep.dir)).resolve())
 
 
+def optuna_storage(hydra: DictConfig) -> str | None:
+    """The Optuna storage of the sweep the ``hydra`` config node runs: the sweeper's
+    ``storage``, else ``sqlite:///<sweep dir>/optuna.db``; None unless the sweeper is
+    the Optuna one."""
+    if "study_name" not in hydra.sweeper:
+        return None
+    directory = Path(str(hydra.sweep.dir)).resolve()
+    return str(hydra.sweeper.get("storage") or f"sqlite:///{directory / 'optuna.db'}")
+
+
 def sweep_id(hydra: DictConfig) -> str:
     """The id of the sweep the ``hydra`` config node runs: 16 hex digits of the sha256
     of its :func:`sweep_key` (safe in an MLflow filter, the same for a relaunch in that
@@ -74,9 +85,11 @@ class SweepParentRun(Callback):
             "mlflow.note.content": f"Hydra multirun: {overrides or '(no overrides)'}",
         }
         name = f"sweep {directory.parent.name}/{directory.name}"
-        if key.startswith("optuna study "):
+        storage = optuna_storage(config.hydra)
+        if storage is not None:
             study = str(config.hydra.sweeper.study_name)
-            tags.update({"optuna_study": study, "optuna_storage": key.split(" in ", 1)[1]})
+            tags.update({"optuna_study": study, "optuna_storage": redact(storage)})
+        if key.startswith("optuna study "):
             tags["mlflow.note.content"] = f"Optuna study {study}: {tags['mlflow.note.content']}"
             name = f"study {study}"
         self.experiment = str(config.tracking.experiment)
@@ -93,7 +106,9 @@ class SweepParentRun(Callback):
             raise tracking.TrackingError(f"sweep {key}: its parent run vanished")
         self.parent_run_id = found
         tracking.reopen_parent_run(found, tags)
-        log.info("sweep %s: parent MLflow run %s", key, self.parent_run_id)
+        log.info(
+            "sweep %s (id %s): parent MLflow run %s", key, tags["sweep_id"], self.parent_run_id
+        )
 
         atexit.register(self.end_parent, ended_early=True)
 
@@ -112,6 +127,7 @@ class SweepParentRun(Callback):
         from chordrec import tracking
         from chordrec.report.tables import IncompleteTableError, build_run_table, render
         from chordrec.study import RUN_TABLE_ARTIFACT
+        from chordrec.sweep_report import log_sweep_summary
 
         children = tracking.find_runs(self.experiment, parent_run_id=parent)
         # A pruned trial ended KILLED on purpose; a RUNNING child belongs to another
@@ -136,4 +152,7 @@ class SweepParentRun(Callback):
         else:
             for fmt in ("md", "csv"):
                 tracking.log_text_to_run(parent, render(table, fmt), f"{RUN_TABLE_ARTIFACT}.{fmt}")
-        tracking.end_parent_run(parent, succeeded)
+        try:
+            log_sweep_summary(parent)
+        finally:
+            tracking.end_parent_run(parent, succeeded)

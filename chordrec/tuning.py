@@ -199,6 +199,63 @@ def summarize(study: optuna.Study) -> StudySummary:
     )
 
 
+def load_study(storage: str, name: str, source: str) -> optuna.Study:
+    """Study ``name`` in RDB ``storage``, which must exist; ConfigError naming both and
+    ``source`` (the settings that named them) when it cannot be loaded."""
+    optuna = optuna_module()
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except Exception as exc:  # a missing study (KeyError), SQLAlchemy: unreachable database
+        raise ConfigError(
+            f"Optuna study {name!r} in {redact(storage)} ({source}): "
+            f"{type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class TrialPoint:
+    """One trial in a study's history: its number, its state (``complete``, ``pruned``,
+    ``fail``, ``running``...) and its value: the objective of a complete trial, the last
+    value a pruned one reported, else None."""
+
+    number: int
+    state: str
+    value: float | None
+
+
+def trial_points(study: optuna.Study) -> list[TrialPoint]:
+    """Every trial of ``study``, by number (see :class:`TrialPoint`)."""
+    points = []
+    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        value = trial.value
+        if value is None and trial.intermediate_values:
+            value = trial.intermediate_values[max(trial.intermediate_values)]
+        points.append(TrialPoint(trial.number, trial.state.name.lower(), value))
+    return points
+
+
+def state_counts(trials: Sequence[TrialPoint]) -> dict[str, int]:
+    """How many of ``trials`` are in each state, by state name in alphabetical order."""
+    counts: dict[str, int] = {}
+    for trial in sorted(trials, key=lambda t: t.state):
+        counts[trial.state] = counts.get(trial.state, 0) + 1
+    return counts
+
+
+def param_importances(study: optuna.Study) -> dict[str, float] | None:
+    """Optuna's fANOVA importance of each searched parameter of ``study`` (fractions that
+    sum to 1, seeded: the same trials give the same numbers), over its complete trials;
+    None when it cannot be computed (fewer than two complete trials, or no parameter
+    that all of them share)."""
+    optuna = optuna_module()
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    try:
+        found = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    except (ValueError, RuntimeError):
+        return None
+    return {name: float(value) for name, value in found.items()} or None
+
+
 class TrialReporter:
     """A training run's link to its trial: called after every epoch with the epoch's
     metrics, it reports ``metric`` at step ``epoch`` and raises
@@ -206,13 +263,7 @@ class TrialReporter:
 
     def __init__(self, storage: str, study_name: str, number: int, metric: str) -> None:
         optuna = optuna_module()
-        try:
-            study = optuna.load_study(study_name=study_name, storage=storage)
-        except Exception as exc:
-            raise ConfigError(
-                f"Optuna study {study_name!r} in {redact(storage)} (optuna.study, "
-                f"optuna.storage): {type(exc).__name__}: {_first_line(exc)}"
-            ) from exc
+        study = load_study(storage, study_name, "optuna.study, optuna.storage")
         stored = f"attribute {PRUNER_ATTR!r} of Optuna study {study_name!r} in {redact(storage)}"
         pruner = instantiate("pruner", study.user_attrs.get(PRUNER_ATTR), stored)
         study.pruner = pruner or optuna.pruners.NopPruner()

@@ -40,6 +40,7 @@ COMMANDS = (
     "study",
     "transcribe",
     "register",
+    "sweep",
 )
 MODELS = ("rnn_baseline", "rnn_table4", "crnn1", "crnn2", "crnn_tagging")
 GROUPS = ("model", "data", "split", "optimizer", "scheduler", "trainer", "tracking", "ablation")

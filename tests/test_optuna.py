@@ -251,6 +251,25 @@ def test_two_sweep_processes_share_one_study_and_prune(data_root: Path, tmp_path
         results = OmegaConf.load(tmp_path / f"worker{seed}" / "optimization_results.yaml")
         assert results.name == "shared" and results.storage == storage
 
+    # its summary, by the worker that ended last (the same artifacts, updated): the
+    # study's history and importance among the figures, the pruned trials counted
+    figures = [a.path for a in client.list_artifacts(parent.info.run_id, "figures")]
+    assert figures == [
+        "figures/factors.png",
+        "figures/learning_curves.png",
+        "figures/optimization_history.png",
+        "figures/param_importances.png",
+    ]
+    assert parent.data.metrics["sweep/runs_pruned"] == len(pruned)
+    assert parent.data.metrics["sweep/runs_finished"] == len(complete)
+    assert parent.data.metrics["sweep/best_value"] == best.value
+    assert parent.data.tags["sweep.best_run_id"] == trial_runs[best.number].info.run_id
+    path = client.download_artifacts(parent.info.run_id, "summary.md", str(tmp_path))
+    summary = Path(path).read_text()
+    assert f"{len(complete)} finished, {len(pruned)} pruned, 0 failed" in summary
+    assert f"{2 * WORKER_TRIALS} trials: {len(complete)} complete, {len(pruned)} pruned" in summary
+    assert "| 1 | " in summary and "fANOVA importance" in summary
+
 
 # ------------------------------------------------------------------ what a study may name
 

@@ -19,7 +19,7 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from chordrec import study
+from chordrec import cli, study
 from chordrec.report.tables import NOT_REPORTED, REPORT, format_duration
 from tests.conftest import OOD, REPO, run_chordrec, subprocess_env
 
@@ -275,6 +275,14 @@ def test_the_study_runs_every_preset_under_its_parent_run(tiny_study):
     # the study's multirun nests under the study: no sweep parent of its own
     client = tiny_study.client
     assert not client.search_runs([parent.info.experiment_id], "tags.kind = 'sweep'")
+    # the study's parent holds the summary of its members, ranked by preset
+    figures = [a.path for a in client.list_artifacts(parent.info.run_id, "figures")]
+    assert figures == ["figures/factors.png", "figures/learning_curves.png"]
+    assert parent.data.metrics["sweep/runs_finished"] == 6
+    best = max(r.data.metrics["val/frame_acc"] for r in members)
+    assert parent.data.metrics["sweep/best_value"] == best
+    summary = _artifact_text(client, parent.info.run_id, "summary.md", tiny_study.root / "s")
+    assert "| 1 | experiment |" in summary
 
 
 @pytest.mark.integration
@@ -446,6 +454,12 @@ def test_a_sweep_with_a_failed_job_ends_its_parent_failed_with_the_finished_runs
     table = Path(client.download_artifacts(parent.info.run_id, "runs.md", str(tmp_path)))
     finished = next(r for r in runs if r.info.status == "FINISHED")
     assert finished.info.run_id in table.read_text()
+    # its summary, figures included, marks the failed run
+    assert parent.data.metrics["sweep/runs_failed"] == 1
+    assert parent.data.tags["sweep.best_run_id"] == finished.info.run_id
+    assert len(client.list_artifacts(parent.info.run_id, "figures")) == 2
+    summary = _artifact_text(client, parent.info.run_id, "summary.md", tmp_path / "s")
+    assert f"(`{failed.info.run_id[:8]}`) | failed | crnn2 |" in summary
 
     # relaunched into the same directory with a length crnn2 can take: the same parent,
     # but the failed run of the first launch is still its child, so FAILED again, now
@@ -457,8 +471,11 @@ def test_a_sweep_with_a_failed_job_ends_its_parent_failed_with_the_finished_runs
 
 
 @pytest.mark.integration
-def test_sweep_over_models_and_lengths(data_root, tmp_path):
-    _, _, runs = _sweep(data_root, tmp_path, "model=rnn_baseline,rnn_table4", "seq_len=16,32")
+def test_sweep_over_models_and_lengths(data_root, tmp_path, capsys):
+    lr = "optimizer.lr=0.02"  # accuracies that differ after one epoch
+    _, client, runs = _sweep(
+        data_root, tmp_path, "model=rnn_baseline,rnn_table4", "seq_len=16,32", lr
+    )
     combos = sorted((r.data.params["model_name"], r.data.params["seq_len"]) for r in runs)
     assert combos == [
         ("rnn_baseline", "16"),
@@ -474,3 +491,52 @@ def test_sweep_over_models_and_lengths(data_root, tmp_path):
     assert table.returncode == 0, table.stderr
     assert table.stdout.splitlines()[0].startswith("| | model | seq_len | val % (argmax) |")
     assert "mean" not in table.stdout and len(table.stdout.splitlines()) == 2 + 4
+
+    # the parent's summary: artifacts, metrics, the best run and its tag
+    experiment = client.get_experiment_by_name("chordrec").experiment_id
+    (parent,) = client.search_runs([experiment], "tags.kind = 'sweep'")
+    parent_id = parent.info.run_id
+    expected = ["figures/factors.png", "figures/learning_curves.png"]
+    assert [a.path for a in client.list_artifacts(parent_id, "figures")] == expected
+    best_value = max(r.data.metrics["val/frame_acc"] for r in runs)
+    best_ids = [r.info.run_id for r in runs if r.data.metrics["val/frame_acc"] == best_value]
+    assert parent.data.metrics["sweep/best_value"] == best_value
+    assert parent.data.metrics["sweep/runs_finished"] == 4
+    assert parent.data.metrics["sweep/runs_failed"] == 0
+    assert parent.data.tags["sweep.best_run_id"] in best_ids
+    summary = _artifact_text(client, parent_id, "summary.md", tmp_path / "1")
+    best = parent.data.tags["sweep.best_run_id"]
+    assert f"(`{best}`): val/frame_acc {100 * best_value:.2f} %" in summary
+    assert "| model |" in summary and "| seq_len |" in summary and "**Verdict**" in summary
+
+    # a second launch into the sweep directory (another seed of one configuration)
+    # updates the same artifacts, with every run so far and now a seed spread
+    _, _, runs = _sweep(data_root, tmp_path, "model=rnn_table4", "seq_len=32", "seed=1", lr)
+    (again,) = client.search_runs([experiment], "tags.kind = 'sweep'")
+    assert again.info.run_id == parent_id and len(runs) == 5
+    assert [a.path for a in client.list_artifacts(parent_id, "figures")] == expected
+    names = [a.path for a in client.list_artifacts(parent_id)]
+    assert names == ["figures", "runs.csv", "runs.md", "summary.md"]
+    steps = client.get_metric_history(parent_id, "sweep/runs_finished")
+    assert sorted((m.step, m.value) for m in steps) == [(4, 4.0), (5, 5.0)]
+    summary = _artifact_text(client, parent_id, "summary.md", tmp_path / "2")
+    assert "5 finished" in summary and "Seed-to-seed spread" in summary
+    assert all(r.info.run_id[:8] in summary for r in runs)
+
+    # chordrec sweep show: the same summary, by sweep id, with links into the UI
+    sweep_id = again.data.tags["sweep_id"]
+    assert cli.main(["sweep", "show", sweep_id, "--store", str(tmp_path / "mlruns")]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith(summary)
+    assert (
+        f"MLflow UI, parent run: http://127.0.0.1:5000/#/experiments/{experiment}/runs/{parent_id}?"
+        in shown
+    )
+    assert "MLflow UI, top five runs compared: " in shown
+    assert cli.main(["sweep", "show", "0123456789abcdef", "--store", str(tmp_path / "mlruns")]) == 1
+    assert "no sweep '0123456789abcdef'" in capsys.readouterr().err
+
+
+def _artifact_text(client, run_id: str, path: str, into: Path) -> str:
+    into.mkdir()
+    return Path(client.download_artifacts(run_id, path, str(into))).read_text()

@@ -4,7 +4,7 @@ A tiny two-run Hydra sweep logs into a fresh store; ``chordrec ui`` serves it an
 ``chordrec compare`` prints a link to the two runs' charts. Headless Chromium then opens
 the links a user is given and checks what they show: the training runs (not the GenAI
 overview), the sweep's parent row and its children, the RWC-Pop datasets, the compare
-charts and a run's metric sections. Every locator follows the UI's visible text, ARIA
+charts, a run's metric sections and the sweep's summary figures on its parent run. Every locator follows the UI's visible text, ARIA
 roles and ``data-testid`` attributes, never its generated CSS classes.
 
 Every check saves screenshots in the module's temporary directory, and a failing check
@@ -111,6 +111,14 @@ X_SECTION = X_SECTION_HEADER + "[.//*[normalize-space(text())='{}']]"
 X_CHART_CARD = "//div[@data-testid='experiment-view-compare-runs-card'][.//h4[@title='{}']]"
 X_SYSTEM_CHART = "//h4[starts-with(@title, 'system/')]"
 X_TAB = "//button[@role='tab'][normalize-space(.)='{}']"
+X_ARTIFACT = "//*[normalize-space(text())='{}']"
+"""An artifact (file or folder) in a run's artifact tree, by its name."""
+IMAGE_SHOWN = """
+return document.body.innerText.includes(arguments[0])
+    && [...document.images].some(image => image.complete && image.naturalWidth >= 400);
+"""
+"""Whether the page names an artifact and shows an image of figure size (the artifact
+view loads it as a blob: its address does not name it)."""
 
 # ------------------------------------------------------------------------ the store
 
@@ -586,6 +594,28 @@ def test_e_a_run_page_has_a_section_per_metric_prefix(browser: Browser, sweep: S
         sections = browser.sections_with({"System metrics"})
         assert MODEL_SECTIONS.isdisjoint(sections), sections
         browser.shot("e_system_metrics")
+
+
+def test_f_the_sweeps_parent_run_holds_its_summary_figures(browser: Browser, sweep: Sweep, ui: Ui):
+    """The parent run's Artifacts tab lists the sweep's summary and figures; the
+    factors figure opens as an image."""
+    with browser.check("f"):
+        browser.open(
+            tracking.run_url(ui.base_url, sweep.experiment_id, sweep.parent.run_id),
+            X_TAB.format("Artifacts"),
+        )
+        # the run loaded (its description shown) before its artifacts are asked for
+        browser.visible(f"//*[normalize-space(.)={_xpath_literal(sweep.parent.description)}]")
+        browser.click(X_TAB.format("Artifacts"))
+        browser.visible(X_ARTIFACT.format("summary.md"))
+        browser.click(X_ARTIFACT.format("figures"))
+        browser.visible(X_ARTIFACT.format("learning_curves.png"))
+        browser.click(X_ARTIFACT.format("factors.png"))
+        browser.until(
+            lambda: browser.driver.execute_script(IMAGE_SHOWN, "factors.png"),
+            "the factors figure is not shown",
+        )
+        browser.shot("f_sweep_figures")
 
 
 def _xpath_literal(text: str) -> str:

@@ -77,3 +77,15 @@ def add_tracking_options(
                 "else the store)"
             ),
         )
+
+
+def add_ui_url_option(parser: argparse.ArgumentParser) -> None:
+    """``--ui-url``: the MLflow UI's address for the links a command prints."""
+    parser.add_argument(
+        "--ui-url",
+        metavar="URL",
+        help=(
+            "the MLflow UI's address for the printed links (default: the tracking server, "
+            "else http://127.0.0.1:5000, where `chordrec ui` serves)"
+        ),
+    )

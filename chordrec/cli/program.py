@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from chordrec import __version__
-from chordrec.cli import data, results, servers, transcription
+from chordrec.cli import data, results, servers, sweep, transcription
 from chordrec.constants import DATA_DIR
 
 FORWARDED = {"train": "chordrec.train", "evaluate": "chordrec.evaluate"}
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_compare_parser(commands)
     results.add_study_parser(commands)
     results.add_register_parser(commands)
+    sweep.add_sweep_parser(commands)
     return parser
 
 

@@ -7,7 +7,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from chordrec.cli.options import add_tracking_options, configure_tracking, study_id_arg
+from chordrec.cli.options import (
+    add_tracking_options,
+    add_ui_url_option,
+    configure_tracking,
+    study_id_arg,
+)
 from chordrec.constants import CHAMPION, PRESETS, REGISTERED_MODEL
 
 
@@ -120,14 +125,7 @@ def add_compare_parser(commands: argparse._SubParsersAction) -> None:
         ),
     )
     compare.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="MLflow run ids (2 or more)")
-    compare.add_argument(
-        "--ui-url",
-        metavar="URL",
-        help=(
-            "the MLflow UI's address for the printed link (default: the tracking server, "
-            "else http://127.0.0.1:5000, where `chordrec ui` serves)"
-        ),
-    )
+    add_ui_url_option(compare)
     add_tracking_options(compare)
     compare.set_defaults(func=_compare)
 

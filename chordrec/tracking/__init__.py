@@ -21,7 +21,8 @@ concern and imports only those beneath it (``store`` ← ``runs`` ← ``registry
 - :mod:`~chordrec.tracking.runs`: one training run: :class:`RunTracker` (start or resume,
   log, end with the right status), its tags (:func:`base_tags` with the versions of
   Python and the main libraries, :func:`git_state`, :func:`process_tags`), reading a
-  run back (:func:`get_run`, :func:`run_metrics`, :func:`metric_history`) and
+  run back (:func:`get_run`, :func:`run_metrics`, :func:`metric_history`,
+  :func:`metric_steps`) and
   :func:`check_resumable`.
 - :mod:`~chordrec.tracking.mlflow_private`: the only uses of MLflow's private state (letting
   go of a run without ending it when the server is gone), one function each, tested
@@ -36,8 +37,10 @@ concern and imports only those beneath it (``store`` ← ``runs`` ← ``registry
   :func:`runs_by_id` (as :class:`RunRecord` values), the parent run of a study or a
   sweep (:func:`start_parent_run`, :func:`find_sweep_parent`, :func:`reopen_parent_run`,
   :func:`end_parent_run`, :func:`set_run_tags`, :func:`delete_run`,
-  :func:`check_study_id`), an Optuna study's standing on its parent (:func:`record_study`) and runs holding one text such as a
-  result table (:func:`create_run_with_text`, :func:`log_text_to_run`).
+  :func:`check_study_id`), an Optuna study's standing on its parent (:func:`record_study`), what a sweep's summary
+  logs to its parent (:func:`log_figure_to_run`, :func:`log_metrics_to_run`) and runs
+  holding one text such as a result table (:func:`create_run_with_text`,
+  :func:`log_text_to_run`).
 - :mod:`~chordrec.tracking.ui`: addresses in the MLflow UI, pure functions of strings:
   where it is (:func:`ui_base_url`), an experiment's and a run's pages (:func:`experiment_url`,
   :func:`run_url`) and its pages comparing chosen runs (:func:`compare_url`,
@@ -61,6 +64,7 @@ from chordrec.tracking.runs import (
     get_run,
     git_state,
     metric_history,
+    metric_steps,
     process_tags,
     run_metrics,
 )
@@ -73,6 +77,8 @@ from chordrec.tracking.search import (
     find_experiment_id,
     find_runs,
     find_sweep_parent,
+    log_figure_to_run,
+    log_metrics_to_run,
     log_text_to_run,
     record_study,
     reopen_parent_run,
@@ -135,6 +141,7 @@ __all__ = [
     "get_run",
     "git_state",
     "metric_history",
+    "metric_steps",
     "process_tags",
     "run_metrics",
     # registry
@@ -150,6 +157,8 @@ __all__ = [
     "find_experiment_id",
     "find_runs",
     "find_sweep_parent",
+    "log_figure_to_run",
+    "log_metrics_to_run",
     "log_text_to_run",
     "record_study",
     "reopen_parent_run",

@@ -48,6 +48,15 @@ def current_metric_name(name: str) -> str:
     return name
 
 
+def previous_metric_name(name: str) -> str:
+    """The name that runs logged metric ``name`` under before the renaming (the inverse
+    of :func:`current_metric_name`): ``val/acc`` → ``val_acc``."""
+    for old, new in RENAMED.items():
+        if new == name:
+            return old
+    return name.replace("/", "_", 1)
+
+
 def current_metric_names(metrics: Mapping[str, object]) -> dict[str, str]:
     """Each stored metric name of ``metrics`` → its current name, the old ``size_*``
     metrics left out (see :func:`legacy_sizes`)."""

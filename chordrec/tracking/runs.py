@@ -34,7 +34,7 @@ import chordrec
 from chordrec.constants import EXPERIMENT, STORE_DIR
 from chordrec.errors import TrialPruned
 from chordrec.passwords import flatten, holds_password, redact
-from chordrec.tracking.legacy import current_metric_names, current_metrics
+from chordrec.tracking.legacy import current_metric_names, current_metrics, previous_metric_name
 from chordrec.tracking.mlflow_private import forget_active_run, stop_system_metrics
 from chordrec.tracking.store import (
     ServerUnavailable,
@@ -74,6 +74,18 @@ def metric_history(run_id: str, client: MlflowClient | None = None) -> dict[str,
         points = retry_locked(lambda k=key: client.get_metric_history(run.info.run_id, k))
         history.setdefault(name, {}).update({m.step: m.value for m in points})
     return history
+
+
+def metric_steps(run_id: str, metric: str, client: MlflowClient | None = None) -> dict[int, float]:
+    """Logged per-step values of one metric of run ``run_id``, by its current name (or
+    the name a run logged before the renaming: :mod:`~chordrec.tracking.legacy`):
+    ``{step: value}``, empty when the run logged none."""
+    client = client or MlflowClient()
+    for key in (metric, previous_metric_name(metric)):
+        points = retry_locked(lambda k=key: client.get_metric_history(run_id, k))
+        if points:
+            return {m.step: m.value for m in points}
+    return {}
 
 
 def git_state(cwd: str | Path = ".") -> dict[str, str]:

@@ -202,6 +202,19 @@ def log_text_to_run(run_id: str, text: str, name: str) -> None:
     retry_locked(lambda: MlflowClient().log_text(run_id, text, name))
 
 
+def log_figure_to_run(run_id: str, figure: Any, name: str) -> None:
+    """Write matplotlib ``figure`` as artifact ``name`` (e.g. ``figures/factors.png``) of
+    run ``run_id`` (which need not be active), replacing an artifact of that name."""
+    retry_locked(lambda: MlflowClient().log_figure(run_id, figure, name))
+
+
+def log_metrics_to_run(run_id: str, metrics: Mapping[str, float], step: int) -> None:
+    """Log ``metrics`` to run ``run_id`` (which need not be active) at ``step``."""
+    now = int(time.time() * 1000)
+    points = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    retry_locked(lambda: MlflowClient().log_batch(run_id, metrics=points))
+
+
 def create_run_with_text(
     experiment: str, name: str, text: str, artifact: str, tags: Mapping[str, str]
 ) -> str:

@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from chordrec import tuning
 from chordrec.errors import ConfigError, TrialPruned
 from chordrec.passwords import redact, refuse_password
-from chordrec.sweeps import sweep_id
+from chordrec.sweeps import optuna_storage, sweep_id
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class OptunaSweeper(Sweeper):
         fixed, dimensions = self._search_space(arguments)
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        storage = self.storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
+        storage = optuna_storage(self.config.hydra)
         study = tuning.open_study(
             storage, self.study_name, self.direction, self.sampler, self.pruner
         )
