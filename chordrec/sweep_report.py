@@ -10,7 +10,9 @@ to the parent:
 - ``summary.md`` (:data:`SUMMARY`): the best run, the factors ranked by effect, each
   level's mean ± standard deviation, whether the winner's lead exceeds the seed spread;
 - ``figures/learning_curves.png`` and ``figures/factors.png``
-  (:mod:`chordrec.report.sweep_figures`);
+  (:mod:`chordrec.report.sweep_figures`), and ``figures/tradeoff.png`` (RWC-Pop test
+  accuracy against out-of-domain majmin, a point per run) when the runs were scored out
+  of domain;
 - for an Optuna study (parent tags ``optuna_study`` and ``optuna_storage``), its
   history and fANOVA importance (:mod:`chordrec.tuning`), which also ranks the factors:
   ``figures/optimization_history.png``, ``figures/param_importances.png``;
@@ -29,6 +31,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from chordrec import tracking, tuning
 from chordrec.errors import UserError
@@ -39,6 +42,7 @@ from chordrec.report.sweep_summary import (
     FINISHED,
     KILLED,
     OBJECTIVE,
+    OOD_SCORES,
     PRUNED,
     TEST_SCORE,
     SweepRun,
@@ -54,6 +58,7 @@ LEARNING_CURVES = "figures/learning_curves.png"
 FACTORS = "figures/factors.png"
 HISTORY = "figures/optimization_history.png"
 IMPORTANCE = "figures/param_importances.png"
+TRADEOFF = "figures/tradeoff.png"
 BEST_RUN_TAG = "sweep.best_run_id"
 
 NOT_A_FACTOR = (*tables.NOT_A_FACTOR, "optuna.")
@@ -113,9 +118,19 @@ def sweep_runs(parent_run_id: str) -> list[SweepRun]:
             test_score=r.metrics.get(TEST_SCORE),
             curve=tracking.metric_steps(r.run_id, CURVE_METRIC),
             pruned=r.tags.get("pruned") == "true",
+            **_ood_score(r.metrics),
         )
         for r in children
     ]
+
+
+def _ood_score(metrics: Mapping[str, float]) -> dict[str, Any]:
+    """A run's out-of-domain score as :class:`SweepRun` fields: the first of
+    :data:`OOD_SCORES` among ``metrics``, if any."""
+    for name in OOD_SCORES:
+        if name in metrics:
+            return {"ood_metric": name, "ood_score": metrics[name]}
+    return {}
 
 
 def optuna_view(parent: tracking.RunRecord) -> OptunaView | None:
@@ -152,6 +167,9 @@ def log_sweep_summary(parent_run_id: str) -> SweepSummary:
         LEARNING_CURVES: sweep_figures.learning_curves_figure(summary),
         FACTORS: sweep_figures.factor_figure(summary),
     }
+    tradeoff = sweep_figures.tradeoff_figure(summary)
+    if tradeoff is not None:
+        figures[TRADEOFF] = tradeoff
     if report.optuna is not None:
         study = report.optuna.study
         figures[HISTORY] = sweep_figures.history_figure(report.optuna.trials, study)

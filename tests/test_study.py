@@ -277,7 +277,11 @@ def test_the_study_runs_every_preset_under_its_parent_run(tiny_study):
     assert not client.search_runs([parent.info.experiment_id], "tags.kind = 'sweep'")
     # the study's parent holds the summary of its members, ranked by preset
     figures = [a.path for a in client.list_artifacts(parent.info.run_id, "figures")]
-    assert figures == ["figures/factors.png", "figures/learning_curves.png"]
+    assert figures == [
+        "figures/factors.png",
+        "figures/learning_curves.png",
+        "figures/tradeoff.png",  # the members were scored out of domain
+    ]
     assert parent.data.metrics["sweep/runs_finished"] == 6
     best = max(r.data.metrics["val/frame_acc"] for r in members)
     assert parent.data.metrics["sweep/best_value"] == best
@@ -457,7 +461,7 @@ def test_a_sweep_with_a_failed_job_ends_its_parent_failed_with_the_finished_runs
     # its summary, figures included, marks the failed run
     assert parent.data.metrics["sweep/runs_failed"] == 1
     assert parent.data.tags["sweep.best_run_id"] == finished.info.run_id
-    assert len(client.list_artifacts(parent.info.run_id, "figures")) == 2
+    assert len(client.list_artifacts(parent.info.run_id, "figures")) == 3
     summary = _artifact_text(client, parent.info.run_id, "summary.md", tmp_path / "s")
     assert f"(`{failed.info.run_id[:8]}`) | failed | crnn2 |" in summary
 
@@ -496,7 +500,8 @@ def test_sweep_over_models_and_lengths(data_root, tmp_path, capsys):
     experiment = client.get_experiment_by_name("chordrec").experiment_id
     (parent,) = client.search_runs([experiment], "tags.kind = 'sweep'")
     parent_id = parent.info.run_id
-    expected = ["figures/factors.png", "figures/learning_curves.png"]
+    expected = ["figures/factors.png", "figures/learning_curves.png", "figures/tradeoff.png"]
+    assert all("ood_val/majmin" in r.data.metrics for r in runs)  # hence the trade-off
     assert [a.path for a in client.list_artifacts(parent_id, "figures")] == expected
     best_value = max(r.data.metrics["val/frame_acc"] for r in runs)
     best_ids = [r.info.run_id for r in runs if r.data.metrics["val/frame_acc"] == best_value]

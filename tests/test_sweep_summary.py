@@ -8,6 +8,7 @@ import itertools
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
@@ -16,6 +17,7 @@ from chordrec.report.sweep_figures import (
     history_figure,
     importance_figure,
     learning_curves_figure,
+    tradeoff_figure,
 )
 from chordrec.report.sweep_summary import (
     SweepRun,
@@ -207,3 +209,26 @@ def test_ranked_runs_put_the_best_first_and_unscored_runs_last():
     runs.append(_run(2, {"m": "c"}, 0.6))
     summary: SweepSummary = summarize_sweep(runs)
     assert [r.name for r in summary.ranked_runs()] == ["run2", "run0", "run1"]
+
+
+def test_the_tradeoff_figure_has_a_point_per_run_scored_out_of_domain(tmp_path: Path):
+    runs = [
+        _run(
+            i,
+            {"data.synth_fraction": f},
+            0.6 - 0.02 * i,
+            ood_score=0.8 + 0.04 * i,
+            ood_metric="ood_test/majmin",
+        )
+        for i, f in enumerate(["0", "0.25", "0.5"])
+    ]
+    runs.append(_run(3, {"data.synth_fraction": "1"}, None, status="FAILED", ood_score=0.9))
+    figure = tradeoff_figure(summarize_sweep(runs))
+    assert figure is not None
+    points = figure.axes[0]  # then the colour bar of a numeric factor, if any
+    drawn = sorted((line.get_xdata()[0], line.get_ydata()[0]) for line in points.lines)
+    expected = sorted((r.ood_score, r.test_score) for r in runs[:3])  # the failed run left out
+    assert np.allclose(drawn, expected)
+    assert points.get_xlabel() == "ood_test/majmin (out of domain)"
+    _png(figure, tmp_path / "tradeoff.png")
+    assert tradeoff_figure(summarize_sweep([_run(9, {}, 0.5)])) is None  # no OOD score

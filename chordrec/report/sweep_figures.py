@@ -1,5 +1,6 @@
 """A sweep's figures: its runs' learning curves, the objective against each factor, and
-an Optuna study's history and parameter importance.
+an Optuna study's history and parameter importance, and the trade-off between RWC-Pop
+test accuracy and out-of-domain majmin.
 
 Like :mod:`chordrec.report.figures` (the other module that uses matplotlib), every
 function builds a standalone :class:`matplotlib.figure.Figure` without ``pyplot``'s
@@ -29,13 +30,20 @@ from chordrec.report.sweep_summary import (
     MAX_LEVELS,
     OBJECTIVE,
     SEED,
+    TEST_SCORE,
     SweepRun,
     SweepSummary,
     setting_text,
 )
 from chordrec.tuning import TrialPoint, state_counts
 
-__all__ = ["factor_figure", "importance_figure", "learning_curves_figure", "history_figure"]
+__all__ = [
+    "factor_figure",
+    "importance_figure",
+    "learning_curves_figure",
+    "history_figure",
+    "tradeoff_figure",
+]
 
 _PANELS_PER_ROW = 3
 _UNFINISHED_COLOR = "tab:red"
@@ -417,4 +425,61 @@ def importance_figure(importances: Mapping[str, float], study: str) -> Figure:
     ax.set_xlabel(f"fANOVA importance for {OBJECTIVE}")
     ax.set_title(f"Optuna study {study}: parameter importance")
     ax.grid(True, axis="x", alpha=0.3)
+    return fig
+
+
+def tradeoff_figure(summary: SweepSummary) -> Figure | None:
+    """RWC-Pop test accuracy (``test/frame_acc``) against out-of-domain majmin, one point
+    per finished run that has both, coloured by the level of the factor with the largest
+    effect and labelled with the run's factors, the best run (by the objective) a star;
+    None when no run has both."""
+    runs = [
+        r for r in summary.runs if r.scored and r.test_score is not None and r.ood_score is not None
+    ]
+    if not runs:
+        return None
+    fig = Figure(figsize=(8.0, 5.5), layout="constrained")
+    ax = fig.subplots()
+    factor = summary.top_factor
+    colour = _colours(summary.runs, factor.name if factor else None, fig, ax)
+    best_id = summary.best.run_id if summary.best else None
+    for run in runs:
+        best = run.run_id == best_id
+        ax.plot(
+            run.ood_score,
+            run.test_score,
+            "*" if best else "o",
+            color="gold" if best else colour(run),
+            markeredgecolor="black" if best else "none",
+            markersize=16 if best else 8,
+            zorder=3 if best else 2,
+        )
+        label = ", ".join(f"{k}={setting_text(v)}" for k, v in run.factors.items())
+        ax.annotate(
+            label or run.name,
+            (run.ood_score, run.test_score),
+            xytext=(5, 4),
+            textcoords="offset points",
+            fontsize="x-small",
+        )
+    if factor is not None and not _is_scale(summary.runs, factor.name):
+        handles = [
+            Line2D(
+                [],
+                [],
+                marker="o",
+                linestyle="",
+                color=colour.level(level),
+                label=f"{factor.name}={setting_text(level)}",
+            )
+            for level in _levels(runs, factor.name)
+        ]
+        ax.legend(handles=handles, fontsize="small", loc="best")
+    metrics = sorted({r.ood_metric for r in runs if r.ood_metric})
+    ax.set_xlabel(" / ".join(metrics) + " (out of domain)")
+    ax.set_ylabel(f"{TEST_SCORE} (RWC-Pop)")
+    ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    ax.set_title(f"RWC-Pop test accuracy against out-of-domain majmin ({len(runs)} runs)")
+    ax.grid(True, alpha=0.3)
     return fig

@@ -30,6 +30,10 @@ TEST_SCORE = "test/frame_acc"
 CURVE_METRIC = "val/acc"
 """The per-epoch metric of the learning curves."""
 
+OOD_SCORES = ("ood_test/majmin", "ood_val/majmin")
+"""The out-of-domain score of a run's trade-off point, first found first: the test part's
+majmin, else the validation part's (:mod:`chordrec.ood`)."""
+
 SEED = "seed"
 """The setting whose values are replicates of one configuration, not a factor."""
 
@@ -48,8 +52,8 @@ _OUTCOME_OF_STATUS = {"FINISHED": FINISHED, "FAILED": FAILED, "KILLED": KILLED}
 class SweepRun:
     """One run of a sweep as plain data: its MLflow ``status``, the values of the
     settings that vary between the sweep's runs (``factors``), its ``objective`` and
-    ``test_score`` (None when it lacks them), its ``curve`` (epoch → ``val/acc``) and
-    whether a pruner stopped it."""
+    ``test_score`` (None when it lacks them), its ``curve`` (epoch → ``val/acc``),
+    whether a pruner stopped it, and its out-of-domain score."""
 
     run_id: str
     name: str
@@ -59,6 +63,10 @@ class SweepRun:
     test_score: float | None
     curve: Mapping[int, float]
     pruned: bool = False
+    ood_score: float | None = None
+    """Its out-of-domain majmin (the first of :data:`OOD_SCORES` it logged), if any."""
+    ood_metric: str | None = None
+    """The name of that metric."""
 
     @property
     def outcome(self) -> str:
