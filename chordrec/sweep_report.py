@@ -61,11 +61,6 @@ IMPORTANCE = "figures/param_importances.png"
 TRADEOFF = "figures/tradeoff.png"
 BEST_RUN_TAG = "sweep.best_run_id"
 
-NOT_A_FACTOR = (*tables.NOT_A_FACTOR, "optuna.")
-"""Overrides that differ between runs without being a factor: bookkeeping such as a run's
-name (:data:`chordrec.report.tables.NOT_A_FACTOR`) and an Optuna trial's number, study
-and storage."""
-
 
 @dataclass(frozen=True)
 class OptunaView:
@@ -113,7 +108,7 @@ def sweep_runs(parent_run_id: str) -> list[SweepRun]:
             run_id=r.run_id,
             name=r.run_name,
             status=r.status,
-            factors={k: v for k, v in factors[r.run_id].items() if not k.startswith(NOT_A_FACTOR)},
+            factors=factors[r.run_id],
             objective=r.metrics.get(OBJECTIVE),
             test_score=r.metrics.get(TEST_SCORE),
             curve=tracking.metric_steps(r.run_id, CURVE_METRIC),

@@ -58,6 +58,15 @@ def test_factors_of_a_sweep_are_its_varying_overrides():
     }
 
 
+def test_bookkeeping_overrides_are_no_factors():
+    """A run's name and an Optuna trial's number differ between a sweep's runs too."""
+    runs = [
+        _run("r1", 1, "seq_len=128 run_name=a optuna.trial=0 +tracking.tags.x=1"),
+        _run("r2", 2, "seq_len=256 run_name=b optuna.trial=1 +tracking.tags.x=2"),
+    ]
+    assert run_factors(runs) == {"r1": {"seq_len": "128"}, "r2": {"seq_len": "256"}}
+
+
 def test_factors_outside_a_sweep_are_varying_params_without_bookkeeping():
     runs = [
         _run("r1", 1, params={"seq_len": "128", "run_name": "a", "tracking.experiment": "x"}),

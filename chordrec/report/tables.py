@@ -264,6 +264,7 @@ NOT_A_FACTOR = (
     "sizes.",
     "trainer.num_threads",
     "trainer.progress",
+    "optuna.",
 )
 
 
@@ -271,17 +272,19 @@ def run_factors(runs: Sequence[RunRecord]) -> dict[str, dict[str, str]]:
     """What sets ``runs`` apart: for each run id, the settings whose values differ between
     the runs. When every run comes from a Hydra sweep, these are the command-line overrides
     (tag ``sweep_overrides``, e.g. ``data.augment=none``); otherwise the MLflow params (the
-    flattened config), bookkeeping keys left out. A missing key counts as a value ("-")."""
+    flattened config). Bookkeeping keys (:data:`NOT_A_FACTOR`: a run's name, an Optuna
+    trial's number...) are left out of both. A missing key counts as a value ("-")."""
     if all("sweep_overrides" in r.tags for r in runs):
-        settings = {
+        given = {
             r.run_id: dict(o.partition("=")[::2] for o in r.tags["sweep_overrides"].split())
             for r in runs
         }
     else:
-        settings = {
-            r.run_id: {k: v for k, v in r.params.items() if not k.startswith(NOT_A_FACTOR)}
-            for r in runs
-        }
+        given = {r.run_id: dict(r.params) for r in runs}
+    settings = {
+        run_id: {k: v for k, v in s.items() if not k.lstrip("+~").startswith(NOT_A_FACTOR)}
+        for run_id, s in given.items()
+    }
     keys = sorted({k for s in settings.values() for k in s})
     varying = [k for k in keys if len({s.get(k, "-") for s in settings.values()}) > 1]
     return {run_id: {k: s.get(k, "-") for k in varying} for run_id, s in settings.items()}
