@@ -304,7 +304,9 @@ def test_hydra_full_error_keeps_the_traceback(tmp_path):
 def test_ctrl_c_during_training_ends_the_run_killed(tmp_path, data_root):
     """SIGINT to the training process's group, as a terminal's Ctrl-C sends it, once an
     epoch is logged: the run ends KILLED with the epochs it logged, and is not scored."""
-    max_epochs = 100  # far more than it can train before the interrupt
+    max_epochs = 100  # far more than it can train before the interrupt: the stop rule
+    # is off (min_lr 0), or the plateau schedule would end it converged after ~13 epochs
+    # (~15 s), before a loaded machine's poll saw the first one
     process = start_training(
         *_train_overrides(
             tmp_path,
@@ -314,6 +316,7 @@ def test_ctrl_c_during_training_ends_the_run_killed(tmp_path, data_root):
             "seq_len=16",
             "trainer.num_threads=1",
             f"trainer.max_epochs={max_epochs}",
+            "trainer.min_lr=0",
             "trainer.progress=false",
             "tracking.log_model=false",
         )
