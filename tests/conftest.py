@@ -129,9 +129,19 @@ def run_chordrec(*args: str, cwd: Path, timeout: float = 900) -> subprocess.Comp
     )
 
 
+def _as_a_terminal_starts_it() -> None:
+    """In the child before ``exec``: SIGINT handled by default and not blocked, as a shell
+    starts a foreground job. A test process can inherit it ignored or blocked from what ran
+    in it before (a library's server or worker threads), and an exec'd program keeps both,
+    so the training process would never see its Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def start_training(*overrides: str) -> subprocess.Popen:
     """Start ``python -m chordrec.train <overrides>`` in the repository, in a process group
-    of its own (a signal reaches it alone), stdout and stderr together in one text pipe."""
+    of its own (a signal reaches it alone), with SIGINT as a terminal leaves it, stdout and
+    stderr together in one text pipe."""
     return subprocess.Popen(
         [sys.executable, "-m", "chordrec.train", *overrides],
         cwd=REPO,
@@ -140,6 +150,7 @@ def start_training(*overrides: str) -> subprocess.Popen:
         text=True,
         env=subprocess_env(),
         start_new_session=True,
+        preexec_fn=_as_a_terminal_starts_it,
     )
 
 

@@ -5,6 +5,7 @@ and ends the run FAILED with its error; Ctrl-C ends a run KILLED."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -304,9 +305,8 @@ def test_hydra_full_error_keeps_the_traceback(tmp_path):
 def test_ctrl_c_during_training_ends_the_run_killed(tmp_path, data_root):
     """SIGINT to the training process's group, as a terminal's Ctrl-C sends it, once an
     epoch is logged: the run ends KILLED with the epochs it logged, and is not scored."""
-    max_epochs = 100  # far more than it can train before the interrupt: the stop rule
-    # is off (min_lr 0), or the plateau schedule would end it converged after ~13 epochs
-    # (~15 s), before a loaded machine's poll saw the first one
+    max_epochs = 100  # far more than it can train before the interrupt; the stop rule is
+    # off (min_lr 0), so the run trains until the interrupt ends it
     process = start_training(
         *_train_overrides(
             tmp_path,
@@ -326,6 +326,9 @@ def test_ctrl_c_during_training_ends_the_run_killed(tmp_path, data_root):
         mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns'}/mlflow.db")
         client = MlflowClient()
         await_first_epoch(client, run_id, process)
+        status = Path(f"/proc/{process.pid}/status")
+        if status.exists():  # shown if the test fails: is SIGINT ignored, blocked, caught?
+            print(*re.findall(r"^Sig(?:Blk|Ign|Cgt):.*$", status.read_text(), re.M))
         os.killpg(process.pid, signal.SIGINT)
         output, _ = process.communicate(timeout=120)
     finally:
