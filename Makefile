@@ -14,7 +14,7 @@ SYNTH_TRAIN_DIR := data/synth-train
 DATA_SOURCE ?= $(or $(CHORDREC_DATA_SOURCE),$(if $(wildcard $(SHARED_DATA)/SHA256SUMS),$(SHARED_DATA),github))
 ARGS ?=
 
-.PHONY: help install lock data train study table ui server test test-fast lint bench bench-transcription bench-startup bench-tracking bench-launchers gpu-check clean-venv
+.PHONY: help install lock data train study table ui server test test-system test-fast lint bench bench-transcription bench-startup bench-tracking bench-launchers gpu-check clean-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -82,11 +82,14 @@ server: install  ## a shared MLflow tracking server on a local PostgreSQL in mls
 # The suite runs in TEST_WORKERS processes (pytest-xdist), one test file per process at a time.
 TEST_WORKERS ?= 2
 
-test: install data  ## the test suite (unit tests and short runs on the real data)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+test: install data  ## the test suite: unit tests and short runs on the real data (not `system`)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not system" $(ARGS)
 
-test-fast: install  ## unit tests on small generated data (not `integration`, not `slow`): the edit-test loop
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not integration and not slow" $(ARGS)
+test-system: install data  ## the `system` tests: a fresh wheel install, servers, Ray, a browser, parallel runs, benchmarks
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m system $(ARGS)
+
+test-fast: install  ## unit tests on small generated data (not `integration`, `slow` or `system`): the edit-test loop
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not integration and not slow and not system" $(ARGS)
 
 lint: install  ## ruff, and the layers and library owners of ARCHITECTURE.md (import-linter)
 	$(VENV)/bin/ruff check chordrec hydra_plugins tests

@@ -179,6 +179,7 @@ def _answers(url: str) -> bool:
         return False
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_ui_serves_this_machine_only_and_stops_with_its_command(tmp_path: Path) -> None:
     if not Path("/proc/net/tcp").exists():
@@ -240,6 +241,7 @@ def test_table_with_unreachable_server(closed_port_url: str, tmp_path: Path) -> 
 # ------------------------------------------------------------------------ benchmarks
 
 
+@pytest.mark.system
 @pytest.mark.integration
 def test_training_benchmark(data_root: Path) -> None:
     result = _run(
@@ -265,6 +267,7 @@ def test_training_benchmark(data_root: Path) -> None:
         assert re.search(rf"^{mode}\s+L=128: [\d,]+ frames/s", result.stdout, re.M), result.stdout
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_transcription_benchmark_on_ten_seconds() -> None:
     result = _run(
@@ -289,6 +292,7 @@ def test_transcription_benchmark_on_ten_seconds() -> None:
     assert result.stdout.count("   end to end") == 3
 
 
+@pytest.mark.system
 @pytest.mark.integration
 def test_gpu_check_runs_its_cpu_part(data_root: Path, tmp_path: Path) -> None:
     """`make gpu-check` where no GPU is lent: experiment=best killed after epoch 1,

@@ -36,6 +36,7 @@ PROCESSES_AT_ONCE = 4
 ROUNDS = 2
 
 
+@pytest.mark.system
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_processes_sharing_an_empty_cache_all_finish(tmp_path):

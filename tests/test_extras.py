@@ -163,6 +163,7 @@ def test_the_blocker_blocks_and_the_core_imports_none_of_the_extras(
     assert done.stdout.split("\n")[:2] == ["[]", "blocked"]
 
 
+@pytest.mark.system
 @pytest.mark.slow
 @pytest.mark.integration
 def test_a_core_install_trains_makes_a_table_and_transcribes(

@@ -227,6 +227,7 @@ def _fake_venv(clone: Path) -> None:
     (clone / ".venv" / ".installed").touch()
 
 
+@pytest.mark.system
 @pytest.mark.slow
 @pytest.mark.integration
 def test_a_machine_without_fluidsynth_gets_a_green_make_data_and_make_train(

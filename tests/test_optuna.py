@@ -163,6 +163,7 @@ def test_a_trials_run_resumed_or_evaluated_never_touches_its_study(
 WORKER_TRIALS = 3
 
 
+@pytest.mark.system
 @pytest.mark.integration
 def test_two_sweep_processes_share_one_study_and_prune(data_root: Path, tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'study.db'}"

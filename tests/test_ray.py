@@ -38,7 +38,7 @@ from chordrec.data.fetch import dataset_digest, verify_dataset
 from tests.conftest import OOD, free_port, subprocess_env
 from tests.test_server import answers_health, stop_server
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.system]
 
 SEQ_LENS = (4, 12, 16, 24, 32)
 """The sweep's five jobs (each on the benchmark's tiny budget, one CPU): crnn2 at each

@@ -301,6 +301,7 @@ def test_hydra_full_error_keeps_the_traceback(tmp_path):
 # ------------------------------------------------------------------ Ctrl-C
 
 
+@pytest.mark.system
 @pytest.mark.integration
 def test_ctrl_c_during_training_ends_the_run_killed(tmp_path, data_root):
     """SIGINT to the training process's group, as a terminal's Ctrl-C sends it, once an

@@ -184,6 +184,7 @@ def _dump(cluster: LocalPostgres, database: str, password: str) -> str:
     return done.stdout
 
 
+@pytest.mark.system
 @pytest.mark.integration
 def test_a_sweep_on_a_password_protected_postgresql_writes_the_password_nowhere(
     postgres: LocalPostgres, data_root: Path, tmp_path: Path

@@ -38,7 +38,7 @@ from chordrec.server.postgres import LocalPostgres, PostgresError, postgres_bin_
 from tests.conftest import OOD, free_port, run_chordrec, signal_after_an_epoch, subprocess_env
 from tests.test_features import write_song
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.system]
 
 # What every training run here shares: test_study's TINY budget at beat level.
 TINY = [

@@ -30,7 +30,7 @@ from chordrec import tracking
 from chordrec.server.postgres import LocalPostgres
 from tests.conftest import OOD, free_port, subprocess_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.system]
 
 EPOCH_METRICS = ("train/loss", "train/acc", "train/lr", "val/loss", "val/acc", "time/epoch_s")
 

@@ -349,6 +349,7 @@ def test_a_member_without_a_metric_makes_the_table_an_error_naming_both(tiny_stu
     assert broken.stdout == ""
 
 
+@pytest.mark.system
 @pytest.mark.integration
 def test_a_failed_member_is_reported_and_the_others_finish(data_root, tmp_path):
     store = tmp_path / "mlruns"
@@ -380,6 +381,7 @@ def test_a_failed_member_is_reported_and_the_others_finish(data_root, tmp_path):
     assert failed.info.run_id in done.stderr and "seq_len >= 12" in done.stderr
 
 
+@pytest.mark.system
 @pytest.mark.integration
 def test_four_parallel_runs_all_finish_with_every_metric(data_root, tmp_path):
     _, client, runs = _sweep(
@@ -439,6 +441,7 @@ def test_four_parallel_runs_all_finish_with_every_metric(data_root, tmp_path):
     assert len(Path(rows).read_text().splitlines()) == 1 + 5 + 2  # header, runs, mean, std
 
 
+@pytest.mark.system
 @pytest.mark.integration
 def test_a_sweep_with_a_failed_job_ends_its_parent_failed_with_the_finished_runs(
     data_root, tmp_path

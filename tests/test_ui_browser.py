@@ -48,7 +48,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from chordrec import tracking
 from tests.conftest import OOD, free_port, subprocess_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.system]
 
 T = TypeVar("T")
 
