@@ -22,7 +22,12 @@ import numpy as np
 
 from chordrec.audio.features import load_audio
 from chordrec.data.synthetic import MANIFEST_FILE, SynthesisError, missing_tools, ood_songs
-from chordrec.inference.metrics import aggregate_chord_scores, chord_scores, reference_frame_classes
+from chordrec.inference.metrics import (
+    aggregate_chord_scores,
+    chord_scores,
+    reference_frame_classes,
+    segment_chord_scores,
+)
 from chordrec.io.chord_files import read_lab
 from chordrec.transcribe import ChordModel, transcribe_audio
 
@@ -147,3 +152,38 @@ def score_part(model: ChordModel, part: str, songs: Sequence[tuple[Path, Path]])
         f"{prefix}/frame_acc": correct / frames,
     }
     return PartScores(metrics, per_song)
+
+
+def score_lab_files(
+    lab_dir: str | Path, songs: Sequence[tuple[Path, Path]]
+) -> tuple[dict[str, float], dict[str, tuple[float, float, float]]]:
+    """Score the ``.lab`` files in ``lab_dir`` that another tool wrote for ``songs``
+    (``(audio, lab)`` pairs from :func:`songs_of`), one per song and named as the song's
+    reference (``test-000.lab``), against the references: what :func:`score_part` gives
+    for a model, majmin and root (mir_eval, weighted by duration), without the frame
+    counts.
+
+    Returns ``({"majmin": …, "root": …}, {song: (majmin, root, duration in s)})``.
+    Raises ValueError naming a missing or malformed file.
+    """
+    if not songs:
+        raise ValueError("the out-of-domain part holds no songs")
+    lab_dir = Path(lab_dir)
+    per_song: dict[str, tuple[float, float, float]] = {}
+    for audio, reference in songs:
+        estimate = lab_dir / reference.name
+        if not estimate.is_file():
+            raise ValueError(f"{estimate}: no such file (one .lab per song of the part)")
+        ref_intervals, ref_labels = read_lab(reference)
+        est_intervals, est_labels = read_lab(estimate)
+        try:
+            scores = segment_chord_scores(ref_intervals, ref_labels, est_intervals, est_labels)
+        except ValueError as exc:  # a label mir_eval cannot read
+            raise ValueError(f"{estimate}: {exc}") from exc
+        duration = float(ref_intervals[-1, 1] - ref_intervals[0, 0])
+        per_song[audio.stem] = (scores["majmin"], scores["root"], duration)
+    weighted = aggregate_chord_scores(
+        [{"majmin": m, "root": r} for m, r, _ in per_song.values()],
+        [d for _, _, d in per_song.values()],
+    )
+    return weighted, per_song

@@ -26,6 +26,7 @@ from chordrec.data import synthetic
 from chordrec.data.synthetic import ood_songs
 from chordrec.errors import ConfigError
 from chordrec.io.chord_files import read_lab
+from chordrec.ood import score_lab_files
 from chordrec.run import OOD_SKIPPED_TAG, evaluate, out_of_domain, train
 from tests.conftest import OOD, QUICK, REPO, compose_train, run_chordrec, subprocess_env
 
@@ -136,9 +137,48 @@ def test_chordrec_ood_scores_a_model_per_song_and_in_all(tmp_path: Path):
     total = lines[-1].split()
     assert 0.5 < float(total[1]) <= float(total[2]) <= 1.0  # majmin <= root
     assert "(2 songs; templates, viterbi 0.9995)" in lines[-1]
+    # another tool's .lab files (here `chordrec transcribe`'s) score as the model does
+    audio = [str(song) for song, _ in ood_songs(OOD, "validation")[:2]]
+    labs = tmp_path / "labs"
+    written = run_chordrec(
+        "transcribe", "--model", "templates", "--out-dir", str(labs), *audio, cwd=REPO
+    )
+    assert written.returncode == 0, written.stderr
+    from_labs = run_chordrec("ood", "--labs", str(labs), "--max-songs", "2", cwd=REPO)
+    assert from_labs.returncode == 0, from_labs.stderr
+    labs_total = from_labs.stdout.splitlines()[-1].split()
+    assert labs_total[:3] == total[:3], (from_labs.stdout, done.stdout)  # all, majmin, root
     missing = run_chordrec("ood", "--model", "templates", "--root", str(tmp_path), cwd=REPO)
     assert missing.returncode != 0
     assert str(tmp_path) in missing.stderr and "make data" in missing.stderr
+
+
+def test_lab_files_are_scored_against_the_references_and_a_bad_one_is_named(tmp_path: Path):
+    if not (OOD / synthetic.MANIFEST_FILE).exists():
+        pytest.skip(f"{OOD} is missing: run make data")
+    songs = ood_songs(OOD, "test")[:3]
+    for _, reference in songs:
+        shutil.copy(reference, tmp_path / reference.name)
+    weighted, per_song = score_lab_files(tmp_path, songs)
+    assert weighted == {"majmin": 1.0, "root": 1.0}
+    assert list(per_song) == [audio.stem for audio, _ in songs]
+    # every chord's root moved (to F#, or C where it was F#): only the N segments right
+    intervals, labels = read_lab(songs[0][1])
+    shifted = [
+        label if label == "N" else ("C:maj" if mir_eval.chord.encode(label)[0] == 6 else "F#:maj")
+        for label in labels
+    ]
+    shifted_lab = tmp_path / songs[0][1].name
+    shifted_lab.write_text(
+        "".join(f"{a:.6f} {b:.6f} {lab}\n" for (a, b), lab in zip(intervals, shifted, strict=True))
+    )
+    assert score_lab_files(tmp_path, songs)[1][songs[0][0].stem][0] < 0.5
+    shifted_lab.write_text("0.0 1.0 C:maj\nnot a lab line\n")
+    with pytest.raises(ValueError, match=str(shifted_lab)):
+        score_lab_files(tmp_path, songs)
+    shifted_lab.unlink()
+    with pytest.raises(ValueError, match=f"{shifted_lab}: no such file"):
+        score_lab_files(tmp_path, songs)
 
 
 def test_best_templates_is_best_decoded_with_the_templates():

@@ -67,6 +67,8 @@ def _ood(args: argparse.Namespace) -> int:
     from chordrec.transcribe import load_model, model_kind
 
     songs = ood.songs_of(args.root, args.part, args.max_songs)
+    if args.labs is not None:
+        return _ood_labs(args, songs)
     if model_kind(args.model) in ("registry", "run"):
         configure_tracking(args)
     model = load_model(args.model, args.device)
@@ -93,6 +95,21 @@ def _ood(args: argparse.Namespace) -> int:
         )
         + f"  ({len(scored.songs)} songs; {model.source}, {model.decode}"
         + (f" {model.self_transition:g})" if model.decode == "viterbi" else ")")
+    )
+    return 0
+
+
+def _ood_labs(args: argparse.Namespace, songs: Sequence[tuple[Path, Path]]) -> int:
+    """``chordrec ood --labs DIR``: score another tool's ``.lab`` files."""
+    from chordrec import ood
+
+    weighted, per_song = ood.score_lab_files(args.labs, songs)
+    print(f"{'song':<16} {'majmin':>7} {'root':>7}  seconds")
+    for name, (majmin, root, duration) in per_song.items():
+        print(f"{name:<16} {majmin:7.4f} {root:7.4f}  {duration:7.1f}")
+    print(
+        f"{'all':<16} {weighted['majmin']:7.4f} {weighted['root']:7.4f}"
+        f"  {sum(d for _, _, d in per_song.values()):7.1f}  ({len(per_song)} songs; {args.labs})"
     )
     return 0
 
@@ -238,6 +255,13 @@ def add_ood_parser(commands: argparse._SubParsersAction) -> None:
         "--root", type=Path, default=OOD_DIR, help="the set's directory (default: %(default)s)"
     )
     scorer.add_argument("--max-songs", type=int, help="the first N songs of the part only")
+    scorer.add_argument(
+        "--labs",
+        type=Path,
+        metavar="DIR",
+        help="score the .lab files in DIR instead of a model: another tool's output, one per "
+        "song, named as the song's reference (test-000.lab); majmin and root only",
+    )
     scorer.add_argument(
         "--device", default="auto", help="auto | cpu | cuda[:N] (default: %(default)s)"
     )

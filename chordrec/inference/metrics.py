@@ -187,11 +187,29 @@ def chord_scores(
         out); ``root``: same on chord roots; ``overseg``, ``underseg``: directional
         Hamming scores of the segmentations; ``seg``: their minimum. All in [0, 1].
     """
-    ref_intervals = _check_intervals(reference_intervals, reference_labels, "reference")
-    ref_labels = list(reference_labels)
     est_intervals, est_labels = frames_to_segments(predicted_classes, frame_rate)
     if est_intervals.shape[0] == 0:
         raise ValueError("predicted_classes holds no frames")
+    return segment_chord_scores(reference_intervals, reference_labels, est_intervals, est_labels)
+
+
+def segment_chord_scores(
+    reference_intervals: np.ndarray,
+    reference_labels: Sequence[str],
+    estimated_intervals: np.ndarray,
+    estimated_labels: Sequence[str],
+) -> dict[str, float]:
+    """MIREX chord metrics of an estimated annotation (segments and Harte labels, e.g. a
+    ``.lab`` file of any tool) against a reference, as :func:`mir_eval.chord.evaluate`
+    computes them; the same dict as :func:`chord_scores`.
+
+    Both ``*_intervals`` are arrays of shape (n, 2) in seconds, one Harte label per row.
+    The estimate is cropped or padded with ``N`` to the reference's span.
+    """
+    ref_intervals = _check_intervals(reference_intervals, reference_labels, "reference")
+    ref_labels = list(reference_labels)
+    est_intervals = _check_intervals(estimated_intervals, estimated_labels, "estimate")
+    est_labels = list(estimated_labels)
 
     import mir_eval
 
