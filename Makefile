@@ -85,7 +85,7 @@ TEST_WORKERS ?= 2
 test: install data  ## the test suite: unit tests and short runs on the real data (not `system`)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not system" $(ARGS)
 
-test-system: install data  ## the `system` tests: a fresh wheel install, servers, Ray, a browser, parallel runs, benchmarks
+test-system: install data  ## the `system` tests: servers, Ray, a browser, parallel runs, benchmarks, a core-only install
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m system $(ARGS)
 
 test-fast: install  ## unit tests on small generated data (not `integration`, `slow` or `system`): the edit-test loop

@@ -29,7 +29,7 @@ import pytest
 
 from tests.conftest import CONF, DATA, OOD, REPO
 
-pytestmark = [pytest.mark.integration, pytest.mark.system]
+pytestmark = pytest.mark.integration
 
 TORCH_SPEC = "torch==2.13.0"
 """The torch the environment gets (the Makefile's TORCH_SPEC): a CPU build here."""
