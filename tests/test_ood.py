@@ -111,6 +111,7 @@ def test_ood_part_null_scores_no_out_of_domain_songs(train_config):
     assert not any(k.startswith("ood") for k in metrics)
 
 
+@pytest.mark.integration
 def test_the_default_run_scores_all_16_validation_songs(monkeypatch):
     """The songs a run scores out of domain (each one's scores are logged, as
     test_a_run_logs_what_transcribing_its_songs_scores shows) are, by default, every
@@ -153,6 +154,7 @@ def test_chordrec_ood_scores_a_model_per_song_and_in_all(tmp_path: Path):
     assert str(tmp_path) in missing.stderr and "make data" in missing.stderr
 
 
+@pytest.mark.integration
 def test_lab_files_are_scored_against_the_references_and_a_bad_one_is_named(tmp_path: Path):
     if not (OOD / synthetic.MANIFEST_FILE).exists():
         pytest.skip(f"{OOD} is missing: run make data")
