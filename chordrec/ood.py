@@ -178,7 +178,7 @@ def score_lab_files(
         est_intervals, est_labels = read_lab(estimate)
         try:
             scores = segment_chord_scores(ref_intervals, ref_labels, est_intervals, est_labels)
-        except ValueError as exc:  # a label mir_eval cannot read
+        except ValueError as exc:  # a label mir_eval cannot parse
             raise ValueError(f"{estimate}: {exc}") from exc
         duration = float(ref_intervals[-1, 1] - ref_intervals[0, 0])
         per_song[audio.stem] = (scores["majmin"], scores["root"], duration)

@@ -178,6 +178,9 @@ def test_lab_files_are_scored_against_the_references_and_a_bad_one_is_named(tmp_
     shifted_lab.write_text("0.0 1.0 C:maj\nnot a lab line\n")
     with pytest.raises(ValueError, match=str(shifted_lab)):
         score_lab_files(tmp_path, songs)
+    shifted_lab.write_text("0.0 1.0 C:maj\n1.0 2.0 H:major\n")  # not a Harte label
+    with pytest.raises(ValueError, match=f"{shifted_lab}: not a Harte chord label: 'H:major'"):
+        score_lab_files(tmp_path, songs)
     shifted_lab.unlink()
     with pytest.raises(ValueError, match=f"{shifted_lab}: no such file"):
         score_lab_files(tmp_path, songs)

@@ -204,12 +204,15 @@ def segment_chord_scores(
     computes them; the same dict as :func:`chord_scores`.
 
     Both ``*_intervals`` are arrays of shape (n, 2) in seconds, one Harte label per row.
-    The estimate is cropped or padded with ``N`` to the reference's span.
+    The estimate is cropped or padded with ``N`` to the reference's span. Raises
+    ValueError for malformed intervals or a label mir_eval cannot parse.
     """
     ref_intervals = _check_intervals(reference_intervals, reference_labels, "reference")
     ref_labels = list(reference_labels)
     est_intervals = _check_intervals(estimated_intervals, estimated_labels, "estimate")
     est_labels = list(estimated_labels)
+    for label in set(ref_labels) | set(est_labels):
+        harte_class(label)  # ValueError naming a label mir_eval would not parse
 
     import mir_eval
 
