@@ -33,11 +33,21 @@ from chordrec.errors import UserError
 
 
 def user_lock_dir() -> Path:
-    """``<temp dir>/chordrec-<uid>`` (the temp dir is ``$TMPDIR`` or ``/tmp``), created
-    with mode 0700 when missing. Raises :class:`UserError` naming it when it exists but
-    is not a directory of this user that no one else can write (a link, another user's):
-    someone else could then take or replace this user's locks."""
-    path = Path(tempfile.gettempdir()) / f"chordrec-{os.getuid()}"
+    """``<temp dir>/chordrec-<uid>`` (the temp dir is ``$TMPDIR`` or ``/tmp``), made by
+    :func:`private_directory`: someone else could otherwise take or replace this user's
+    locks."""
+    return private_directory(
+        Path(tempfile.gettempdir()) / f"chordrec-{os.getuid()}",
+        "the lock directory",
+        "set TMPDIR to a directory of your own",
+    )
+
+
+def private_directory(path: Path, what: str, remedy: str) -> Path:
+    """``path``, created with mode 0700 (its missing parents too) when missing. Raises
+    :class:`UserError` naming it (as ``what``) and ``remedy`` when it exists but is not a directory of
+    this user that no one else can write (a link, another user's)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         path.mkdir(mode=0o700)
     except FileExistsError:
@@ -49,9 +59,9 @@ def user_lock_dir() -> Path:
         or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
     ):
         raise UserError(
-            f"{path}: the lock directory of uid {os.getuid()} is not a directory that only "
+            f"{path}: {what} of uid {os.getuid()} is not a directory that only "
             f"this user can write (owner uid {info.st_uid}, mode "
-            f"{stat.filemode(info.st_mode)}); remove it, or set TMPDIR to a directory of your own"
+            f"{stat.filemode(info.st_mode)}); remove it, or {remedy}"
         )
     return path
 

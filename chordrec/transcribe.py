@@ -44,8 +44,9 @@ from chordrec.audio.features import DEFAULT_LIMITS, AudioLimits
 from chordrec.constants import FRAME_RATE, SAMPLE_RATE
 from chordrec.data.songs import Song
 from chordrec.decoding import decode
-from chordrec.errors import ConfigError
+from chordrec.errors import ConfigError, UserError
 from chordrec.inference.metrics import frames_to_segments
+from chordrec.io import resolved_models
 from chordrec.io.atomic_write import write_all_atomic
 from chordrec.io.chord_files import format_csv, format_jams, format_lab
 from chordrec.models import templates
@@ -204,11 +205,20 @@ def _run_part(spec: str) -> str:
     return spec[len("runs:/") :].split("/", 1)[0] if spec.startswith("runs:/") else spec
 
 
-def load_model(spec: str = DEFAULT_MODEL, device: str = "auto") -> ChordModel:
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    device: str = "auto",
+    connect: Callable[[], object] | None = None,
+    database: Path | None = None,
+) -> ChordModel:
     """Load the model named by ``spec`` (see :func:`model_kind`) onto ``device``.
 
-    Registry and run names need the tracking store to be configured first
-    (:func:`chordrec.tracking.configure`).
+    Registry and run names need the tracking store: ``connect`` configures it
+    (:func:`chordrec.tracking.configure`; None: configured already) and is called only
+    when MLflow is asked. Where that store is the local SQLite file ``database``
+    (:func:`~chordrec.io.resolved_models.local_database`), what a name stood for is
+    kept (:mod:`chordrec.io.resolved_models`) and MLflow is not imported again while the
+    file is unchanged.
     """
     kind = model_kind(spec)
     if kind == "templates":
@@ -221,16 +231,43 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "auto") -> ChordModel:
         if not Path(spec).is_file():
             raise ValueError(f"{spec}: no such checkpoint file")
         return network_model(load_checkpoint(spec), spec, target)
+    stamp = resolved_models.store_stamp(database) if database is not None else None
+    kept = resolved_models.lookup(database, spec, stamp) if database is not None else None
+    if kept is not None:
+        log.debug("%s: run %s, kept in %s", spec, kept.run_id, kept.checkpoint.parent)
+        return _stored_network(spec, kept, load_checkpoint(kept.checkpoint), target)
+    if connect is not None:
+        connect()
     from chordrec import tracking  # MLflow: only for models in the tracking store
 
-    if kind == "registry":
-        run_id = tracking.registered_run_id(spec)
-    else:
-        run_id = _run_part(spec)
+    run_id = tracking.registered_run_id(spec) if kind == "registry" else _run_part(spec)
     with tempfile.TemporaryDirectory(prefix="chordrec-model-") as tmp:
-        checkpoint = load_checkpoint(tracking.run_checkpoint(run_id, "best", tmp))
-    tuned = tracking.run_metrics(run_id).get("decode/self_transition")
-    return network_model(checkpoint, f"{spec} (run {run_id})", target, tuned)
+        path = tracking.run_checkpoint(run_id, "best", tmp)
+        checkpoint = load_checkpoint(path)
+        resolved = resolved_models.Resolved(
+            run_id, tracking.run_metrics(run_id).get("decode/self_transition"), path
+        )
+        if database is not None:
+            _keep(database, spec, stamp, resolved)
+    return _stored_network(spec, resolved, checkpoint, target)
+
+
+def _stored_network(
+    spec: str, resolved: resolved_models.Resolved, checkpoint: Mapping[str, Any], target: Any
+) -> ChordModel:
+    """:func:`network_model` of a model found in the tracking store."""
+    return network_model(
+        checkpoint, f"{spec} (run {resolved.run_id})", target, resolved.self_transition
+    )
+
+
+def _keep(database: Path, spec: str, stamp: str | None, resolved: resolved_models.Resolved) -> None:
+    """:func:`~chordrec.io.resolved_models.remember`, a failure only logged: the model
+    is loaded either way."""
+    try:
+        resolved_models.remember(database, spec, stamp, resolved)
+    except (OSError, UserError) as exc:
+        log.warning("could not keep what %s stands for (%s); MLflow is asked each time", spec, exc)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,10 @@ if "CHORDREC_TEST_NUMBA_ROOT" not in os.environ:
 os.environ["NUMBA_CACHE_DIR"] = str(
     Path(os.environ["CHORDREC_TEST_NUMBA_ROOT"]) / os.environ.get("PYTEST_XDIST_WORKER", "main")
 )
+# The models chordrec transcribe finds in a local store are kept in the user's cache
+# directory (chordrec.io.resolved_models): the tests keep theirs in the session's, never
+# in the home directory of whoever runs them.
+os.environ["XDG_CACHE_HOME"] = str(Path(os.environ["CHORDREC_TEST_NUMBA_ROOT"]) / "xdg-cache")
 
 import torch  # noqa: E402
 from omegaconf import DictConfig

@@ -16,6 +16,7 @@ from chordrec.constants import CHAMPION, OOD_DIR
 
 if TYPE_CHECKING:
     from chordrec.audio.features import AudioLimits
+    from chordrec.transcribe import ChordModel
 
 
 def _transcribe(args: argparse.Namespace) -> int:
@@ -39,14 +40,12 @@ def _transcribe(args: argparse.Namespace) -> int:
     else:
         workers = nullcontext(1)
     with workers as pool:
-        from chordrec.transcribe import load_model, plan_jobs, transcribe_files
+        from chordrec.transcribe import plan_jobs, transcribe_files
 
         keep_freed_memory()  # the model's large tensors reused song after song, not re-faulted
 
         jobs = plan_jobs(args.inputs, fmt, args.output, args.out_dir, args.plot)
-        if model_kind(args.model) in ("registry", "run"):
-            configure_tracking(args)
-        model = load_model(args.model, args.device)
+        model = _load_model(args)
         outcome = transcribe_files(
             jobs,
             model,
@@ -62,16 +61,27 @@ def _transcribe(args: argparse.Namespace) -> int:
     return 1 if outcome.failed else 0
 
 
+def _load_model(args: argparse.Namespace) -> ChordModel:
+    """The model ``--model`` names, the tracking store (``--store``, ``--tracking-uri``)
+    configured only when MLflow is asked (:func:`chordrec.transcribe.load_model`)."""
+    from chordrec.io.resolved_models import local_database
+    from chordrec.transcribe import load_model
+
+    return load_model(
+        args.model,
+        args.device,
+        connect=lambda: configure_tracking(args),
+        database=local_database(args.store, args.tracking_uri),
+    )
+
+
 def _ood(args: argparse.Namespace) -> int:
     from chordrec import ood
-    from chordrec.transcribe import load_model, model_kind
 
     songs = ood.songs_of(args.root, args.part, args.max_songs)
     if args.labs is not None:
         return _ood_labs(args, songs)
-    if model_kind(args.model) in ("registry", "run"):
-        configure_tracking(args)
-    model = load_model(args.model, args.device)
+    model = _load_model(args)
     scored = ood.score_part(model, args.part, songs)
     errors = ("chord_as_n", "n_as_chord", "wrong_root")
     print(
