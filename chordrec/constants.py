@@ -50,6 +50,19 @@ STORE_DIR = Path(env_or(STORE_ENV_VAR, "mlruns"))
 """The default tracking store (SQLite database and artifacts): ``$CHORDREC_STORE``, else
 ``mlruns`` in the working directory."""
 
+
+def store_database_uri(store_dir: str | Path) -> str:
+    """The tracking URI of the local store in ``store_dir``: its SQLite database
+    ``sqlite:///<absolute store_dir>/mlflow.db``. Makes nothing."""
+    return f"sqlite:///{Path(store_dir).expanduser().resolve() / 'mlflow.db'}"
+
+
+def chosen_tracking_uri(store_dir: str | Path, tracking_uri: str | None = None) -> str:
+    """The store chordrec's tracking uses: ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``,
+    else the local store in ``store_dir`` (:func:`store_database_uri`). Makes nothing."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or store_database_uri(store_dir)
+
+
 EXPERIMENT = "chordrec"
 """The default MLflow experiment of training runs."""
 

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from chordrec.constants import chosen_tracking_uri
 from chordrec.file_locks import private_directory
 from chordrec.io.atomic_write import write_atomic
 
@@ -47,14 +48,13 @@ class Resolved:
 
 
 def local_database(store_dir: str | Path, tracking_uri: str | None = None) -> Path | None:
-    """The SQLite file of the store chordrec's tracking would use (``tracking_uri``, else
-    ``$MLFLOW_TRACKING_URI``, else ``<store_dir>/mlflow.db``), or None when that store is
-    not a local SQLite file (a server, PostgreSQL)."""
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        return Path(store_dir).expanduser().resolve() / "mlflow.db"
+    """The SQLite file of the store chordrec's tracking would use
+    (:func:`~chordrec.constants.chosen_tracking_uri`, as
+    :func:`chordrec.tracking.configure` chooses it), or None when that store is not a
+    local SQLite file (a server, PostgreSQL). Makes nothing."""
+    uri = chosen_tracking_uri(store_dir, tracking_uri)
     if uri.startswith("sqlite:///") and "?" not in uri and uri != "sqlite:///:memory:":
-        return Path(uri[len("sqlite:///") :]).expanduser().resolve()
+        return Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
     return None
 
 

@@ -26,7 +26,7 @@ import sqlalchemy
 from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
-from chordrec.constants import STORE_DIR
+from chordrec.constants import STORE_DIR, chosen_tracking_uri, store_database_uri
 from chordrec.errors import ConfigError, UserError
 from chordrec.extras import require_extra
 from chordrec.file_locks import exclusive_lock
@@ -41,10 +41,10 @@ class TrackingError(UserError, RuntimeError):
 
 
 def store_uri(store_dir: str | Path) -> str:
-    """The default tracking URI: SQLite database in ``store_dir`` (absolute path)."""
-    path = Path(store_dir).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path / 'mlflow.db'}"
+    """The default tracking URI: SQLite database in ``store_dir`` (absolute path), the
+    directory made when missing."""
+    Path(store_dir).expanduser().resolve().mkdir(parents=True, exist_ok=True)
+    return store_database_uri(store_dir)
 
 
 class ServerUnavailable(TrackingError):
@@ -68,7 +68,7 @@ def configure(
     :class:`ServerUnavailable`."""
     if not server_wait_s > 0:
         raise ConfigError(f"tracking.server_wait_s must be > 0 seconds, got {server_wait_s!r}")
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or store_uri(store_dir)
+    uri = chosen_tracking_uri(store_dir, tracking_uri)
     # MLflow writes "View run ... at: <url>" to stdout when a run ends on a server, into
     # the output of commands such as `chordrec table --format csv`; chordrec prints its
     # own links.
