@@ -26,6 +26,7 @@ from chordrec.inference.metrics import (
     aggregate_chord_scores,
     chord_scores,
     reference_frame_classes,
+    reference_frame_positions,
     segment_chord_scores,
 )
 from chordrec.io.chord_files import read_lab
@@ -35,6 +36,10 @@ PREFIXES = {"validation": "ood_val", "test": "ood_test"}
 """The metric section of each part."""
 KEYS = ("majmin", "root", "frame_acc")
 """What each part's metrics hold, after the prefix."""
+CHANGE_ZONE_S = 0.25
+"""Seconds either side of an annotated chord change within which a frame counts as at
+the change (:attr:`SongScores.wrong_at_change`): about half the chroma's smoothing
+window (41 frames, 0.48 s; :mod:`chordrec.audio.features`), over which a change blurs."""
 AUTO = "auto"
 """``ood.part``: the ``validation`` part when the set is there, else none (the run says
 why); a part named explicitly fails the run when the set is missing."""
@@ -46,7 +51,10 @@ class SongScores:
     ``frame_acc`` over its ``frames`` in the 25-class vocabulary, and the annotation's
     ``duration`` in seconds. Of those frames, ``chord_as_n`` is the fraction labelled
     with a chord but decoded N, ``n_as_chord`` the reverse, ``wrong_root`` the fraction
-    decoded as a chord with another root (the errors that are not major/minor mix-ups)."""
+    decoded as a chord with another root (the errors that are not major/minor mix-ups).
+    Where the errors lie: ``wrong_at_change`` is the fraction of frames decoded wrongly
+    within :data:`CHANGE_ZONE_S` of an annotated chord change, ``wrong_inverted`` the
+    fraction decoded wrongly in an inverted chord (``C:maj/3``); a frame can be both."""
 
     majmin: float
     root: float
@@ -56,6 +64,8 @@ class SongScores:
     chord_as_n: float
     n_as_chord: float
     wrong_root: float
+    wrong_at_change: float
+    wrong_inverted: float
 
 
 def score_song(model: ChordModel, audio: Path, lab: Path) -> SongScores:
@@ -74,15 +84,21 @@ def score_song(model: ChordModel, audio: Path, lab: Path) -> SongScores:
         raise ValueError(f"{lab}: no frame has a label in the 25-class vocabulary")
     ref, est = reference[known], result.classes[known]
     chords = (ref != 0) & (est != 0)
+    at_change, inverted = reference_frame_positions(
+        intervals, labels, len(result.classes), CHANGE_ZONE_S
+    )
+    wrong = est != ref
     return SongScores(
         majmin=scores["majmin"],
         root=scores["root"],
-        frame_acc=float(np.mean(est == ref)),
+        frame_acc=float(np.mean(~wrong)),
         frames=int(known.sum()),
         duration=float(intervals[-1, 1] - intervals[0, 0]),
         chord_as_n=float(np.mean((ref != 0) & (est == 0))),
         n_as_chord=float(np.mean((ref == 0) & (est != 0))),
         wrong_root=float(np.mean(chords & ((ref - 1) % 12 != (est - 1) % 12))),
+        wrong_at_change=float(np.mean(wrong & at_change[known])),
+        wrong_inverted=float(np.mean(wrong & inverted[known])),
     )
 
 

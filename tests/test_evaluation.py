@@ -18,6 +18,7 @@ from chordrec.inference.metrics import (
     harte_class,
     per_class_recall,
     reference_frame_classes,
+    reference_frame_positions,
 )
 from chordrec.io.chord_files import read_lab
 
@@ -219,3 +220,20 @@ def test_reference_frame_classes_take_the_label_at_each_frame_centre():
     assert (classes[times >= 2.5] == -1).all()  # dim: outside the vocabulary; past the end
     late = reference_frame_classes(np.array([[0.5, 1.0]]), ["C:maj"], 200)
     assert (late[: int(0.5 * FRAME_RATE)] == -1).all()  # before the first segment
+
+
+def test_reference_frame_positions_mark_chord_changes_and_inversions():
+    intervals = np.array([[0.0, 1.0], [1.0, 2.0], [2.0, 3.0], [3.0, 4.0], [4.0, 5.0]])
+    labels = ["N", "C:maj/3", "C:maj/3", "A:min", "F:maj/1"]
+    n = int(5.5 * FRAME_RATE)
+    at_change, inverted = reference_frame_positions(intervals, labels, n, 0.25)
+    times = np.arange(n) / FRAME_RATE
+    assert at_change.shape == inverted.shape == (n,) and at_change.dtype == bool
+    near = lambda c: np.abs(times - c) <= 0.25  # noqa: E731
+    # changes at 1 s and 3 s and 4 s; none at 2 s, where the label repeats
+    assert (at_change == (near(1.0) | near(3.0) | near(4.0))).all()
+    assert (inverted == ((times >= 1.0) & (times < 3.0))).all()  # /1 is the root position
+    none, _ = reference_frame_positions(intervals[:1], labels[:1], 50, 0.25)
+    assert not none.any()  # one segment: no change
+    with pytest.raises(ValueError, match="change_zone_s"):
+        reference_frame_positions(intervals, labels, n, -1.0)

@@ -58,6 +58,9 @@ def test_a_run_logs_what_transcribing_its_songs_scores(train_config, tmp_path: P
     ((audio, reference),) = ood_songs(OOD, "validation")[:1]
     assert list(per_song) == [audio.stem]  # split.max_songs=1 limits this part too
     assert per_song[audio.stem]["majmin"] == logged["ood_val/majmin"]
+    song = per_song[audio.stem]
+    for where in ("wrong_at_change", "wrong_inverted"):  # where the errors lie
+        assert 0.0 <= song[where] <= 1.0 - song["frame_acc"] + 1e-12
 
     tracking.configure(cfg.tracking.store_dir)
     best = tracking.run_checkpoint(record.info.run_id, "best", tmp_path / "ckpt")
@@ -137,6 +140,9 @@ def test_chordrec_ood_scores_a_model_per_song_and_in_all(tmp_path: Path):
     ]
     total = lines[-1].split()
     assert 0.5 < float(total[1]) <= float(total[2]) <= 1.0  # majmin <= root
+    assert lines[0].split()[-4:] == ["root", "at", "change", "inverted"]
+    errors = [float(v) for v in total[5:10]]  # chord->N ... inverted, fractions of frames
+    assert all(0.0 <= e <= 1.0 - float(total[3]) + 1e-4 for e in errors), lines[-1]
     assert "(2 songs; templates, viterbi 0.9995)" in lines[-1]
     # another tool's .lab files (here `chordrec transcribe`'s) score as the model does
     audio = [str(song) for song, _ in ood_songs(OOD, "validation")[:2]]

@@ -83,15 +83,22 @@ def _ood(args: argparse.Namespace) -> int:
         return _ood_labs(args, songs)
     model = _load_model(args)
     scored = ood.score_part(model, args.part, songs)
-    errors = ("chord_as_n", "n_as_chord", "wrong_root")
+    headings = {
+        "chord_as_n": "chord->N",
+        "n_as_chord": "N->chord",
+        "wrong_root": "wrong root",
+        "wrong_at_change": "at change",
+        "wrong_inverted": "inverted",
+    }
+    errors = tuple(headings)
     print(
         f"{'song':<16} {'majmin':>7} {'root':>7} {'frame':>7}  seconds"
-        "  chord->N  N->chord  wrong root"
+        + "".join(f"  {heading:>10}" for heading in headings.values())
     )
     for name, song in scored.songs.items():
         print(
             f"{name:<16} {song.majmin:7.4f} {song.root:7.4f} {song.frame_acc:7.4f}"
-            f"  {song.duration:7.1f}" + "".join(f"  {getattr(song, e):8.4f}" for e in errors)
+            f"  {song.duration:7.1f}" + "".join(f"  {getattr(song, e):10.4f}" for e in errors)
         )
     prefix = ood.PREFIXES[args.part]
     per_song = scored.songs.values()
@@ -101,7 +108,7 @@ def _ood(args: argparse.Namespace) -> int:
         + " ".join(f"{scored.metrics[f'{prefix}/{key}']:7.4f}" for key in ood.KEYS)
         + f"  {sum(s.duration for s in per_song):7.1f}"
         + "".join(
-            f"  {sum(getattr(s, e) * s.frames for s in per_song) / frames:8.4f}" for e in errors
+            f"  {sum(getattr(s, e) * s.frames for s in per_song) / frames:10.4f}" for e in errors
         )
         + f"  ({len(scored.songs)} songs; {model.source}, {model.decode}"
         + (f" {model.self_transition:g})" if model.decode == "viterbi" else ")")

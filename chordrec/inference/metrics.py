@@ -23,6 +23,7 @@ __all__ = [
     "frames_to_segments",
     "harte_class",
     "reference_frame_classes",
+    "reference_frame_positions",
     "chord_scores",
     "aggregate_chord_scores",
     "confusion_matrix",
@@ -147,13 +148,57 @@ def reference_frame_classes(
     :func:`harte_class` of the segment holding the frame's centre ``i / frame_rate``
     (seconds); -1 for a frame outside every segment or with a label outside the
     vocabulary. ``intervals`` (n, 2) seconds, sorted, with ``labels`` (n,)."""
-    ref = _check_intervals(intervals, labels, "reference")
-    fr = _check_frame_rate(frame_rate)
     classes = np.array([harte_class(label) for label in labels], dtype=np.int64)
-    times = np.arange(n_frames) / fr
+    segment = _frame_segments(intervals, labels, n_frames, frame_rate)
+    return np.where(segment >= 0, classes[np.maximum(segment, 0)], -1)
+
+
+def _frame_segments(
+    intervals: np.ndarray, labels: Sequence[str], n_frames: int, frame_rate: float
+) -> np.ndarray:
+    """The index of the segment holding each frame's centre ``i / frame_rate``, shape
+    (n_frames,) int64; -1 for a frame outside every segment."""
+    ref = _check_intervals(intervals, labels, "reference")
+    times = np.arange(n_frames) / _check_frame_rate(frame_rate)
     segment = np.searchsorted(ref[:, 0], times, side="right") - 1
     inside = (segment >= 0) & (times < ref[np.maximum(segment, 0), 1])
-    return np.where(inside, classes[np.maximum(segment, 0)], -1)
+    return np.where(inside, segment, -1)
+
+
+def reference_frame_positions(
+    intervals: np.ndarray,
+    labels: Sequence[str],
+    n_frames: int,
+    change_zone_s: float,
+    frame_rate: float = FRAME_RATE,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each frame lies in the annotation, two bool arrays of shape (n_frames,):
+    ``at_change``, the frame's centre ``i / frame_rate`` is within ``change_zone_s``
+    seconds of a chord change (a segment's start whose label differs from the previous
+    segment's); ``inverted``, the frame's segment is an inversion (a Harte label with a
+    bass other than ``/1``, e.g. ``C:maj/3``). ``intervals`` (n, 2) seconds, sorted,
+    with ``labels`` (n,)."""
+    if not change_zone_s >= 0:
+        raise ValueError(f"change_zone_s must be >= 0 seconds, got {change_zone_s}")
+    segment = _frame_segments(intervals, labels, n_frames, frame_rate)
+    starts = np.asarray(intervals, dtype=np.float64)[:, 0]
+    changes = np.array(
+        [starts[k] for k in range(1, len(labels)) if labels[k] != labels[k - 1]], np.float64
+    )
+    times = np.arange(n_frames) / frame_rate
+    if changes.size:
+        before = np.searchsorted(changes, times).clip(1, changes.size) - 1  # or the first
+        gap = np.minimum(
+            np.abs(times - changes[before]),
+            np.abs(times - changes[np.minimum(before + 1, changes.size - 1)]),
+        )
+        at_change = gap <= change_zone_s
+    else:
+        at_change = np.zeros(n_frames, bool)
+    bass = [label.partition("/")[2] for label in labels]
+    inverted_segment = np.array([b not in ("", "1") for b in bass], bool)
+    inverted = (segment >= 0) & inverted_segment[np.maximum(segment, 0)]
+    return at_change, inverted
 
 
 def chord_scores(
