@@ -1,4 +1,5 @@
-"""Frame-wise decoding of chord posteriors: argmax and HMM (Viterbi) smoothing.
+"""Frame-wise decoding of chord posteriors: argmax and HMM (Viterbi) smoothing, with or
+without the beats.
 
 All functions take per-frame log scores shaped (frames, classes), i.e. one row per
 chroma frame, as produced by a classifier's ``log_softmax`` or by
@@ -10,7 +11,8 @@ probability ``p``: the transition matrix holds ``p`` on its diagonal and
 ``(1 - p) / (classes - 1)`` everywhere else, and the initial distribution is
 uniform. ``p = 1 / classes`` makes every transition equally likely, so Viterbi
 then reduces to the frame-wise argmax; larger ``p`` penalises chord changes and
-removes short spurious segments.
+removes short spurious segments. :func:`beat_viterbi_decode` gives the frames on a
+beat a self-transition of their own, so that chords change more readily on beats.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ __all__ = [
     "DEFAULT_SELF_TRANSITIONS",
     "DECODE_METHODS",
     "viterbi_decode",
+    "beat_viterbi_decode",
     "decode",
     "tune_self_transition",
+    "tune_beat_transitions",
 ]
 
 #: Grid searched by :func:`tune_self_transition` unless told otherwise.
@@ -46,8 +50,13 @@ DEFAULT_SELF_TRANSITIONS: tuple[float, ...] = (
     0.9999,
 )
 
+#: Grids searched by :func:`tune_beat_transitions`: the self-transition between beats,
+#: and the one at beat frames (besides the value between beats, i.e. plain Viterbi).
+BETWEEN_BEATS_SELF_TRANSITIONS: tuple[float, ...] = (0.999, 0.9995, 0.9999, 0.99999)
+AT_BEATS_SELF_TRANSITIONS: tuple[float, ...] = (0.5, 0.9, 0.99)
+
 #: Names accepted by :func:`decode`.
-DECODE_METHODS: tuple[str, ...] = ("argmax", "viterbi")
+DECODE_METHODS: tuple[str, ...] = ("argmax", "viterbi", "beat_viterbi")
 
 
 def _check_log_probs(log_probs: np.ndarray, name: str = "log_probs") -> np.ndarray:
@@ -118,30 +127,91 @@ def viterbi_decode(log_probs: np.ndarray, self_transition: float) -> np.ndarray:
     return _viterbi_path(_check_log_probs(log_probs), _check_self_transition(self_transition))
 
 
+def beat_viterbi_decode(
+    log_probs: np.ndarray,
+    beats: np.ndarray,
+    self_transition: float,
+    beat_self_transition: float,
+) -> np.ndarray:
+    """:func:`viterbi_decode` whose self-transition is ``beat_self_transition`` into a
+    frame that holds a beat and ``self_transition`` into every other frame.
+
+    Parameters
+    ----------
+    log_probs : np.ndarray, shape (frames, classes)
+        As for :func:`viterbi_decode`.
+    beats : np.ndarray, shape (beats,), int
+        Frame indices of the beats, each in ``[0, frames)`` (the data set's ``beat/``
+        arrays, :func:`chordrec.audio.features.beat_frames` for audio); may be empty.
+    self_transition, beat_self_transition : float in [0, 1]
+        Between beats, and at beats. A lower value at beats lets chords change there
+        more easily; equal values give :func:`viterbi_decode`, and a
+        ``self_transition`` of 1 lets chords change on beats only.
+
+    Returns
+    -------
+    path : np.ndarray, shape (frames,), int64
+    """
+    scores = _check_log_probs(log_probs)
+    at_beats = _beat_mask(beats, scores.shape[0])
+    return _path(
+        scores,
+        _check_self_transition(self_transition),
+        _check_self_transition(beat_self_transition),
+        at_beats,
+    )
+
+
+def _beat_mask(beats: np.ndarray, n_frames: int) -> np.ndarray:
+    """(frames,) bool, True at the frames ``beats`` names; ValueError naming what is wrong
+    with ``beats`` (not 1-D integers, or outside ``[0, n_frames)``)."""
+    arr = np.asarray(beats)
+    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(
+            f"beats must be (beats,) integer frame indices, got {arr.dtype} {arr.shape}"
+        )
+    if arr.size and (arr.min() < 0 or arr.max() >= n_frames):
+        raise ValueError(
+            f"beats must lie in [0, {n_frames}) (the frames), got {arr.min()}..{arr.max()}"
+        )
+    mask = np.zeros(n_frames, dtype=bool)
+    mask[arr] = True
+    return mask
+
+
 def _viterbi_path(scores: np.ndarray, p: float) -> np.ndarray:
     """:func:`viterbi_decode` of scores and a self-transition already checked."""
+    return _path(scores, p, p, np.zeros(scores.shape[0], dtype=bool))
+
+
+def _path(scores: np.ndarray, p: float, p_beat: float, at_beats: np.ndarray) -> np.ndarray:
+    """The Viterbi path of checked ``scores`` with self-transition ``p``, and ``p_beat``
+    into the frames where ``at_beats`` (frames,) is True."""
     n_frames, n_classes = scores.shape
     if n_frames == 0:
         return np.zeros(0, dtype=np.int64)
     if n_classes == 1:
         return np.zeros(n_frames, dtype=np.int64)
-    log_trans = _log_transition_matrix(n_classes, p)
-    return _sticky_viterbi(np.ascontiguousarray(scores), log_trans[0, 0], log_trans[0, 1])
+    between, beat = _log_transition_matrix(n_classes, p), _log_transition_matrix(n_classes, p_beat)
+    log_stay = np.where(at_beats, beat[0, 0], between[0, 0])
+    log_move = np.where(at_beats, beat[0, 1], between[0, 1])
+    return _sticky_viterbi(np.ascontiguousarray(scores), log_stay, log_move)
 
 
 @first_call_locked  # numba's cache, filled by one process at a time
 @numba.njit(cache=True, nogil=True)
-def _sticky_viterbi(scores: np.ndarray, log_stay: float, log_move: float) -> np.ndarray:
+def _sticky_viterbi(scores: np.ndarray, log_stay: np.ndarray, log_move: np.ndarray) -> np.ndarray:
     """The Viterbi path of ``scores`` (frames, classes >= 2) float64 under transitions
-    ``log_stay`` (i -> i) and ``log_move`` (i -> j != i); ties to the lowest index,
-    as ``argmax`` over the full (classes x classes) update would break them."""
+    into frame ``t`` of ``log_stay[t]`` (i -> i) and ``log_move[t]`` (i -> j != i), both
+    (frames,); ties to the lowest index, as ``argmax`` over the full (classes x classes)
+    update would break them."""
     n_frames, n_classes = scores.shape
     backptr = np.zeros((n_frames, n_classes), dtype=np.int64)
     value = scores[0].copy()
     moved = np.empty(n_classes)
     for t in range(1, n_frames):
         for i in range(n_classes):
-            moved[i] = value[i] + log_move
+            moved[i] = value[i] + log_move[t]
         # the lowest index of the best moved value, then of the best among the others
         first = 0
         for i in range(1, n_classes):
@@ -153,7 +223,7 @@ def _sticky_viterbi(scores: np.ndarray, log_stay: float, log_move: float) -> np.
                 second = i
         for j in range(n_classes):
             other = second if j == first else first
-            stay = value[j] + log_stay
+            stay = value[j] + log_stay[t]
             if stay > moved[other] or (stay == moved[other] and j < other):
                 backptr[t, j] = j
                 value[j] = stay + scores[t, j]
@@ -172,7 +242,11 @@ def _sticky_viterbi(scores: np.ndarray, log_stay: float, log_move: float) -> np.
 
 
 def decode(
-    log_probs: np.ndarray, method: str = "argmax", self_transition: float = 0.9
+    log_probs: np.ndarray,
+    method: str = "argmax",
+    self_transition: float = 0.9,
+    beats: np.ndarray | None = None,
+    beat_self_transition: float | None = None,
 ) -> np.ndarray:
     """Turn per-frame log scores into one class per frame.
 
@@ -180,11 +254,17 @@ def decode(
     ----------
     log_probs : np.ndarray, shape (frames, classes)
         Per-frame log posteriors (see :func:`viterbi_decode`).
-    method : {"argmax", "viterbi"}
-        ``"argmax"``: independent best class per frame (``self_transition`` is
+    method : {"argmax", "viterbi", "beat_viterbi"}
+        ``"argmax"``: independent best class per frame (the other arguments are
         ignored). ``"viterbi"``: :func:`viterbi_decode` with ``self_transition``.
+        ``"beat_viterbi"``: :func:`beat_viterbi_decode` with ``beats``,
+        ``self_transition`` and ``beat_self_transition``, which it requires.
     self_transition : float in [0, 1]
-        HMM self-transition probability, used by ``"viterbi"`` only.
+        HMM self-transition probability (between beats for ``"beat_viterbi"``).
+    beats : np.ndarray, shape (beats,), int, optional
+        Beat frame indices, for ``"beat_viterbi"`` only.
+    beat_self_transition : float in [0, 1], optional
+        Self-transition into beat frames, for ``"beat_viterbi"`` only.
 
     Returns
     -------
@@ -195,6 +275,10 @@ def decode(
         return np.argmax(scores, axis=1).astype(np.int64)
     if method == "viterbi":
         return viterbi_decode(log_probs, self_transition)
+    if method == "beat_viterbi":
+        if beats is None or beat_self_transition is None:
+            raise ValueError("beat_viterbi decoding needs the beats and a beat self-transition")
+        return beat_viterbi_decode(log_probs, beats, self_transition, beat_self_transition)
     raise ValueError(f"unknown decoding method {method!r}; choose one of {DECODE_METHODS}")
 
 
@@ -222,16 +306,31 @@ def tune_self_transition(
         Accuracy is pooled over all frames of all songs (each frame weighs the
         same), in [0, 1]. Ties go to the first candidate reaching the maximum.
     """
+    candidates = [_check_self_transition(p) for p in candidates]
+    if not candidates:
+        raise ValueError("need at least one candidate self_transition")
+    songs, n_total = _checked_songs(log_probs_per_song, labels_per_song)
+
+    best_p, best_acc = candidates[0], -1.0
+    for p in candidates:
+        correct = sum(int(np.sum(_viterbi_path(s, p) == y)) for s, y in songs)
+        acc = correct / n_total
+        if acc > best_acc:
+            best_p, best_acc = p, acc
+    return best_p, best_acc
+
+
+def _checked_songs(
+    log_probs_per_song: Sequence[np.ndarray], labels_per_song: Sequence[np.ndarray]
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+    """The songs' checked ``(scores, labels)`` and their frame count; ValueError naming
+    the song whose arrays are wrong, or when there are none."""
     if len(log_probs_per_song) != len(labels_per_song):
         raise ValueError(
             f"got {len(log_probs_per_song)} score arrays but {len(labels_per_song)} label arrays"
         )
     if len(log_probs_per_song) == 0:
         raise ValueError("need at least one song")
-    candidates = [_check_self_transition(p) for p in candidates]
-    if not candidates:
-        raise ValueError("need at least one candidate self_transition")
-
     songs = []
     for k, (scores, labels) in enumerate(zip(log_probs_per_song, labels_per_song, strict=True)):
         scores = _check_log_probs(scores, name=f"log_probs_per_song[{k}]")
@@ -245,11 +344,47 @@ def tune_self_transition(
     n_total = sum(labels.size for _, labels in songs)
     if n_total == 0:
         raise ValueError("the songs hold no frames")
+    return songs, n_total
 
-    best_p, best_acc = candidates[0], -1.0
-    for p in candidates:
-        correct = sum(int(np.sum(_viterbi_path(s, p) == y)) for s, y in songs)
-        acc = correct / n_total
-        if acc > best_acc:
-            best_p, best_acc = p, acc
-    return best_p, best_acc
+
+def tune_beat_transitions(
+    log_probs_per_song: Sequence[np.ndarray],
+    labels_per_song: Sequence[np.ndarray],
+    beats_per_song: Sequence[np.ndarray],
+    between: Sequence[float] = BETWEEN_BEATS_SELF_TRANSITIONS,
+    at_beats: Sequence[float] = AT_BEATS_SELF_TRANSITIONS,
+) -> tuple[float, float, float]:
+    """Pick the self-transitions of :func:`beat_viterbi_decode` with the best frame
+    accuracy: each value of ``between`` with each of ``at_beats`` and with itself (plain
+    Viterbi), in that order. Meant for validation songs only.
+
+    Parameters are those of :func:`tune_self_transition`, with ``beats_per_song`` each
+    song's beat frame indices (beats_s,).
+
+    Returns
+    -------
+    (self_transition, beat_self_transition, accuracy) : tuple[float, float, float]
+        Between beats, at beats, and the pooled frame accuracy in [0, 1]. Ties go to
+        the first pair reaching the maximum.
+    """
+    between = [_check_self_transition(p) for p in between]
+    at_beats = [_check_self_transition(p) for p in at_beats]
+    if not between:
+        raise ValueError("need at least one candidate self_transition between beats")
+    songs, n_total = _checked_songs(log_probs_per_song, labels_per_song)
+    if len(beats_per_song) != len(songs):
+        raise ValueError(f"got {len(beats_per_song)} beat arrays for {len(songs)} songs")
+    masks = [
+        _beat_mask(beats, scores.shape[0])
+        for (scores, _), beats in zip(songs, beats_per_song, strict=True)
+    ]
+    best = (between[0], between[0], -1.0)
+    for p in between:
+        for p_beat in (*at_beats, p):
+            correct = sum(
+                int(np.sum(_path(s, p, p_beat, mask) == y))
+                for (s, y), mask in zip(songs, masks, strict=True)
+            )
+            if correct / n_total > best[2]:
+                best = (p, p_beat, correct / n_total)
+    return best

@@ -9,7 +9,7 @@ part to choose models on, which every training run scores when the set is there
 ``test`` part to report on only (``ood_test/…``, e.g.
 ``chordrec evaluate RUN_ID ood.part=test``). Each song goes audio file →
 :func:`~chordrec.audio.features.load_audio` → :func:`~chordrec.transcribe.transcribe_audio`
-(chroma, beats at beat level, the model, decoding) and is scored against its ``.lab``.
+(chroma, beats where the model needs them, the model, decoding) and is scored against its ``.lab``.
 """
 
 from __future__ import annotations

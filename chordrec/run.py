@@ -46,7 +46,7 @@ from chordrec.data.sequences import (
     song_steps,
 )
 from chordrec.data.songs import Song, load_songs, song_names, split_songs
-from chordrec.decoding import DECODE_METHODS, decode, tune_self_transition
+from chordrec.decoding import DECODE_METHODS, decode, tune_beat_transitions, tune_self_transition
 from chordrec.errors import ConfigError, UserError
 from chordrec.fit import (
     EpochObserver,
@@ -675,22 +675,38 @@ def score_run(context: RunContext, predictor: Predictor, result: FitResult) -> R
     """Score ``predictor`` (the best-validation weights) on validation and test.
 
     Frame accuracy is reported for argmax and for Viterbi decoding (self-transition
-    tuned on validation only); ``val/frame_acc`` / ``test/frame_acc`` use the recipe's
-    decoding. MIREX chord scores (``*/majmin``, ``*/root``, ``*/seg``...) come from those
+    tuned on validation only), and for beat-aware Viterbi when the recipe decodes so (its
+    two self-transitions tuned on validation: ``decode/self_transition`` between beats,
+    ``decode/beat_self_transition`` at beats; plain Viterbi's is then
+    ``decode/viterbi_self_transition``); ``val/frame_acc`` / ``test/frame_acc`` use the
+    recipe's decoding. MIREX chord scores (``*/majmin``, ``*/root``, ``*/seg``...) come from those
     predictions against the original ``labs/`` annotations."""
     val = predictor.evaluate(context.validation)
     test = predictor.evaluate(context.test)
-    self_transition, _ = tune_self_transition(
-        val.log_probs, [s.song.labels for s in context.validation]
-    )
+    val_labels = [s.song.labels for s in context.validation]
+    self_transition, _ = tune_self_transition(val.log_probs, val_labels)
     recipe = replace(predictor.recipe, self_transition=self_transition)
     method = recipe.decode
     metrics: dict[str, float] = {"decode/self_transition": self_transition}
+    tuned = {"viterbi": (self_transition, None)}
+    if method == "beat_viterbi":
+        between, at_beats, _ = tune_beat_transitions(
+            val.log_probs, val_labels, [s.song.beats for s in context.validation]
+        )
+        recipe = replace(recipe, self_transition=between, beat_self_transition=at_beats)
+        tuned[method] = (between, at_beats)
+        metrics["decode/self_transition"] = between
+        metrics["decode/beat_self_transition"] = at_beats
+        metrics["decode/viterbi_self_transition"] = self_transition
     predictions = {}
     for part, evaluation, songs in (("val", val, context.validation), ("test", test, context.test)):
         labels = np.concatenate([s.song.labels for s in songs])
-        for candidate in DECODE_METHODS:
-            decoded = [decode(lp, candidate, self_transition) for lp in evaluation.log_probs]
+        for candidate in ("argmax", *tuned):
+            p, p_beat = tuned.get(candidate, (self_transition, None))
+            decoded = [
+                decode(lp, candidate, p, s.song.beats, p_beat)
+                for lp, s in zip(evaluation.log_probs, songs, strict=True)
+            ]
             metrics[f"{part}/frame_acc_{candidate}"] = frame_accuracy(
                 np.concatenate(decoded), labels
             )

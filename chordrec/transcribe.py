@@ -73,14 +73,28 @@ _RUN_ID = re.compile(r"[0-9a-f]{32}")
 @dataclass(frozen=True)
 class ChordModel:
     """A model ready to transcribe: ``scores`` maps a song (its ``chroma`` and, at beat
-    level, ``beats``) to frame log-probabilities (frames, 25); ``decode`` ('argmax' or
-    'viterbi') and ``self_transition`` turn those into classes."""
+    level, ``beats``) to frame log-probabilities (frames, 25); ``decode`` ('argmax',
+    'viterbi' or 'beat_viterbi') with ``self_transition`` and, for 'beat_viterbi', the
+    song's beats and ``beat_self_transition`` turn those into classes."""
 
     source: str
     level: str
     decode: str
     self_transition: float
     scores: Callable[[Song], np.ndarray]
+    beat_self_transition: float | None = None
+
+    @property
+    def needs_beats(self) -> bool:
+        """Whether a song's beats must be tracked: beat-level models, beat-aware decoding."""
+        return self.level == "beat" or self.decode == "beat_viterbi"
+
+    def classes(self, log_probs: np.ndarray, beats: np.ndarray) -> np.ndarray:
+        """(frames,) int64 classes of frame log-probabilities ``log_probs`` (frames, 25),
+        decoded as the model says; ``beats`` (beats,) frame indices, for 'beat_viterbi'."""
+        return decode(
+            log_probs, self.decode, self.self_transition, beats, self.beat_self_transition
+        )
 
 
 def template_model() -> ChordModel:
@@ -124,6 +138,13 @@ def network_model(
         raise ValueError(f"{source}: not a chordrec training checkpoint (lacks {exc})") from None
     except ValueError as exc:
         raise ValueError(f"{source}: {exc}") from None
+    if recipe.decode == "beat_viterbi" and recipe.beat_self_transition is None:
+        log.warning(
+            "%s records no tuned beat self-transition (a checkpoint the run did not "
+            "score); decoding with plain Viterbi",
+            source,
+        )
+        recipe = replace(recipe, decode="viterbi")
     if recipe.decode == "viterbi" and recipe.self_transition is None:
         log.warning(
             "%s records no tuned Viterbi self-transition (written before runs recorded "
@@ -160,6 +181,7 @@ def predictor_model(predictor: Predictor, source: str) -> ChordModel:
         decode=recipe.decode,
         self_transition=float(recipe.self_transition or VITERBI_SELF_TRANSITION),
         scores=scores,
+        beat_self_transition=recipe.beat_self_transition,
     )
 
 
@@ -291,8 +313,8 @@ class Transcription:
 
 def transcribe_audio(y: np.ndarray, model: ChordModel, sr: int = SAMPLE_RATE) -> Transcription:
     """Chords of mono audio ``y`` (samples,) at 44.1 kHz: :func:`transcribe_features` of
-    its chroma (and beats at beat level)."""
-    return transcribe_features(audio_features(y, sr, with_beats=model.level == "beat"), model)
+    its chroma (and beats, where the model needs them)."""
+    return transcribe_features(audio_features(y, sr, with_beats=model.needs_beats), model)
 
 
 def transcribe_features(features: AudioFeatures, model: ChordModel) -> Transcription:
@@ -301,7 +323,7 @@ def transcribe_features(features: AudioFeatures, model: ChordModel) -> Transcrip
     song = Song(
         name="audio", chroma=features.chroma, labels=np.zeros(n, np.int64), beats=features.beats
     )
-    classes = decode(model.scores(song), model.decode, model.self_transition)
+    classes = model.classes(model.scores(song), features.beats)
     return Transcription(features.chroma, classes, features.duration)
 
 
@@ -509,8 +531,7 @@ def transcribe_files(
         else:
             seen[key] = job.audio
             todo.append((index, job))
-    with_beats = model.level == "beat"
-    results = files_features([job.audio for _, job in todo], with_beats, limits, workers)
+    results = files_features([job.audio for _, job in todo], model.needs_beats, limits, workers)
     bar = tqdm(
         total=len(todo), unit="file", disable=not progress or len(jobs) < 2, dynamic_ncols=True
     )

@@ -7,7 +7,13 @@ import itertools
 import numpy as np
 import pytest
 
-from chordrec.decoding import decode, tune_self_transition, viterbi_decode
+from chordrec.decoding import (
+    beat_viterbi_decode,
+    decode,
+    tune_beat_transitions,
+    tune_self_transition,
+    viterbi_decode,
+)
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -207,3 +213,103 @@ def test_tune_self_transition_validates():
         tune_self_transition(scores, labels, candidates=())
     with pytest.raises(ValueError, match="at least one song"):
         tune_self_transition([], [])
+
+
+def _brute_force_beat_path(log_probs: np.ndarray, beats, p: float, p_beat: float) -> np.ndarray:
+    """The best path over all class sequences, self-transition ``p_beat`` into beat frames."""
+    n, k = log_probs.shape
+    between, at_beat = _log_trans(k, p), _log_trans(k, p_beat)
+    best, best_score = None, -np.inf
+    for path in itertools.product(range(k), repeat=n):
+        score = sum(log_probs[t, c] for t, c in enumerate(path))
+        score += sum(
+            (at_beat if t in beats else between)[path[t - 1], path[t]] for t in range(1, n)
+        )
+        if score > best_score:
+            best, best_score = np.array(path), score
+    return best
+
+
+def test_beat_viterbi_finds_the_best_path_with_its_own_transition_at_beats():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        log_probs = _log_softmax(rng.normal(size=(6, 3)))
+        beats = np.sort(rng.choice(6, size=2, replace=False))
+        p, p_beat = rng.uniform(0.3, 0.99), rng.uniform(0.05, 0.9)
+        path = beat_viterbi_decode(log_probs, beats, p, p_beat)
+        expected = _brute_force_beat_path(log_probs, set(beats.tolist()), p, p_beat)
+        np.testing.assert_array_equal(path, expected)
+
+
+def test_beat_viterbi_reduces_to_viterbi_and_to_changes_on_beats_only():
+    rng = np.random.default_rng(4)
+    log_probs = _log_softmax(rng.normal(size=(400, 25)))
+    beats = np.arange(0, 400, 25)
+    np.testing.assert_array_equal(
+        beat_viterbi_decode(log_probs, beats, 0.9, 0.9), viterbi_decode(log_probs, 0.9)
+    )
+    np.testing.assert_array_equal(
+        decode(log_probs, "beat_viterbi", 0.9, beats, 0.5),
+        beat_viterbi_decode(log_probs, beats, 0.9, 0.5),
+    )
+    path = beat_viterbi_decode(log_probs, beats, 1.0, 0.5)
+    changes = np.flatnonzero(np.diff(path)) + 1
+    assert len(changes) > 3 and set(changes.tolist()) <= set(beats.tolist())
+    # no beats: plain Viterbi between them
+    no_beats = np.zeros(0, np.int64)
+    np.testing.assert_array_equal(
+        beat_viterbi_decode(log_probs, no_beats, 0.9, 0.1), viterbi_decode(log_probs, 0.9)
+    )
+
+
+@pytest.mark.parametrize(
+    "beats, message",
+    [
+        (np.array([0, 10]), r"\[0, 10\)"),
+        (np.array([-1, 3]), r"\[0, 10\)"),
+        (np.array([1.0, 3.0]), "integer"),
+        (np.zeros((2, 2), np.int64), "integer"),
+    ],
+)
+def test_beat_viterbi_rejects_bad_beats(beats, message):
+    with pytest.raises(ValueError, match=message):
+        beat_viterbi_decode(np.zeros((10, 3)), beats, 0.9, 0.5)
+    with pytest.raises(ValueError, match="beat_viterbi decoding needs the beats"):
+        decode(np.zeros((10, 3)), "beat_viterbi", 0.9)
+
+
+def _songs_changing_on_beats(seed: int) -> tuple[list, list, list]:
+    """Songs whose chords change on beats (every 20 frames), scores blurred so that
+    each change looks 3 frames early: plain Viterbi puts it there, beat-aware Viterbi
+    can put it on the beat."""
+    rng = np.random.default_rng(seed)
+    scores, labels, beats = [], [], []
+    for _ in range(3):
+        chords = rng.integers(0, 25, 15)
+        y = np.repeat(chords, 20)
+        seen = np.concatenate([y[3:], np.repeat(y[-1], 3)])  # the blur: 3 frames early
+        lp = rng.normal(scale=0.5, size=(len(y), 25))
+        lp[np.arange(len(y)), seen] += 2.0
+        scores.append(_log_softmax(lp))
+        labels.append(y)
+        beats.append(np.arange(0, len(y), 20))
+    return scores, labels, beats
+
+
+def test_tuning_beat_transitions_puts_the_changes_on_the_beats():
+    scores, labels, beats = _songs_changing_on_beats(5)
+    p, p_beat, accuracy = tune_beat_transitions(scores, labels, beats)
+    _, plain = tune_self_transition(scores, labels)
+    assert accuracy > plain + 0.1  # plain Viterbi misses 3 frames of every 20
+    assert p_beat < p  # changes easier on beats than between them
+    decoded = [beat_viterbi_decode(s, b, p, p_beat) for s, b in zip(scores, beats, strict=True)]
+    correct = sum(int((d == y).sum()) for d, y in zip(decoded, labels, strict=True))
+    assert accuracy == correct / sum(len(y) for y in labels)
+    # the grid includes plain Viterbi (at beats as between): a tie keeps the first pair
+    assert tune_beat_transitions(scores, labels, beats, [0.9], [0.9]) == tune_beat_transitions(
+        scores, labels, beats, [0.9], []
+    )
+    with pytest.raises(ValueError, match="2 beat arrays for 3 songs"):
+        tune_beat_transitions(scores, labels, beats[:2])
+    with pytest.raises(ValueError, match="between beats"):
+        tune_beat_transitions(scores, labels, beats, [])

@@ -96,6 +96,9 @@ def test_a_recipe_round_trips_and_refuses_bad_settings() -> None:
     assert InferenceRecipe.from_dict(recipe.to_dict()) == recipe
     older = {k: v for k, v in recipe.to_dict().items() if k != "template_weight"}
     assert InferenceRecipe.from_dict(older).template_weight == 0.0  # a checkpoint before it
+    beat_aware = InferenceRecipe("frame", "sequence", 64, True, "beat_viterbi", 0.9999, 0.0, 0.9)
+    assert InferenceRecipe.from_dict(beat_aware.to_dict()) == beat_aware
+    assert InferenceRecipe.from_dict(older).beat_self_transition is None
     for field, value, match in (
         ("level", "bar", "level must be one of"),
         ("seq_mode", "chunks", "sequence mode must be one of"),
@@ -103,6 +106,7 @@ def test_a_recipe_round_trips_and_refuses_bad_settings() -> None:
         ("seq_len", 0, "chunk length must be >= 1"),
         ("self_transition", 1.0, "self-transition must lie in"),
         ("template_weight", -0.5, "template_weight must be >= 0"),
+        ("beat_self_transition", 0.0, "beat self-transition must lie in"),
     ):
         with pytest.raises(ValueError, match=match):
             InferenceRecipe.from_dict({**recipe.to_dict(), field: value})

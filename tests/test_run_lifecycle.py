@@ -20,7 +20,6 @@ from omegaconf import OmegaConf
 
 from chordrec import tracking
 from chordrec.data.songs import load_songs, song_names, split_songs
-from chordrec.decoding import decode
 from chordrec.inference.predictor import InferenceRecipe
 from chordrec.io.checkpoints import load_checkpoint
 from chordrec.run import resumed_config
@@ -59,13 +58,16 @@ def _store_runs(store: str | Path) -> list:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("level", ["frame", "beat"])
-def test_transcription_predicts_what_the_run_scored(train_config, level):
+@pytest.mark.parametrize(
+    ("level", "method"), [("frame", "viterbi"), ("beat", "viterbi"), ("frame", "beat_viterbi")]
+)
+def test_transcription_predicts_what_the_run_scored(train_config, level, method):
     """A validation song's chroma through the model as `chordrec transcribe` loads it
     gives the run's own validation predictions, frame for frame, decoded with the
-    self-transition tuned on validation."""
+    self-transition(s) tuned on validation (beat-aware: with the song's beats)."""
     cfg = train_config(
-        *SCORED_LIKE_BEST,
+        *[o for o in SCORED_LIKE_BEST if not o.startswith("decode=")],
+        f"decode={method}",
         f"data.level={level}",
         "trainer.max_epochs=3",
         "optimizer.lr=0.01",
@@ -76,8 +78,11 @@ def test_transcription_predicts_what_the_run_scored(train_config, level):
     metrics = record.data.metrics
     tracking.configure(cfg.tracking.store_dir)
     model = load_model(record.info.run_id, "cpu")
-    assert (model.level, model.decode) == (level, "viterbi")
+    assert (model.level, model.decode) == (level, method)
     assert model.self_transition == metrics["decode/self_transition"]
+    if method == "beat_viterbi":
+        assert model.beat_self_transition == metrics["decode/beat_self_transition"]
+        assert "decode/viterbi_self_transition" in metrics  # plain Viterbi's, for comparison
 
     root = cfg.data.root
     split = split_songs(song_names(root), cfg.split.train, cfg.split.test, cfg.split.validation, 1)
@@ -85,7 +90,7 @@ def test_transcription_predicts_what_the_run_scored(train_config, level):
     scores = model.scores(song)
     if level == "frame":  # this short a run learns something at frame level only
         assert len(np.unique(scores.argmax(axis=1))) > 1
-    predicted = decode(scores, model.decode, model.self_transition)
+    predicted = model.classes(scores, song.beats)
     logged = mlflow.artifacts.download_artifacts(
         run_id=record.info.run_id, artifact_path="predictions/val.npz"
     )

@@ -41,7 +41,6 @@ from chordrec.audio.features import beat_frames, chroma_features, load_audio, wr
 from chordrec.bench.training import preset_spec
 from chordrec.constants import SAMPLE_RATE, STORE_DIR
 from chordrec.data.songs import Song
-from chordrec.decoding import decode
 from chordrec.inference.predictor import InferenceRecipe
 from chordrec.io.checkpoints import save_checkpoint
 from chordrec.models import build_model
@@ -241,10 +240,10 @@ def main(argv: list[str] | None = None) -> None:
     for model in models:
 
         def run(model: ChordModel = model) -> np.ndarray:
-            return decode(model.scores(song), model.decode, model.self_transition)
+            return model.classes(model.scores(song), song.beats)
 
         took = best_time(run, args.repeats)
-        total = features + took + (stages["beat_frames"] if model.level == "beat" else 0.0)
+        total = features + took + (stages["beat_frames"] if model.needs_beats else 0.0)
         print(
             f"  model {model.source:<48} {took:7.3f} s  {seconds / took:8.1f}x real time"
             f"   end to end {total:6.2f} s  {seconds / total:6.1f}x"

@@ -111,7 +111,8 @@ def _ood(args: argparse.Namespace) -> int:
             f"  {sum(getattr(s, e) * s.frames for s in per_song) / frames:10.4f}" for e in errors
         )
         + f"  ({len(scored.songs)} songs; {model.source}, {model.decode}"
-        + (f" {model.self_transition:g})" if model.decode == "viterbi" else ")")
+        + (f" {model.self_transition:g}" if model.decode != "argmax" else "")
+        + (f", at beats {model.beat_self_transition:g})" if model.decode == "beat_viterbi" else ")")
     )
     return 0
 

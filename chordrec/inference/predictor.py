@@ -30,8 +30,11 @@ from chordrec.models.templates import template_scores
 class InferenceRecipe:
     """``level`` 'frame' | 'beat'; ``seq_mode`` 'window' | 'sequence'; ``seq_len`` steps per
     evaluation chunk (or window); ``overlap``: half-overlapping chunks, averaged
-    (sequence mode); ``decode`` 'argmax' | 'viterbi'; ``self_transition``: Viterbi's
-    self-transition probability in (0, 1), None until tuned; ``template_weight``: the
+    (sequence mode); ``decode`` 'argmax' | 'viterbi' | 'beat_viterbi';
+    ``self_transition``: Viterbi's self-transition probability in (0, 1) (between beats
+    for 'beat_viterbi'), None until tuned; ``beat_self_transition``: 'beat_viterbi''s
+    into beat frames, None until tuned (:func:`chordrec.decoding.beat_viterbi_decode`);
+    ``template_weight``: the
     weight ``w >= 0`` of the triad templates in a product of experts with the network
     (:func:`with_templates`; 0: the network alone)."""
 
@@ -42,6 +45,7 @@ class InferenceRecipe:
     decode: str
     self_transition: float | None = None
     template_weight: float = 0.0
+    beat_self_transition: float | None = None
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
@@ -54,6 +58,9 @@ class InferenceRecipe:
             raise ValueError(f"evaluation chunk length must be >= 1, got {self.seq_len}")
         if self.self_transition is not None and not 0.0 < self.self_transition < 1.0:
             raise ValueError(f"self-transition must lie in (0, 1), got {self.self_transition}")
+        beat = self.beat_self_transition
+        if beat is not None and not 0.0 < beat < 1.0:
+            raise ValueError(f"beat self-transition must lie in (0, 1), got {beat}")
         if not (np.isfinite(self.template_weight) and self.template_weight >= 0):
             raise ValueError(f"template_weight must be >= 0, got {self.template_weight}")
 
@@ -87,6 +94,9 @@ class InferenceRecipe:
             if data.get("self_transition") is None
             else float(data["self_transition"]),
             template_weight=float(data.get("template_weight") or 0.0),
+            beat_self_transition=None
+            if data.get("beat_self_transition") is None
+            else float(data["beat_self_transition"]),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,15 +151,18 @@ class Predictor:
             template_weight=r.template_weight,
         )
 
-    def classes(self, frame_log_probs: np.ndarray) -> np.ndarray:
+    def classes(self, frame_log_probs: np.ndarray, beats: np.ndarray | None = None) -> np.ndarray:
         """Decode (frames, classes) log posteriors into (frames,) int64 classes with the
-        recipe's method and self-transition."""
+        recipe's method and tuned self-transitions (``beats``, the song's beat frames,
+        for 'beat_viterbi')."""
         r = self.recipe
         if r.decode == "argmax":
             return decode(frame_log_probs, "argmax")
-        if r.self_transition is None:
-            raise ValueError("Viterbi decoding needs the recipe's tuned self-transition")
-        return decode(frame_log_probs, "viterbi", r.self_transition)
+        if r.self_transition is None or (
+            r.decode == "beat_viterbi" and r.beat_self_transition is None
+        ):
+            raise ValueError(f"{r.decode} decoding needs the recipe's tuned self-transitions")
+        return decode(frame_log_probs, r.decode, r.self_transition, beats, r.beat_self_transition)
 
 
 def build_predictor(
