@@ -75,18 +75,13 @@ def test_the_mix_is_a_config_group_of_presets_that_differ_in_the_fraction_only()
             check_settings(compose_train([f"data.synth_fraction={bad}"]))
 
 
-def test_best_synth_is_best_templates_on_the_chosen_mix_beat_decoded_only() -> None:
+def test_best_synth_is_best_templates_on_the_chosen_mix_only() -> None:
     preset = compose_train(["experiment=best_synth"])
     fraction = preset.data.synth_fraction
     assert 0.0 < fraction < 1.0
     assert preset.preset == "best_synth"
     composed = compose_train(
-        [
-            "experiment=best_templates",
-            "data=rwc_pop+synth",
-            f"data.synth_fraction={fraction}",
-            "decode=beat_viterbi",
-        ]
+        ["experiment=best_templates", "data=rwc_pop+synth", f"data.synth_fraction={fraction}"]
     )
     assert {**preset, "preset": None} == {**composed, "preset": None}
 

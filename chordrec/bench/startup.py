@@ -12,7 +12,7 @@ cache, beside the target of docs/performance.md's "Start-up" section:
 * ``chordrec transcribe`` of one ``--seconds`` song (a stereo 44.1 kHz WAV of struck
   triads, :func:`~chordrec.bench.transcription.synthetic_song`, or ``--audio``) with
   ``--model templates``;
-* the same with the champion's architecture (``experiment=best_templates``, untrained:
+* the same with the champion's architecture and decoding (``experiment=best_synth``, untrained:
   the speed does not depend on the weights) as a ``.pt`` checkpoint;
 * with ``--registry``, the same champion registered in a temporary store under the alias
   ``champion`` and named the command's default way (``models:/chordrec@champion``),

@@ -6,7 +6,7 @@
 First, end to end: ``chordrec transcribe`` as a command (start-up, model loading and
 writing included) on one file of ``--minutes`` and on a folder of ``--files`` such
 files (``--out-dir``, worker processes as the command's default), for the template
-matcher, the champion's architecture (``experiment=best_templates``, untrained, as a
+matcher, the champion's architecture and decoding (``experiment=best_synth``, untrained, as a
 ``.pt`` checkpoint) and any ``--model``; printed beside essentia's HPCP chord detection,
 quoted from docs/performance.md (:data:`ESSENTIA_X_REAL_TIME`, measured with
 ``../shared/peers/essentia_chords.py``; essentia is not a dependency). The folder's files
@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -105,13 +106,15 @@ ESSENTIA_X_REAL_TIME = (350, 456)
 of real time on this machine's kind, as docs/performance.md quotes them."""
 
 
-def champion_checkpoint(path: Path, preset: str = "best_templates") -> Path:
+def champion_checkpoint(path: Path, preset: str = "best_synth") -> Path:
     """Write an untrained checkpoint of experiment ``preset`` (model, config, recipe with
-    a self-transition) to ``path``: what a trained run's ``best.pt`` holds, for speed
-    only."""
+    the self-transitions the champion's runs tuned) to ``path``: what a trained run's
+    ``best.pt`` holds, for speed only."""
     config = OmegaConf.to_container(compose_config([f"experiment={preset}"]), resolve=True)
     assert isinstance(config, dict)
-    recipe = InferenceRecipe.from_config(config, self_transition=0.999)
+    recipe = InferenceRecipe.from_config(config, self_transition=0.99999)
+    if recipe.decode == "beat_viterbi":
+        recipe = replace(recipe, beat_self_transition=0.99)
     state = {"model": build_model(config["model"]).state_dict(), "config": config}
     return save_checkpoint({**state, "inference": recipe.to_dict()}, path)
 
@@ -204,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        champion = champion_checkpoint(Path(tmp) / "best_templates.pt")
+        champion = champion_checkpoint(Path(tmp) / "best_synth.pt")
         end_to_end(args.minutes, args.files, ["templates", str(champion), *args.model], args.store)
     if not args.stages:
         return
