@@ -279,7 +279,7 @@ def test_transcription_benchmark_on_ten_seconds() -> None:
         "essentia's HPCP chord detection, quoted from docs/performance.md: 350-456x"
         in result.stdout
     )
-    for model in ("templates", "best_templates.pt"):
+    for model in ("templates", "best_synth.pt"):
         assert re.search(
             rf"{re.escape(model)}\s+one 0.17-min file:\s+[\d.]+ s\s+[\d.]+x\s+"
             r"2 files \(0 min\):\s+[\d.]+ s\s+[\d.]+x",
