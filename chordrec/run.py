@@ -504,6 +504,13 @@ def run_predictor(
     )
 
 
+def epoch_predictor(model: nn.Module, cfg: Any, device: torch.device) -> Predictor:
+    """The predictor of each epoch's validation: the run's, with the network run once
+    per chunk even where the final scores average the 12 transpositions."""
+    predictor = run_predictor(model, cfg, device)
+    return replace(predictor, recipe=replace(predictor.recipe, transpose_average=False))
+
+
 def _reporting(tracker: tracking.RunTracker, reporter: TrialReporter) -> EpochObserver:
     """The epoch observer of a search trial: log the epoch, then report it to the study
     (which may prune the trial: :class:`~chordrec.errors.TrialPruned`)."""
@@ -607,7 +614,7 @@ def train(cfg: DictConfig, extra_tags: Mapping[str, str] | None = None) -> dict[
                 trainer_settings(cfg),
                 device,
                 checkpoint_dir,
-                run_predictor(model, cfg, device),
+                epoch_predictor(model, cfg, device),
                 observer=tracker.log_epoch if reporter is None else _reporting(tracker, reporter),
                 resume_from=resume,
                 checkpoint_extra={"config": config},

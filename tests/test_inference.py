@@ -9,10 +9,17 @@ import numpy as np
 import pytest
 import torch
 
+from chordrec.data.chords import transpose_chroma, transpose_labels
 from chordrec.data.sequences import BatchedExamples, song_steps
 from chordrec.data.songs import Song
 from chordrec.fit import TrainerSettings, fit, seed_everything
-from chordrec.inference.predictor import InferenceRecipe, build_predictor, with_templates
+from chordrec.inference.predictor import (
+    InferenceRecipe,
+    TranspositionAverage,
+    build_predictor,
+    predict_log_probs,
+    with_templates,
+)
 from chordrec.io.checkpoints import load_checkpoint
 from chordrec.models import build_model
 from chordrec.models.templates import template_scores
@@ -99,6 +106,9 @@ def test_a_recipe_round_trips_and_refuses_bad_settings() -> None:
     beat_aware = InferenceRecipe("frame", "sequence", 64, True, "beat_viterbi", 0.9999, 0.0, 0.9)
     assert InferenceRecipe.from_dict(beat_aware.to_dict()) == beat_aware
     assert InferenceRecipe.from_dict(older).beat_self_transition is None
+    assert not InferenceRecipe.from_dict(older).transpose_average
+    averaged = InferenceRecipe("frame", "sequence", 64, True, "viterbi", transpose_average=True)
+    assert InferenceRecipe.from_dict(averaged.to_dict()) == averaged
     for field, value, match in (
         ("level", "bar", "level must be one of"),
         ("seq_mode", "chunks", "sequence mode must be one of"),
@@ -137,3 +147,57 @@ def test_templates_join_the_network_as_a_product_of_experts() -> None:
     )
     dominated = with_templates(network, chroma, 1e3)
     np.testing.assert_array_equal(dominated.argmax(axis=1), template_scores(chroma).argmax(axis=1))
+
+
+def test_transposition_averaging_favours_no_key() -> None:
+    torch.manual_seed(0)
+    network = build_model(SPEC).eval()
+    averaged = TranspositionAverage(network)
+    chroma = torch.rand(3, 40, 12)
+    with torch.no_grad():
+        log_probs = averaged.step_logits(chroma).numpy()
+        np.testing.assert_allclose(np.exp(log_probs).sum(axis=-1), 1.0, rtol=1e-5)
+        # an untrained network prefers some keys; averaged, a transposed song gets the
+        # transposed posteriors
+        moved = averaged.step_logits(torch.from_numpy(transpose_chroma(chroma.numpy(), 5)))
+        plain = network.step_logits(torch.from_numpy(transpose_chroma(chroma.numpy(), 5)))
+        up = transpose_labels(np.arange(25), 5)
+        np.testing.assert_allclose(moved.numpy()[..., up], log_probs, atol=1e-5)
+        assert not np.allclose(torch.log_softmax(plain, -1).numpy()[..., up], log_probs, atol=1e-3)
+        # the last step alone, as window mode predicts
+        np.testing.assert_allclose(
+            averaged.last_step_logits(chroma).numpy(), log_probs[:, -1], atol=1e-5
+        )
+        # a model that favours no key already is left as it is
+        templates = build_model({"_target_": "chordrec.models.ChromaTemplates"})
+        np.testing.assert_allclose(
+            TranspositionAverage(templates).step_logits(chroma).numpy(),
+            torch.log_softmax(templates.step_logits(chroma), -1).numpy(),
+            atol=1e-5,
+        )
+    with pytest.raises(ValueError, match="needs 12 chroma bins"):
+        averaged.step_logits(torch.rand(1, 8, 24))
+
+
+def test_a_recipe_that_averages_transpositions_scores_with_them() -> None:
+    seed_everything(0)
+    config = {
+        "model": SPEC,
+        "data": {"level": "frame"},
+        "seq_len": 16,
+        "seq_mode": "sequence",
+        "transpose_average": True,
+        "trainer": {"eval_seq_len": 32, "eval_overlap": True},
+    }
+    model = build_model(SPEC)
+    predictor = build_predictor(model, config, CPU)
+    assert predictor.recipe.transpose_average
+    song = _songs(1, 2)[0]
+    expected = TranspositionAverage(model).eval()
+    steps = song_steps(song, "frame")
+    np.testing.assert_array_equal(
+        predictor.frame_log_probs(song),
+        predict_log_probs(expected, steps, 32, "sequence", CPU, overlap=True),
+    )
+    plain = build_predictor(model, {**config, "transpose_average": False}, CPU)
+    assert not np.allclose(plain.frame_log_probs(song), predictor.frame_log_probs(song))

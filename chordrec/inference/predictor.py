@@ -3,7 +3,7 @@
 An :class:`InferenceRecipe` holds every setting between a model's weights and its frame
 labels: the level it reads (frames or beats), its sequence mode, the evaluation chunk
 length and overlap, the decoding method and Viterbi's self-transition as tuned on
-validation. :func:`build_predictor` turns a run's config into a :class:`Predictor`,
+validation, and whether it averages the 12 key transpositions. :func:`build_predictor` turns a run's config into a :class:`Predictor`,
 and every caller runs models through one: training's per-epoch validation, a run's
 final evaluation and ``chordrec transcribe``. A run writes its recipe into its best
 checkpoint once it is scored, so a transcription decodes a new song the way the run's
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from chordrec.data.chords import N_CLASSES, transpose_labels
 from chordrec.data.sequences import LEVELS, MODES, SongSteps, song_chunks, song_steps, song_windows
 from chordrec.data.songs import Song
 from chordrec.decoding import DECODE_METHODS, decode
@@ -36,7 +37,9 @@ class InferenceRecipe:
     into beat frames, None until tuned (:func:`chordrec.decoding.beat_viterbi_decode`);
     ``template_weight``: the
     weight ``w >= 0`` of the triad templates in a product of experts with the network
-    (:func:`with_templates`; 0: the network alone)."""
+    (:func:`with_templates`; 0: the network alone); ``transpose_average``: run the
+    network on the 12 transpositions of each song and average its posteriors
+    (:class:`TranspositionAverage`)."""
 
     level: str
     seq_mode: str
@@ -46,6 +49,7 @@ class InferenceRecipe:
     self_transition: float | None = None
     template_weight: float = 0.0
     beat_self_transition: float | None = None
+    transpose_average: bool = False
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
@@ -79,6 +83,7 @@ class InferenceRecipe:
             decode=str(config.get("decode", "argmax")),
             self_transition=self_transition,
             template_weight=float(config.get("template_weight") or 0.0),
+            transpose_average=bool(config.get("transpose_average", False)),
         )
 
     @classmethod
@@ -97,6 +102,7 @@ class InferenceRecipe:
             beat_self_transition=None
             if data.get("beat_self_transition") is None
             else float(data["beat_self_transition"]),
+            transpose_average=bool(data.get("transpose_average", False)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,11 +121,17 @@ class Predictor:
     amp: bool = False
     batch_size: int = 1024
 
+    @property
+    def network(self) -> nn.Module:
+        """``model``, or with ``recipe.transpose_average`` the model averaged over the
+        12 transpositions."""
+        return TranspositionAverage(self.model) if self.recipe.transpose_average else self.model
+
     def step_log_probs(self, steps: SongSteps) -> np.ndarray:
         """Log posteriors of every step of one song: (steps, classes) float32."""
         r = self.recipe
         return predict_log_probs(
-            self.model,
+            self.network,
             steps,
             r.seq_len,
             r.seq_mode,
@@ -140,7 +152,7 @@ class Predictor:
         """Loss, argmax frame accuracy and frame log posteriors of ``songs``."""
         r = self.recipe
         return evaluate(
-            self.model,
+            self.network,
             songs,
             r.seq_len,
             r.seq_mode,
@@ -178,6 +190,37 @@ def build_predictor(
     return Predictor(
         model, InferenceRecipe.from_config(config, self_transition), device, amp, batch_size
     )
+
+
+class TranspositionAverage(nn.Module):
+    """``model`` run on all 12 transpositions of its chroma input, each output's classes
+    moved back down by the same interval, and the 12 posteriors averaged: a prediction
+    that favours no key. Its "logits" are the log of the mean posteriors. Input (batch,
+    time, 12); outputs as ``model``'s: (batch, time, 25) from :meth:`step_logits`,
+    (batch, 25) from :meth:`last_step_logits`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        # row k: the class that chord class c becomes when the input moves up k semitones
+        self.moved = transpose_labels(np.arange(N_CLASSES)[None, :], np.arange(12)[:, None])
+
+    def step_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Log mean posteriors of every input step: (batch, time, 25)."""
+        return self._averaged(x, self.model.step_logits)
+
+    def last_step_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Log mean posteriors of the last input step: (batch, 25)."""
+        return self._averaged(x, self.model.last_step_logits)
+
+    def _averaged(self, x: torch.Tensor, logits_of: Any) -> torch.Tensor:
+        if x.shape[-1] != 12:
+            raise ValueError(f"transposition averaging needs 12 chroma bins, got {x.shape[-1]}")
+        rotated = torch.cat([torch.roll(x, k, dims=-1) for k in range(12)])  # one batch
+        probs = torch.softmax(logits_of(rotated).float(), -1).unflatten(0, (12, len(x)))
+        moved = torch.as_tensor(self.moved, device=probs.device)
+        total = sum(probs[k][..., moved[k]] for k in range(12))
+        return torch.log(torch.clamp(total / 12, min=torch.finfo(torch.float32).tiny))
 
 
 @torch.no_grad()
