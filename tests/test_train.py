@@ -18,6 +18,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import chordrec.fit
+import chordrec.inference.predictor
 import chordrec.run
 from chordrec.data.chords import class_names, transpose_labels
 from chordrec.data.sequences import BatchedExamples, song_steps
@@ -455,3 +456,27 @@ def test_init_from_a_run_evaluates_its_weights_under_other_settings(train_config
     )
     with pytest.raises(ValueError, match="differs from this run's"):
         run(mismatched)
+
+
+def test_a_run_averaging_transpositions_picks_its_epoch_without_them(train_config, tmp_path):
+    cfg = train_config("model=rnn_baseline", "seq_len=32", "split.max_songs=1")
+    cfg.transpose_average = True
+    run(cfg)
+    client = _client(cfg)
+    r = _only_run(client)
+    path = client.download_artifacts(r.info.run_id, "checkpoints/best.pt", str(tmp_path))
+    checkpoint = load_checkpoint(path)
+    assert checkpoint["inference"]["transpose_average"] is True
+    model = build_model(checkpoint["config"]["model"])
+    model.load_state_dict(checkpoint["model"])
+    validation = [song_steps(s, "frame") for s in _songs(cfg, "validation")]
+    averaged = chordrec.inference.predictor.TranspositionAverage(model)
+    cpu = torch.device("cpu")
+    plain_acc = evaluate(model, validation, 32, "sequence", cpu).frame_accuracy
+    averaged_acc = evaluate(averaged, validation, 32, "sequence", cpu).frame_accuracy
+    assert plain_acc != averaged_acc
+    # each epoch's validation ran the network once; the final scores averaged the keys
+    best = r.data.metrics["fit/best_epoch"]
+    history = client.get_metric_history(r.info.run_id, "val/acc")
+    assert next(h.value for h in history if h.step == best) == pytest.approx(plain_acc)
+    assert r.data.metrics["val/frame_acc_argmax"] == pytest.approx(averaged_acc)
