@@ -289,7 +289,9 @@ def test_transcription_benchmark_on_ten_seconds() -> None:
     assert "audio: 10 s" in result.stdout
     for stage in ("read + mix down", "chroma_features", "beat_frames", "model templates"):
         assert re.search(rf"{re.escape(stage)}.* s\s+[\d.]+x real time", result.stdout), stage
-    assert result.stdout.count("   end to end") == 3
+    assert result.stdout.count("   end to end") == 5
+    for model in ("best_synth (untrained)", "best_synth transpose_average=true (untrained)"):
+        assert re.search(rf"model {re.escape(model)}\s+[\d.]+ s", result.stdout), model
 
 
 @pytest.mark.system

@@ -17,8 +17,9 @@ Then, stage by stage, it synthesises a stereo 44.1 kHz WAV song of random major/
 ``--repeats`` runs after one warm-up: reading the file, CENS chroma, beat tracking
 (beat-level models only) and each model's scoring plus decoding. The models are the
 template matcher and, untrained (the speed does not depend on the weights), the
-report's Table 4 BiLSTM at frame level (L = 128, Viterbi) and the CRNN of Table 2
-at beat level (L = 32); ``--model`` adds any model ``chordrec transcribe`` accepts.
+report's Table 4 BiLSTM at frame level (L = 128, Viterbi), the CRNN of Table 2
+at beat level (L = 32) and the champion's preset, as it is and with
+``transpose_average=true``; ``--model`` adds any model ``chordrec transcribe`` accepts.
 Prints one line per stage and per model end to end: seconds and audio seconds per
 second (x real time), plus the load average, since other jobs slow it down.
 """
@@ -31,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from chordrec.bench.training import preset_spec
 from chordrec.constants import SAMPLE_RATE, STORE_DIR
 from chordrec.data.songs import Song
 from chordrec.inference.predictor import InferenceRecipe
-from chordrec.io.checkpoints import save_checkpoint
+from chordrec.io.checkpoints import load_checkpoint, save_checkpoint
 from chordrec.models import build_model
 from chordrec.tracking import configure
 from chordrec.train import compose_config
@@ -106,11 +107,14 @@ ESSENTIA_X_REAL_TIME = (350, 456)
 of real time on this machine's kind, as docs/performance.md quotes them."""
 
 
-def champion_checkpoint(path: Path, preset: str = "best_synth") -> Path:
-    """Write an untrained checkpoint of experiment ``preset`` (model, config, recipe with
-    the self-transitions the champion's runs tuned) to ``path``: what a trained run's
-    ``best.pt`` holds, for speed only."""
-    config = OmegaConf.to_container(compose_config([f"experiment={preset}"]), resolve=True)
+def champion_checkpoint(
+    path: Path, preset: str = "best_synth", overrides: Sequence[str] = ()
+) -> Path:
+    """Write an untrained checkpoint of experiment ``preset`` changed by ``overrides``
+    (model, config, recipe with the self-transitions the champion's runs tuned) to
+    ``path``: what a trained run's ``best.pt`` holds, for speed only."""
+    settings = [f"experiment={preset}", *overrides]
+    config = OmegaConf.to_container(compose_config(settings), resolve=True)
     assert isinstance(config, dict)
     recipe = InferenceRecipe.from_config(config, self_transition=0.99999)
     if recipe.decode == "beat_viterbi":
@@ -235,6 +239,11 @@ def main(argv: list[str] | None = None) -> None:
         preset_model("rnn_table4", "frame", 128, "viterbi"),
         preset_model("crnn2", "beat", 32, "argmax"),
     ]
+    with tempfile.TemporaryDirectory() as tmp:
+        for overrides in ([], ["transpose_average=true"]):
+            path = champion_checkpoint(Path(tmp) / "champion.pt", overrides=overrides)
+            name = " ".join(["best_synth", *overrides, "(untrained)"])
+            models.append(network_model(load_checkpoint(path), name))
     if any(model_kind(spec) in ("registry", "run") for spec in args.model):
         configure(args.store)
     models += [load_model(spec) for spec in args.model]
