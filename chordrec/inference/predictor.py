@@ -3,16 +3,17 @@
 An :class:`InferenceRecipe` holds every setting between a model's weights and its frame
 labels: the level it reads (frames or beats), its sequence mode, the evaluation chunk
 length and overlap, the decoding method and Viterbi's self-transition as tuned on
-validation, and whether it averages the 12 key transpositions. :func:`build_predictor` turns a run's config into a :class:`Predictor`,
-and every caller runs models through one: training's per-epoch validation, a run's
-final evaluation and ``chordrec transcribe``. A run writes its recipe into its best
+validation, and whether it averages the 12 key transpositions. :func:`build_predictor`
+turns a run's config into a :class:`Predictor`, and every caller runs models through
+one: training's per-epoch validation, a run's final evaluation and ``chordrec
+transcribe``. A run writes its recipe into its best
 checkpoint once it is scored, so a transcription decodes a new song the way the run's
 own evaluation decoded its songs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -213,13 +214,17 @@ class TranspositionAverage(nn.Module):
         """Log mean posteriors of the last input step: (batch, 25)."""
         return self._averaged(x, self.model.last_step_logits)
 
-    def _averaged(self, x: torch.Tensor, logits_of: Any) -> torch.Tensor:
+    def _averaged(
+        self, x: torch.Tensor, logits_of: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
         if x.shape[-1] != 12:
             raise ValueError(f"transposition averaging needs 12 chroma bins, got {x.shape[-1]}")
-        rotated = torch.cat([torch.roll(x, k, dims=-1) for k in range(12)])  # one batch
-        probs = torch.softmax(logits_of(rotated).float(), -1).unflatten(0, (12, len(x)))
-        moved = torch.as_tensor(self.moved, device=probs.device)
-        total = sum(probs[k][..., moved[k]] for k in range(12))
+        moved = torch.as_tensor(self.moved, device=x.device)
+        total = sum(  # one key at a time: the memory of one batch, not twelve
+            torch.softmax(logits_of(torch.roll(x, k, dims=-1)).float(), -1)[..., moved[k]]
+            for k in range(12)
+        )
+        assert isinstance(total, torch.Tensor)
         return torch.log(torch.clamp(total / 12, min=torch.finfo(torch.float32).tiny))
 
 
