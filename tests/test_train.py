@@ -18,14 +18,13 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import chordrec.fit
-import chordrec.inference.predictor
 import chordrec.run
 from chordrec.data.chords import class_names, transpose_labels
 from chordrec.data.sequences import BatchedExamples, song_steps
 from chordrec.data.songs import load_songs, song_names, split_songs
 from chordrec.decoding import DEFAULT_SELF_TRANSITIONS, decode
 from chordrec.fit import resolve_device
-from chordrec.inference.predictor import evaluate
+from chordrec.inference.predictor import TranspositionAverage, evaluate
 from chordrec.io.checkpoints import load_checkpoint
 from chordrec.models import build_model
 from chordrec.train import run
@@ -470,7 +469,7 @@ def test_a_run_averaging_transpositions_picks_its_epoch_without_them(train_confi
     model = build_model(checkpoint["config"]["model"])
     model.load_state_dict(checkpoint["model"])
     validation = [song_steps(s, "frame") for s in _songs(cfg, "validation")]
-    averaged = chordrec.inference.predictor.TranspositionAverage(model)
+    averaged = TranspositionAverage(model)
     cpu = torch.device("cpu")
     plain_acc = evaluate(model, validation, 32, "sequence", cpu).frame_accuracy
     averaged_acc = evaluate(averaged, validation, 32, "sequence", cpu).frame_accuracy

@@ -6,9 +6,8 @@ length and overlap, the decoding method and Viterbi's self-transition as tuned o
 validation, and whether it averages the 12 key transpositions. :func:`build_predictor`
 turns a run's config into a :class:`Predictor`, and every caller runs models through
 one: training's per-epoch validation, a run's final evaluation and ``chordrec
-transcribe``. A run writes its recipe into its best
-checkpoint once it is scored, so a transcription decodes a new song the way the run's
-own evaluation decoded its songs.
+transcribe``. A run writes its recipe into its best checkpoint once it is scored, so a
+transcription decodes a new song the way the run's own evaluation decoded its songs.
 """
 
 from __future__ import annotations
