@@ -46,6 +46,14 @@ OOD_DIR = DATA_HOME / "ood-synth"
 SYNTH_TRAIN_DIR = DATA_HOME / "synth-train"
 """Where ``chordrec data synth`` puts the synthetic training songs (``data.synth_root``)."""
 
+OOD_SONGS_PER_PART = 64
+"""Songs in each part of the out-of-domain set. A song depends only on the seed, its part
+and its index, so the first ``n`` songs of a part are the same whatever its size
+(``chordrec ood --max-songs n`` scores them)."""
+
+SYNTH_TRAIN_SONGS = 240
+"""Songs in the synthetic training set."""
+
 STORE_DIR = Path(env_or(STORE_ENV_VAR, "mlruns"))
 """The default tracking store (SQLite database and artifacts): ``$CHORDREC_STORE``, else
 ``mlruns`` in the working directory."""

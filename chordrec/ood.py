@@ -14,6 +14,7 @@ part to choose models on, which every training run scores when the set is there
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from chordrec.audio.features import load_audio
-from chordrec.data.synthetic import MANIFEST_FILE, SynthesisError, missing_tools, ood_songs
+from chordrec.data.synthetic import (
+    MANIFEST_FILE,
+    SynthesisError,
+    missing_tools,
+    ood_songs,
+    read_manifest,
+)
 from chordrec.inference.metrics import (
     aggregate_chord_scores,
     chord_scores,
@@ -131,6 +138,34 @@ def check_settings(part: str | None, max_songs: int | None) -> None:
         raise ValueError(f"ood.part must be one of {choices} or null, got {part!r}")
     if max_songs is not None and max_songs < 1:
         raise ValueError(f"ood.max_songs must be at least 1 or null, got {max_songs}")
+
+
+@dataclass(frozen=True)
+class PartIdentity:
+    """Which out-of-domain songs a run was scored on, as the run records them: the part's
+    ``name`` (``chordrec-ood-synth/validation``), a ``digest`` (sha256 of the set's
+    manifest, which holds every file's sha256, followed by the scored songs' names, so
+    that the first 16 songs and all 64 differ), the set's ``version`` (generator and
+    seed) and ``source`` (its folder's URI)."""
+
+    name: str
+    digest: str
+    version: str
+    source: str
+
+
+def part_identity(root: str | Path, part: str, names: Sequence[str]) -> PartIdentity:
+    """The :class:`PartIdentity` of the songs ``names`` of ``part`` of the set in
+    ``root``. Raises :mod:`chordrec.data.synthetic`'s error naming the manifest when it is
+    missing or corrupt."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    digest = hashlib.sha256((root / MANIFEST_FILE).read_bytes())
+    digest.update("\n".join(names).encode())
+    version = f"generator {manifest.get('generator_version')}, seed {manifest.get('seed')}"
+    return PartIdentity(
+        f"chordrec-ood-synth/{part}", digest.hexdigest(), version, root.resolve().as_uri()
+    )
 
 
 def missing_set(root: str | Path) -> str | None:

@@ -95,6 +95,10 @@ dataset per experiment for a name and digest, the first run's, so counts that de
 a run's level or sequence length (steps, examples) are params ``sizes.*`` only."""
 EXAMPLE_COLUMNS = {"chroma": "float", "chord": "integer"}
 """One step of the data set: a 12-bin chroma vector and its chord class (0-24)."""
+OOD_CONTEXTS = {"validation": "ood_validation", "test": "ood_test"}
+"""Each out-of-domain part's context as an MLflow dataset input."""
+OOD_COLUMNS = {"audio": "string", "chords": "string"}
+"""One out-of-domain song: an audio file and its exact ``.lab`` annotation."""
 
 
 OOD_SKIPPED_TAG = "ood_skipped"
@@ -812,14 +816,28 @@ def score_out_of_domain(
 ) -> dict[str, float]:
     """Transcribe the run's out-of-domain songs with ``predictor`` (the scored weights
     and recipe) as ``chordrec transcribe`` would, log the part's metrics
-    (``ood_val/…`` or ``ood_test/…``) and each song's scores (``ood/<part>.json``);
-    returns the metrics."""
+    (``ood_val/…`` or ``ood_test/…``), each song's scores (``ood/<part>.json``) and
+    the songs as an MLflow dataset input (``chordrec-ood-synth/<part>``, context
+    ``ood_validation`` or ``ood_test``; :func:`chordrec.ood.part_identity`); returns the
+    metrics."""
     part = context.ood_part
     assert part is not None, "a run with no out-of-domain part has no songs to score"
     source = f"run {tracker.run_id}"
     scored = ood.score_part(predictor_model(predictor, source), part, context.ood_songs)
     tracker.log_metrics(scored.metrics)
     tracker.log_dict({name: asdict(s) for name, s in scored.songs.items()}, f"ood/{part}.json")
+    identity = ood.part_identity(context.config.ood.root, part, list(scored.songs))
+    tracker.log_dataset(
+        tracking.DatasetRecord(
+            **asdict(identity),
+            profile={
+                "songs": len(scored.songs),
+                "seconds": round(sum(s.duration for s in scored.songs.values()), 1),
+            },
+            columns=OOD_COLUMNS,
+        ),
+        OOD_CONTEXTS[part],
+    )
     log.info(
         "out of domain (%s, %d songs): majmin %.4f, root %.4f, frame accuracy %.4f",
         part,

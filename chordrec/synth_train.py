@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from chordrec.audio.analysis import AudioFeatures, FeatureWorkers, files_features
-from chordrec.constants import FRAME_RATE, SYNTH_TRAIN_DIR
+from chordrec.constants import FRAME_RATE, SYNTH_TRAIN_DIR, SYNTH_TRAIN_SONGS
 from chordrec.data.songs import validate_song
 from chordrec.data.synthetic import (
     MANIFEST_FILE,
@@ -68,9 +68,8 @@ log = logging.getLogger(__name__)
 
 PART = "train"
 """The part the training songs are drawn as (their random streams and names)."""
-SONGS = 240
 SONG_SECONDS = (30.0, 90.0)
-"""The default number of training songs and the range of their lengths, seconds."""
+"""The range of the training songs' lengths, seconds."""
 FEATURES_VERSION = 1
 """Bump whenever a change to the feature path makes the same audio give other chroma or
 beats: :func:`ensure_train_set` then finds a set built before stale."""
@@ -144,7 +143,7 @@ def _store_song(root: Path, song: Song, features: AudioFeatures) -> None:
 def build_train_set(
     dest: str | os.PathLike[str],
     seed: int = 0,
-    songs: int = SONGS,
+    songs: int = SYNTH_TRAIN_SONGS,
     soundfonts: Sequence[str | os.PathLike[str]] | None = None,
     *,
     song_seconds: tuple[float, float] = SONG_SECONDS,
@@ -208,7 +207,7 @@ def _build_train_set(dest: str | os.PathLike[str], settings: SetSettings, worker
 def ensure_train_set(
     dest: str | os.PathLike[str] = SYNTH_TRAIN_DIR,
     seed: int = 0,
-    songs: int = SONGS,
+    songs: int = SYNTH_TRAIN_SONGS,
     soundfonts: Sequence[str | os.PathLike[str]] | None = None,
     *,
     song_seconds: tuple[float, float] = SONG_SECONDS,

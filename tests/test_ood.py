@@ -22,12 +22,14 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from chordrec import tracking
+from chordrec.constants import OOD_SONGS_PER_PART
 from chordrec.data import synthetic
 from chordrec.data.synthetic import ood_songs
 from chordrec.errors import ConfigError
 from chordrec.io.chord_files import read_lab
-from chordrec.ood import score_lab_files
+from chordrec.ood import part_identity, score_lab_files
 from chordrec.run import OOD_SKIPPED_TAG, evaluate, out_of_domain, train
+from chordrec.tracking.runs import DIGEST_LENGTH
 from tests.conftest import OOD, QUICK, REPO, compose_train, run_chordrec, subprocess_env
 
 TINY = ["model=rnn_baseline", "seq_len=32", "split.max_songs=1", "decode=viterbi"]
@@ -73,6 +75,17 @@ def test_a_run_logs_what_transcribing_its_songs_scores(train_config, tmp_path: P
     assert scores["majmin"] == pytest.approx(logged["ood_val/majmin"], abs=1e-3)
     assert scores["root"] == pytest.approx(logged["ood_val/root"], abs=1e-3)
 
+    # the songs it was scored on, as a dataset input: the set's manifest and these names
+    (scored,) = [
+        d for d in record.inputs.dataset_inputs if d.dataset.name.startswith("chordrec-ood")
+    ]
+    expected = part_identity(OOD, "validation", [audio.stem])
+    assert scored.dataset.name == "chordrec-ood-synth/validation"
+    assert scored.dataset.digest == expected.digest[:DIGEST_LENGTH]
+    assert [t.value for t in scored.tags if t.key == "mlflow.data.context"] == ["ood_validation"]
+    assert json.loads(scored.dataset.profile)["songs"] == 1
+    assert expected.digest != part_identity(OOD, "validation", [audio.stem, "other"]).digest
+
     # the test part only on request, as a re-evaluation of the run
     tested = evaluate(record.info.run_id, cfg, ["ood.part=test"])
     assert set(k for k in tested if k.startswith("ood")) == {
@@ -80,6 +93,15 @@ def test_a_run_logs_what_transcribing_its_songs_scores(train_config, tmp_path: P
         "ood_test/root",
         "ood_test/frame_acc",
     }
+    runs = client.search_runs(
+        [record.info.experiment_id], f"attributes.run_id != '{record.info.run_id}'"
+    )
+    (again,) = runs
+    assert [
+        (d.dataset.name, [t.value for t in d.tags if t.key == "mlflow.data.context"])
+        for d in again.inputs.dataset_inputs
+        if d.dataset.name.startswith("chordrec-ood")
+    ] == [("chordrec-ood-synth/test", ["ood_test"])]
 
 
 @pytest.mark.integration
@@ -115,14 +137,14 @@ def test_ood_part_null_scores_no_out_of_domain_songs(train_config):
 
 
 @pytest.mark.integration
-def test_the_default_run_scores_all_16_validation_songs(monkeypatch):
+def test_the_default_run_scores_every_validation_song(monkeypatch):
     """The songs a run scores out of domain (each one's scores are logged, as
     test_a_run_logs_what_transcribing_its_songs_scores shows) are, by default, every
     song of data/ood-synth/validation."""
     monkeypatch.chdir(REPO)  # where the default, relative data paths lead
     scored = out_of_domain(compose_train([]))[0]
     on_disk = sorted((OOD / "validation").glob("*.flac"))
-    assert len(on_disk) == 16
+    assert len(on_disk) == OOD_SONGS_PER_PART
     assert [audio.absolute() for audio, _ in scored] == on_disk
     assert [lab.absolute() for _, lab in scored] == [a.with_suffix(".lab") for a in on_disk]
 

@@ -20,6 +20,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from chordrec.audio.analysis import file_features
+from chordrec.constants import OOD_SONGS_PER_PART, SYNTH_TRAIN_SONGS
 from chordrec.data import synthetic
 from chordrec.data.sequences import BatchedExamples, song_steps
 from chordrec.data.songs import Song, load_songs
@@ -30,7 +31,6 @@ from chordrec.synth_train import (
     FEATURE_FOLDERS,
     PART,
     SONG_SECONDS,
-    SONGS,
     build_train_set,
     ensure_train_set,
     frame_labels,
@@ -141,7 +141,7 @@ def test_train_and_test_parts_share_no_song_and_no_chord_instrument() -> None:
     ood_programs = {p for ps in synthetic.CHORD_PROGRAMS.values() for p in ps}
     assert not train_programs & ood_programs
     train = _drawn(PART, 40, synthetic.TRAIN_CHORD_PROGRAMS)
-    test = _drawn("test", synthetic.SONGS_PER_PART, synthetic.CHORD_PROGRAMS)
+    test = _drawn("test", OOD_SONGS_PER_PART, synthetic.CHORD_PROGRAMS)
     assert {s.programs["chords"] for s in train} <= train_programs
     assert {s.programs["chords"] for s in test} <= ood_programs
     assert not _digests(train) & _digests(test)
@@ -152,7 +152,7 @@ def test_train_and_test_parts_share_no_song_and_no_chord_instrument() -> None:
     built = json.loads((TRAIN / synthetic.MANIFEST_FILE).read_text())
     ood = json.loads((OOD / synthetic.MANIFEST_FILE).read_text())
     songs = built["parts"][PART]
-    assert len(songs) == SONGS and built["chord_programs"] == {
+    assert len(songs) == SYNTH_TRAIN_SONGS and built["chord_programs"] == {
         f: list(p) for f, p in synthetic.TRAIN_CHORD_PROGRAMS.items()
     }
     for part in ("validation", "test"):
@@ -165,13 +165,21 @@ def test_train_and_test_parts_share_no_song_and_no_chord_instrument() -> None:
 @pytest.mark.integration
 def test_the_out_of_domain_parts_are_the_songs_built_before() -> None:
     """Drawing the training songs changed nothing of the out-of-domain parts: today's
-    draw gives the MIDI, .lab and metadata of the set built in data/ood-synth."""
+    draw gives the MIDI, .lab and metadata of the set built in data/ood-synth. And a part
+    of 16 songs, the parts' size before they grew to 64, is the first 16 of today's."""
     if not (OOD / synthetic.MANIFEST_FILE).is_file():
         pytest.skip(f"{OOD} is missing: run `make data`")
     manifest = json.loads((OOD / synthetic.MANIFEST_FILE).read_text())
     fonts = [Path(name) for name in manifest["soundfonts"]]
-    settings = synthetic.set_settings(0, 16, synthetic.PARTS, fonts, synthetic.SONG_SECONDS)
-    for part, songs in synthetic.draw_set_songs(settings).items():
+    size = manifest["songs_per_part"]
+    settings = synthetic.set_settings(0, size, synthetic.PARTS, fonts, synthetic.SONG_SECONDS)
+    drawn = synthetic.draw_set_songs(settings)
+    small = synthetic.set_settings(0, 16, synthetic.PARTS, fonts, synthetic.SONG_SECONDS)
+    for part, songs in synthetic.draw_set_songs(small).items():
+        assert [synthetic.song_midi(s) for s in songs] == [
+            synthetic.song_midi(s) for s in drawn[part][:16]
+        ]
+    for part, songs in drawn.items():
         for song, entry in zip(songs, manifest["parts"][part], strict=True):
             assert synthetic.song_metadata(song) == {k: v for k, v in entry.items() if k != "files"}
             midi = hashlib.sha256(synthetic.song_midi(song)).hexdigest()
@@ -288,7 +296,9 @@ def test_a_run_on_rwc_pop_and_synthetic_songs_logs_both_sources_and_ood_scores(
         "RWC-Pop/validation",
         "RWC-Pop/test",
         "chordrec-synth/train",
+        "chordrec-ood-synth/validation",  # the out-of-domain songs it was scored on
     }
+    assert inputs["chordrec-ood-synth/validation"][1] == ["ood_validation"]
     assert run.data.tags["synth_sha256"] == digest
     assert run.data.params["sizes.synth.songs"] == "2"
     assert "50% synthetic training examples" in run.data.tags["mlflow.note.content"]

@@ -7,7 +7,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from chordrec.constants import DATA_DIR, OOD_DIR, SYNTH_TRAIN_DIR
+from chordrec.constants import (
+    DATA_DIR,
+    OOD_DIR,
+    OOD_SONGS_PER_PART,
+    SYNTH_TRAIN_DIR,
+    SYNTH_TRAIN_SONGS,
+)
 
 
 def _data_fetch(args: argparse.Namespace) -> int:
@@ -130,7 +136,7 @@ def add_data_parser(commands: argparse._SubParsersAction) -> None:
     synth.add_argument(
         "--songs-per-part",
         type=int,
-        default=16,
+        default=OOD_SONGS_PER_PART,
         help="songs in each part, validation and test (default: %(default)s)",
     )
     synth.add_argument(
@@ -142,7 +148,7 @@ def add_data_parser(commands: argparse._SubParsersAction) -> None:
     synth.add_argument(
         "--train-songs",
         type=int,
-        default=240,
+        default=SYNTH_TRAIN_SONGS,
         help="synthetic training songs, 30-90 s each; 0 builds none (default: %(default)s)",
     )
     synth.add_argument(

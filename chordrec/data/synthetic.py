@@ -78,7 +78,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from chordrec.constants import OOD_DIR, SAMPLE_RATE
+from chordrec.constants import OOD_DIR, OOD_SONGS_PER_PART, SAMPLE_RATE
 from chordrec.data.chords import PITCH_CLASSES
 from chordrec.data.fetch import sha256_file
 from chordrec.errors import UserError
@@ -105,7 +105,6 @@ tells a set built by another version from the one asked for (and rebuilds it wit
 
 PARTS = ("validation", "test")
 """The parts of the default set: ``validation`` to choose models on, ``test`` to report."""
-SONGS_PER_PART = 16
 SONG_SECONDS = (30.0, 60.0)
 """Range of the songs' lengths in seconds (each song draws its target uniformly in it)."""
 
@@ -1236,7 +1235,7 @@ def build_set(
 def build_ood_set(
     dest: str | os.PathLike[str],
     seed: int = 0,
-    songs_per_part: int = SONGS_PER_PART,
+    songs_per_part: int = OOD_SONGS_PER_PART,
     parts: Sequence[str] = PARTS,
     soundfonts: Sequence[str | os.PathLike[str]] | None = None,
     *,
@@ -1367,7 +1366,7 @@ def song_entry(root: Path, song: Song, files: Mapping[str, str]) -> dict[str, An
 def ensure_ood_set(
     dest: str | os.PathLike[str] = OOD_DIR,
     seed: int = 0,
-    songs_per_part: int = SONGS_PER_PART,
+    songs_per_part: int = OOD_SONGS_PER_PART,
     parts: Sequence[str] = PARTS,
     soundfonts: Sequence[str | os.PathLike[str]] | None = None,
     *,
