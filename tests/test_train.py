@@ -183,7 +183,14 @@ def test_a_run_logs_everything(train_config, tmp_path):
         {t.key: t.value for t in i.tags}["mlflow.data.context"]: i.dataset
         for i in r.inputs.dataset_inputs
     }
-    assert set(inputs) == {"training", "validation", "test"}
+    assert set(inputs) == {"training", "validation", "test", "ood_validation"}
+    scored = inputs["ood_validation"]  # the out-of-domain songs the run was scored on
+    assert scored.name == "chordrec-ood-synth/validation"
+    assert json.loads(scored.profile)["songs"] == int(params["sizes.train.songs"])  # max_songs
+    assert [c["name"] for c in json.loads(scored.schema)["mlflow_colspec"]] == [
+        "audio",
+        "chords",
+    ]
     for context, part in (("training", "train"), ("validation", "validation"), ("test", "test")):
         dataset = inputs[context]
         assert dataset.name == f"RWC-Pop/{part}"
