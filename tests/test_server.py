@@ -396,7 +396,7 @@ def test_a_run_through_the_server_is_recorded_like_one_in_sqlite(
             for d in run.inputs.dataset_inputs
         }
 
-    assert inputs(ours) == inputs(theirs) and len(inputs(ours)) == 3
+    assert inputs(ours) == inputs(theirs) and len(inputs(ours)) == 4  # RWC-Pop's 3, OOD
     assert ours.data.tags["dataset_sha256"] == theirs.data.tags["dataset_sha256"]
 
     # artifacts go through the server into its --artifacts-dir, not a client-side path

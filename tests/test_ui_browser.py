@@ -142,8 +142,16 @@ class Sweep:
     children: tuple[LoggedRun, ...]
     digest: str
     """The RWC-Pop datasets' MLflow digest."""
+    ood_digest: str
+    """The MLflow digest of the out-of-domain songs the first child was scored on."""
     experiment_kind: str | None
     """The experiment's ``mlflow.experimentKind`` tag."""
+
+
+def _digest(run, name: str) -> str:
+    """The MLflow digest of ``run``'s dataset input ``name``."""
+    (digest,) = [d.dataset.digest for d in run.inputs.dataset_inputs if d.dataset.name == name]
+    return digest
 
 
 def _logged(run) -> LoggedRun:
@@ -205,7 +213,8 @@ def sweep(_chromium: None, data_root: Path, tmp_path_factory: pytest.TempPathFac
         experiment_id=experiment.experiment_id,
         parent=_logged(parent),
         children=tuple(_logged(r) for r in children),
-        digest=children[0].inputs.dataset_inputs[0].dataset.digest,
+        digest=_digest(children[0], "RWC-Pop/train"),
+        ood_digest=_digest(children[0], "chordrec-ood-synth/validation"),
         experiment_kind=experiment.tags.get("mlflow.experimentKind"),
     )
 
@@ -509,8 +518,9 @@ def test_b_the_sweep_row_expands_to_its_runs(browser: Browser, sweep: Sweep, ui:
 
 
 def test_c_the_dataset_column_shows_rwc_pop(browser: Browser, sweep: Sweep, ui: Ui):
-    """Each run lists RWC-Pop/train, /validation and /test with their contexts; the
-    drawer shows a dataset's profile and digest."""
+    """Each run lists RWC-Pop/train, /validation and /test, and "+1": the out-of-domain
+    songs it was scored on. The drawer lists all four with their contexts, and shows a
+    dataset's profile and digest."""
     with browser.check("c"):
         browser.open(ui.runs_link, X_RUN_LINK.format(sweep.parent.name))
         browser.visible(X_DATASET_HEADER)
@@ -519,15 +529,12 @@ def test_c_the_dataset_column_shows_rwc_pop(browser: Browser, sweep: Sweep, ui: 
         run_datasets = X_RUN_ROW.format(X_RUN_LINK.format(RUN_NAMES[0])) + X_DATASET_BUTTON
         parts = ("train", "validation", "test")
         expected = [f"RWC-Pop/{part} ({sweep.digest})" for part in parts]
-        browser.until(
+        browser.until(  # the cell shows three datasets, then "+1": the out-of-domain songs
             lambda: [t for t in browser.texts(run_datasets) if t] == expected,
             f"{RUN_NAMES[0]}'s datasets are not {expected}",
         )
         cell = run_datasets + "[1]/ancestor::div[@role='gridcell'][1]"
-        browser.until(
-            lambda: "training" in browser.text(cell).casefold(),  # CSS may uppercase tags
-            f"no Training context in {RUN_NAMES[0]}'s Dataset cell",
-        )
+        assert browser.text(cell).split()[-1] == "+1", browser.text(cell)  # the OOD songs
         every = [t for t in browser.texts(X_DATASET_BUTTON) if t]
         assert every and all(t.startswith("RWC-Pop/") for t in every), every
         browser.shot("c_dataset_column")
@@ -536,13 +543,20 @@ def test_c_the_dataset_column_shows_rwc_pop(browser: Browser, sweep: Sweep, ui: 
         browser.visible(X_DRAWER)
         for line in (
             RUN_NAMES[0],
-            "3 datasets used",
+            "4 datasets used",
+            f"chordrec-ood-synth/validation ({sweep.ood_digest})",
             "version: gct634-2018@fb408ed",
             "songs: 3",
             f"Digest: {sweep.digest}",
             "Source type: HTTP",
         ):
             browser.until(lambda line=line: line in browser.text(X_DRAWER), f"no {line!r}")
+        # each dataset's context, as a tag whose case CSS may change
+        for context in ("training", "validation", "test", "ood_validation"):
+            browser.until(
+                lambda context=context: context in browser.text(X_DRAWER).casefold().split(),
+                f"no context {context!r} in the drawer",
+            )
         browser.shot("c_dataset_drawer")
         browser.driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
         browser.gone("//div[@role='dialog']")
