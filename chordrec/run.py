@@ -95,8 +95,6 @@ dataset per experiment for a name and digest, the first run's, so counts that de
 a run's level or sequence length (steps, examples) are params ``sizes.*`` only."""
 EXAMPLE_COLUMNS = {"chroma": "float", "chord": "integer"}
 """One step of the data set: a 12-bin chroma vector and its chord class (0-24)."""
-OOD_CONTEXTS = {"validation": "ood_validation", "test": "ood_test"}
-"""Each out-of-domain part's context as an MLflow dataset input."""
 OOD_COLUMNS = {"audio": "string", "chords": "string"}
 """One out-of-domain song: an audio file and its exact ``.lab`` annotation."""
 
@@ -836,7 +834,7 @@ def score_out_of_domain(
             },
             columns=OOD_COLUMNS,
         ),
-        OOD_CONTEXTS[part],
+        f"ood_{part}",
     )
     log.info(
         "out of domain (%s, %d songs): majmin %.4f, root %.4f, frame accuracy %.4f",
